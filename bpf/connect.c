@@ -1,0 +1,378 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Outbound TCP connects, IPv4 and IPv6, with their outcome.
+ *
+ * Identity is taken where the caller is the current task: cgroup/connect4 and
+ * cgroup/connect6 run inside connect(2). It is kept in socket-local storage,
+ * because the outcome arrives later, in softirq context, where the current
+ * task is whoever happened to be running. sock_ops reports the outcome:
+ * ACTIVE_ESTABLISHED for success, and the STATE callback (switched on per
+ * socket at TCP_CONNECT) for a socket that closes before it was established,
+ * with sk_err telling refused from timed out from unreachable.
+ *
+ * A connect that fails inside the syscall, before any SYN is sent (no route,
+ * a local firewall), never reaches sock_ops; the syscall exit tracepoint
+ * reports those from a per-thread record that TCP_CONNECT clears.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "kernel.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define IPPROTO_TCP 6
+
+/* include/net/tcp_states.h */
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_CLOSE 7
+
+#define EINPROGRESS 115
+#define TASK_COMM_LEN 16
+
+enum kind {
+	KIND_CONNECT = 1,
+};
+
+/* Where the kernel knew the outcome; user space maps it to a name. */
+enum outcome {
+	OUTCOME_ESTABLISHED = 1,
+	/* closed before established: the reason is in err (sk_err, 0 when the caller closed) */
+	OUTCOME_CLOSED = 2,
+	/* connect(2) failed before a SYN was sent: the reason is in err (-return value) */
+	OUTCOME_SYSCALL_ERROR = 3,
+};
+
+enum stat {
+	STAT_RINGBUF_FULL = 0, /* bpf_ringbuf_reserve failed: an event lost */
+	STAT_STORAGE_FULL = 1, /* no socket storage: a connect seen without its caller */
+	STAT_PENDING_FULL = 2, /* no per-thread record: a syscall failure would go unseen */
+	STAT_MAX = 3,
+};
+
+/* Identity of the caller, captured inside connect(2). */
+struct caller {
+	__u64 cgroup_id;
+	__u64 task_start; /* group leader start time, ns since boot: with tgid, names the process */
+	__u64 start_ns;   /* when connect(2) was called, ns since boot */
+	__u32 tgid;
+	__u32 tid;
+	__u32 uid;
+	__u32 gid;
+	__u32 netns;
+	__u8 comm[TASK_COMM_LEN];
+	__u8 reported;
+	__u8 _pad[3];
+};
+
+struct event {
+	__u64 cookie; /* socket cookie: joins every event of one connection */
+	__u64 ts_ns;  /* when the outcome was known, ns since boot */
+	struct caller caller;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport; /* host byte order */
+	__u16 dport; /* host byte order */
+	__u16 family;
+	__u8 kind;
+	__u8 outcome;
+	__s32 err;
+	__u32 _pad;
+};
+
+/* Referenced so that their BTF, and so their Go bindings, exist. */
+const struct event *unused_event __attribute__((unused));
+const enum outcome *unused_outcome __attribute__((unused));
+const enum kind *unused_kind __attribute__((unused));
+const enum stat *unused_stat __attribute__((unused));
+
+/* A connect(2) in flight on this thread that has not reached tcp_connect() yet. */
+struct pending {
+	__u64 cookie;
+	struct caller caller;
+	__u8 daddr[16];
+	__u16 dport;
+	__u16 family;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20); /* resized by the loader */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct caller);
+} callers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct pending);
+} pendings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/*
+ * Wake the reader only once this much is waiting; a timer in user space
+ * collects the rest. A wakeup per event costs far more than the event.
+ */
+volatile const __u64 wakeup_bytes = 1 << 20;
+
+/* Scratch for building a pending record: too big for the stack with the rest. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pending);
+} scratch SEC(".maps");
+
+static __always_inline void count(enum stat s)
+{
+	__u32 key = s;
+	__u64 *v = bpf_map_lookup_elem(&stats, &key);
+	if (v)
+		*v += 1; /* per-CPU slot: no atomics needed */
+}
+
+static __always_inline void submit(struct event *e)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
+static __always_inline void fill_caller(struct caller *c)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	c->tgid = pid_tgid >> 32;
+	c->tid = (__u32)pid_tgid;
+	c->uid = (__u32)uid_gid;
+	c->gid = uid_gid >> 32;
+	c->cgroup_id = bpf_get_current_cgroup_id();
+	c->task_start = BPF_CORE_READ(task, group_leader, start_boottime);
+	c->start_ns = bpf_ktime_get_boot_ns();
+	c->reported = 0;
+	bpf_get_current_comm(&c->comm, sizeof(c->comm));
+}
+
+static __always_inline __u32 sock_netns(struct bpf_sock *sk)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	return BPF_CORE_READ((struct sock *)tp, __sk_common.skc_net.net, ns.inum);
+}
+
+static __always_inline int on_connect(struct bpf_sock_addr *ctx, __u16 family)
+{
+	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
+		return 1;
+
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+
+	__u32 zero = 0;
+	struct pending *p = bpf_map_lookup_elem(&scratch, &zero);
+	if (!p)
+		return 1;
+
+	fill_caller(&p->caller);
+	p->caller.netns = sock_netns(sk);
+	p->cookie = bpf_get_socket_cookie(ctx);
+	p->family = family;
+	p->dport = bpf_ntohs(ctx->user_port);
+	if (family == AF_INET) {
+		__builtin_memset(p->daddr, 0, sizeof(p->daddr));
+		__builtin_memcpy(p->daddr, &ctx->user_ip4, 4);
+	} else {
+		/* the context allows only 4-byte loads of user_ip6 */
+		__u32 *d = (__u32 *)p->daddr;
+		d[0] = ctx->user_ip6[0];
+		d[1] = ctx->user_ip6[1];
+		d[2] = ctx->user_ip6[2];
+		d[3] = ctx->user_ip6[3];
+	}
+
+	struct caller *c = bpf_sk_storage_get(&callers, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (c)
+		__builtin_memcpy(c, &p->caller, sizeof(*c));
+	else
+		count(STAT_STORAGE_FULL);
+
+	__u64 key = bpf_get_current_pid_tgid();
+	if (bpf_map_update_elem(&pendings, &key, p, BPF_ANY))
+		count(STAT_PENDING_FULL);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int connect4(struct bpf_sock_addr *ctx)
+{
+	return on_connect(ctx, AF_INET);
+}
+
+SEC("cgroup/connect6")
+int connect6(struct bpf_sock_addr *ctx)
+{
+	return on_connect(ctx, AF_INET6);
+}
+
+static __always_inline void emit(struct bpf_sock_ops *skops, struct caller *c, __u8 outcome, __s32 err)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_RINGBUF_FULL);
+		return;
+	}
+	e->cookie = bpf_get_socket_cookie(skops);
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	__builtin_memcpy(&e->caller, c, sizeof(*c));
+	e->kind = KIND_CONNECT;
+	e->outcome = outcome;
+	e->err = err;
+	e->family = skops->family;
+	e->sport = skops->local_port;            /* host byte order already */
+	e->dport = bpf_ntohl(skops->remote_port); /* network order in the high half */
+	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
+	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+	if (skops->family == AF_INET) {
+		__u32 s = skops->local_ip4, d = skops->remote_ip4;
+		__builtin_memcpy(e->saddr, &s, 4);
+		__builtin_memcpy(e->daddr, &d, 4);
+	} else {
+		__u32 *s = (__u32 *)e->saddr, *d = (__u32 *)e->daddr;
+		s[0] = skops->local_ip6[0];
+		s[1] = skops->local_ip6[1];
+		s[2] = skops->local_ip6[2];
+		s[3] = skops->local_ip6[3];
+		d[0] = skops->remote_ip6[0];
+		d[1] = skops->remote_ip6[1];
+		d[2] = skops->remote_ip6[2];
+		d[3] = skops->remote_ip6[3];
+	}
+	e->_pad = 0;
+	submit(e);
+}
+
+static __always_inline int sock_err(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	return BPF_CORE_READ((struct sock *)tp, sk_err);
+}
+
+SEC("sockops")
+int sock_ops(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk;
+	struct caller *c;
+
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
+		/* Still inside connect(2): the SYN goes out, so no syscall error to report. */
+		__u64 key = bpf_get_current_pid_tgid();
+		bpf_map_delete_elem(&pendings, &key);
+		sk = skops->sk;
+		if (!sk)
+			return 1;
+		c = bpf_sk_storage_get(&callers, sk, 0, 0);
+		if (!c)
+			return 1; /* connected before the programs were attached, or counted in connect4 */
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		return 1;
+	}
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: /* simultaneous open of an outbound socket */
+		sk = skops->sk;
+		if (!sk)
+			return 1;
+		c = bpf_sk_storage_get(&callers, sk, 0, 0);
+		if (!c || c->reported)
+			return 1;
+		c->reported = 1;
+		emit(skops, c, OUTCOME_ESTABLISHED, 0);
+		/* The outcome is known: later state changes of this socket need no callback. */
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_STATE_CB_FLAG);
+		return 1;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] != TCP_CLOSE)
+			return 1;
+		sk = skops->sk;
+		if (!sk)
+			return 1;
+		c = bpf_sk_storage_get(&callers, sk, 0, 0);
+		if (!c || c->reported)
+			return 1;
+		c->reported = 1;
+		emit(skops, c, OUTCOME_CLOSED, sock_err(skops));
+		return 1;
+	}
+	return 1;
+}
+
+/* tracefs: events/syscalls/sys_exit_connect/format */
+struct sys_exit_ctx {
+	__u64 common;
+	__s32 syscall_nr;
+	__u32 _pad;
+	__s64 ret;
+};
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int connect_exit(struct sys_exit_ctx *ctx)
+{
+	__u64 key = bpf_get_current_pid_tgid();
+	struct pending *p = bpf_map_lookup_elem(&pendings, &key);
+	if (!p)
+		return 0;
+	if (ctx->ret == 0 || ctx->ret == -EINPROGRESS) {
+		bpf_map_delete_elem(&pendings, &key);
+		return 0;
+	}
+
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_RINGBUF_FULL);
+		bpf_map_delete_elem(&pendings, &key);
+		return 0;
+	}
+	e->cookie = p->cookie;
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	__builtin_memcpy(&e->caller, &p->caller, sizeof(e->caller));
+	e->kind = KIND_CONNECT;
+	e->outcome = OUTCOME_SYSCALL_ERROR;
+	e->err = (__s32)-ctx->ret;
+	e->family = p->family;
+	e->sport = 0;
+	e->dport = p->dport;
+	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
+	__builtin_memcpy(e->daddr, p->daddr, sizeof(e->daddr));
+	e->_pad = 0;
+	submit(e);
+	bpf_map_delete_elem(&pendings, &key);
+	return 0;
+}

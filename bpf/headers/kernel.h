@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The few kernel-internal types callscope reads, declared with
+ * preserve_access_index so that clang records CO-RE relocations and the
+ * loader fixes each field offset against the running kernel's BTF. Only the
+ * fields used are listed; their names, not their positions, must match.
+ */
+#ifndef CALLSCOPE_KERNEL_H
+#define CALLSCOPE_KERNEL_H
+
+#include <linux/types.h>
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct ns_common {
+	unsigned int inum;
+};
+
+struct net {
+	struct ns_common ns;
+};
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct sock_common {
+	possible_net_t skc_net;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+	int sk_err;
+};
+
+struct task_struct {
+	int tgid;
+	__u64 start_boottime;
+	struct task_struct *group_leader;
+};
+
+#pragma clang attribute pop
+
+#endif

@@ -1,0 +1,408 @@
+// Package collector loads callscope's BPF programs, attaches them to the
+// cgroup2 root and the connect tracepoint, reads their ring buffer and hands
+// decoded events on in batches.
+package collector
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+)
+
+// Config tunes the collector. The zero value of each field picks a default.
+type Config struct {
+	// CgroupRoot is the cgroup2 directory the programs attach to; every
+	// process below it is seen. Default: the cgroup2 mount.
+	CgroupRoot string
+	// RingBufferBytes is the size of the kernel ring buffer, a power of two
+	// and a multiple of the page size. Default 4 MiB (about 30,000 events).
+	RingBufferBytes int
+	// WakeupBytes wakes the reader early once this much is waiting.
+	// Default a quarter of the ring.
+	WakeupBytes int
+	// FlushInterval bounds how long an event waits in the ring buffer
+	// before it is read. Default 50ms.
+	FlushInterval time.Duration
+	// BatchSize is the most events handed on at once. Default 256.
+	BatchSize int
+	// QueueBatches is how many batches may wait for the pipeline before
+	// new ones are dropped and counted. Default 64.
+	QueueBatches int
+	Logger       *slog.Logger
+}
+
+func (c *Config) defaults() error {
+	if c.CgroupRoot == "" {
+		root, err := Cgroup2Mount()
+		if err != nil {
+			return err
+		}
+		c.CgroupRoot = root
+	}
+	if c.RingBufferBytes == 0 {
+		c.RingBufferBytes = 4 << 20
+	}
+	page := os.Getpagesize()
+	if n := c.RingBufferBytes; n < page || n&(n-1) != 0 {
+		return fmt.Errorf("ring buffer size %d: must be a power of two of at least %d", n, page)
+	}
+	if c.WakeupBytes == 0 {
+		c.WakeupBytes = c.RingBufferBytes / 4
+	}
+	if c.FlushInterval == 0 {
+		c.FlushInterval = 50 * time.Millisecond
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = 256
+	}
+	if c.QueueBatches == 0 {
+		c.QueueBatches = 64
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Batch is a group of events handed on together. Give it back with
+// Collector.Release once done, so its memory is reused.
+type Batch struct {
+	Events []Event
+}
+
+// Stats counts what the collector saw and lost since it started.
+type Stats struct {
+	Events uint64            // decoded and queued
+	Lost   map[string]uint64 // by reason (see the Reason constants)
+}
+
+// Collector owns the loaded programs, their links and the reader.
+type Collector struct {
+	cfg    Config
+	log    *slog.Logger
+	objs   connectObjects
+	links  []link.Link
+	reader *ringbuf.Reader
+	out    chan *Batch
+	pool   sync.Pool
+	done   chan struct{}
+
+	closing atomic.Bool
+	ready   atomic.Bool
+	events  atomic.Uint64
+	lost    [numLossReasons]atomic.Uint64 // cumulative, for metrics
+
+	// Owned by the read goroutine.
+	kernelSeen [connectStatSTAT_MAX]uint64 // last sums read from the stats map
+	unreported [numLossReasons]uint64      // losses not yet carried by a loss event
+	percpu     []uint64
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Start loads and attaches the programs and starts reading. Call Close to
+// detach everything.
+func Start(cfg Config) (*Collector, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if err := CheckSystem(cfg.CgroupRoot); err != nil {
+		return nil, err
+	}
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raise memlock limit: %w", err)
+	}
+	if p, err := ensureTracefs(); err != nil {
+		return nil, err
+	} else if p != "" {
+		cfg.Logger.Info("mounted tracefs", "component", "collector", "path", p)
+	}
+
+	c := &Collector{
+		cfg:  cfg,
+		log:  cfg.Logger.With("component", "collector"),
+		out:  make(chan *Batch, cfg.QueueBatches),
+		done: make(chan struct{}),
+	}
+	c.pool.New = func() any { return &Batch{Events: make([]Event, 0, cfg.BatchSize)} }
+
+	if err := c.load(); err != nil {
+		return nil, err
+	}
+	if err := c.attach(); err != nil {
+		c.release()
+		return nil, err
+	}
+	rd, err := ringbuf.NewReader(c.objs.Events)
+	if err != nil {
+		c.release()
+		return nil, fmt.Errorf("open ring buffer: %w", err)
+	}
+	c.reader = rd
+	go c.read()
+	return c, nil
+}
+
+func (c *Collector) load() error {
+	spec, err := loadConnect()
+	if err != nil {
+		return fmt.Errorf("load BPF object: %w", err)
+	}
+	spec.Maps["events"].MaxEntries = uint32(c.cfg.RingBufferBytes)
+	if err := spec.Variables["wakeup_bytes"].Set(uint64(c.cfg.WakeupBytes)); err != nil {
+		return fmt.Errorf("set wakeup threshold: %w", err)
+	}
+	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return fmt.Errorf("load BPF programs: %+v", ve)
+		}
+		return fmt.Errorf("load BPF programs: %w", err)
+	}
+	return nil
+}
+
+func (c *Collector) attach() error {
+	for _, a := range []struct {
+		name string
+		typ  ebpf.AttachType
+		prog *ebpf.Program
+	}{
+		{"connect4", ebpf.AttachCGroupInet4Connect, c.objs.Connect4},
+		{"connect6", ebpf.AttachCGroupInet6Connect, c.objs.Connect6},
+		{"sock_ops", ebpf.AttachCGroupSockOps, c.objs.SockOps},
+	} {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: c.cfg.CgroupRoot, Attach: a.typ, Program: a.prog})
+		if err != nil {
+			return fmt.Errorf("attach %s to %s: %w", a.name, c.cfg.CgroupRoot, err)
+		}
+		c.links = append(c.links, l)
+	}
+	l, err := link.Tracepoint("syscalls", "sys_exit_connect", c.objs.ConnectExit, nil)
+	if err != nil {
+		return fmt.Errorf("attach tracepoint syscalls/sys_exit_connect: %w", err)
+	}
+	c.links = append(c.links, l)
+	return nil
+}
+
+// Batches delivers decoded events. It is closed after Close has drained
+// the ring buffer.
+func (c *Collector) Batches() <-chan *Batch { return c.out }
+
+// Release gives a batch's memory back for reuse.
+func (c *Collector) Release(b *Batch) {
+	b.Events = b.Events[:0]
+	c.pool.Put(b)
+}
+
+// Ready reports whether the programs are attached and the reader has
+// completed a pass over the ring buffer.
+func (c *Collector) Ready() bool { return c.ready.Load() && !c.closing.Load() }
+
+// Stats returns the counts so far.
+func (c *Collector) Stats() Stats {
+	s := Stats{Events: c.events.Load(), Lost: make(map[string]uint64, numLossReasons)}
+	for i, r := range lossReasons {
+		s.Lost[r.reason] = c.lost[i].Load()
+	}
+	return s
+}
+
+type lossReason int
+
+const (
+	lossRingBuffer lossReason = iota
+	lossStorage
+	lossPending
+	lossQueue
+	lossMalformed
+	numLossReasons
+)
+
+var lossReasons = [numLossReasons]struct{ stage, reason string }{
+	lossRingBuffer: {StageKernel, ReasonRingBufferFull},
+	lossStorage:    {StageKernel, ReasonStorageFull},
+	lossPending:    {StageKernel, ReasonPendingFull},
+	lossQueue:      {StageQueue, ReasonQueueFull},
+	lossMalformed:  {StageQueue, ReasonMalformed},
+}
+
+// The kernel's stats map slots, in the order of the loss reasons they feed.
+var kernelLoss = [connectStatSTAT_MAX]lossReason{
+	connectStatSTAT_RINGBUF_FULL: lossRingBuffer,
+	connectStatSTAT_STORAGE_FULL: lossStorage,
+	connectStatSTAT_PENDING_FULL: lossPending,
+}
+
+// Close detaches the programs, hands on what is still in the ring buffer,
+// closes Batches and frees every kernel object. It is safe to call twice.
+func (c *Collector) Close() error {
+	c.closeOnce.Do(func() {
+		c.closing.Store(true)
+		var errs []error
+		// Detach first: nothing new arrives, and what is in flight is read.
+		for _, l := range c.links {
+			if err := l.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("detach: %w", err))
+			}
+		}
+		c.links = nil
+		if err := c.reader.Flush(); err != nil && !errors.Is(err, os.ErrClosed) {
+			errs = append(errs, fmt.Errorf("flush ring buffer: %w", err))
+		}
+		<-c.done
+		c.release()
+		c.closeErr = errors.Join(errs...)
+	})
+	return c.closeErr
+}
+
+func (c *Collector) release() {
+	for _, l := range c.links {
+		l.Close()
+	}
+	c.links = nil
+	if c.reader != nil {
+		c.reader.Close()
+	}
+	c.objs.Close()
+}
+
+// read is the only goroutine touching the ring buffer. It wakes when the
+// kernel says enough is waiting or the flush timer fires, never per event.
+func (c *Collector) read() {
+	defer close(c.done)
+	defer close(c.out)
+
+	var rec ringbuf.Record
+	batch := c.pool.Get().(*Batch)
+	bootOffset := bootTimeOffset()
+	c.reader.SetDeadline(time.Now().Add(c.cfg.FlushInterval))
+
+	for {
+		err := c.reader.ReadInto(&rec)
+		if err == nil {
+			batch.Events = batch.Events[:len(batch.Events)+1]
+			if derr := batch.Events[len(batch.Events)-1].Decode(rec.RawSample, bootOffset); derr != nil {
+				batch.Events = batch.Events[:len(batch.Events)-1]
+				c.lose(lossMalformed, 1)
+				c.log.Warn("dropping malformed ring buffer record", "error", derr)
+				continue
+			}
+			if len(batch.Events) == cap(batch.Events) {
+				batch = c.send(batch, false)
+			}
+			continue
+		}
+
+		final := c.closing.Load()
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
+		case errors.Is(err, os.ErrClosed):
+			final = true
+		default:
+			// Corrupt ring state cannot be recovered from; report and stop.
+			c.log.Error("ring buffer read failed; no further events", "error", err)
+			final = true
+		}
+		// The ring is drained: hand on what we have, with any losses.
+		c.pollKernelLosses()
+		if len(batch.Events) > 0 || c.hasUnreported() {
+			batch = c.send(batch, final)
+		}
+		c.ready.Store(true)
+		if final {
+			c.pool.Put(batch)
+			return
+		}
+		bootOffset = bootTimeOffset()
+		c.reader.SetDeadline(time.Now().Add(c.cfg.FlushInterval))
+	}
+}
+
+func (c *Collector) lose(r lossReason, n uint64) {
+	c.lost[r].Add(n)
+	c.unreported[r] += n
+}
+
+func (c *Collector) hasUnreported() bool {
+	for _, n := range c.unreported {
+		if n > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// send queues a batch, led by loss events for what was lost since the last
+// one got through, and returns an empty batch. When the pipeline is behind,
+// the batch is dropped and counted, and its loss events wait for the next.
+// The final batch waits for room: nothing new can arrive to be dropped.
+func (c *Collector) send(b *Batch, wait bool) *Batch {
+	n := uint64(len(b.Events))
+	if c.hasUnreported() {
+		now := time.Now().UnixNano()
+		for r, lost := range c.unreported {
+			if lost > 0 {
+				b.Events = append(b.Events, Event{Kind: KindLoss, Time: now, Lost: lost,
+					LossStage: lossReasons[r].stage, LossReason: lossReasons[r].reason})
+			}
+		}
+	}
+	if wait {
+		c.out <- b
+	} else {
+		select {
+		case c.out <- b:
+		default:
+			b.Events = b.Events[:0]
+			c.lose(lossQueue, n)
+			return b
+		}
+	}
+	c.unreported = [numLossReasons]uint64{}
+	c.events.Add(n)
+	return c.pool.Get().(*Batch)
+}
+
+// pollKernelLosses adds what the kernel's loss counters grew by.
+func (c *Collector) pollKernelLosses() {
+	for i := range connectStatSTAT_MAX {
+		key := uint32(i)
+		if err := c.objs.Stats.Lookup(&key, &c.percpu); err != nil {
+			c.log.Warn("read kernel loss counters", "error", err)
+			return
+		}
+		var sum uint64
+		for _, v := range c.percpu {
+			sum += v
+		}
+		if sum > c.kernelSeen[i] {
+			c.lose(kernelLoss[i], sum-c.kernelSeen[i])
+			c.kernelSeen[i] = sum
+		}
+	}
+}
+
+// bootTimeOffset converts the kernel's CLOCK_BOOTTIME to Unix time. It is
+// taken again at each flush, so a wall clock step is followed.
+func bootTimeOffset() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return time.Now().UnixNano() - ts.Nano()
+}

@@ -1,0 +1,381 @@
+package collector_test
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/callscope/callscope/collector"
+	"github.com/callscope/callscope/internal/kerneltest"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) {
+	kerneltest.MaybeRunHelper()
+	os.Exit(m.Run())
+}
+
+// sink gathers what a collector hands on.
+type sink struct {
+	mu     sync.Mutex
+	events []collector.Event
+	lost   map[string]uint64
+	done   chan struct{}
+}
+
+func start(t *testing.T) (*collector.Collector, *sink) {
+	t.Helper()
+	kerneltest.Require(t)
+	c, err := collector.Start(collector.Config{FlushInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("start collector: %+v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s := &sink{lost: map[string]uint64{}, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		for b := range c.Batches() {
+			s.mu.Lock()
+			for _, e := range b.Events {
+				if e.Kind == collector.KindLoss {
+					s.lost[e.LossReason] += e.Lost
+					continue
+				}
+				s.events = append(s.events, e)
+			}
+			s.mu.Unlock()
+			c.Release(b)
+		}
+	}()
+	return c, s
+}
+
+// of returns the events of the given processes.
+func (s *sink) of(pids ...int) []collector.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []collector.Event
+	for _, e := range s.events {
+		if slices.Contains(pids, int(e.PID)) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// await waits until the processes have n events, then a little longer so
+// that a duplicate would show.
+func (s *sink) await(t *testing.T, n int, timeout time.Duration, pids ...int) []collector.Event {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for len(s.of(pids...)) < n && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	evs := s.of(pids...)
+	if len(evs) != n {
+		t.Fatalf("got %d events from pids %v, want %d: %+v", len(evs), pids, n, evs)
+	}
+	return evs
+}
+
+// listen accepts and closes connections, reporting each client's address.
+func listen(t *testing.T, network, addr string) (netip.AddrPort, <-chan netip.AddrPort) {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	clients := make(chan netip.AddrPort, 1<<16)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			clients <- conn.RemoteAddr().(*net.TCPAddr).AddrPort()
+			conn.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort(), clients
+}
+
+func netnsInode(t *testing.T, path string) uint32 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return uint32(st.Ino)
+}
+
+func comm() string {
+	c := filepath.Base(os.Args[0])
+	return c[:min(len(c), 15)]
+}
+
+func TestConnectEstablished(t *testing.T) {
+	_, s := start(t)
+	cg := kerneltest.NewCgroup(t, "established")
+	v4, clients4 := listen(t, "tcp4", "127.0.0.1:0")
+	v6, clients6 := listen(t, "tcp6", "[::1]:0")
+
+	before := time.Now()
+	pid, res := kerneltest.Connect{Addrs: []netip.AddrPort{v4, v6}, Cgroup: cg}.Run(t)
+	if want := []string{v4.String() + "=ok", v6.String() + "=ok"}; !slices.Equal(res, want) {
+		t.Fatalf("helper said %v, want %v", res, want)
+	}
+	src := map[netip.AddrPort]netip.AddrPort{v4: <-clients4, v6: <-clients6}
+
+	evs := s.await(t, 2, 5*time.Second, pid)
+	netns := netnsInode(t, "/proc/self/ns/net")
+	for _, e := range evs {
+		want, ok := src[e.Dst]
+		if !ok {
+			t.Fatalf("event to %v, want one of %v", e.Dst, src)
+		}
+		delete(src, e.Dst) // exactly one each
+		if e.Src != want {
+			t.Errorf("src %v, want %v", e.Src, want)
+		}
+		if e.Kind != collector.KindConnect || e.Outcome != collector.OutcomeEstablished || e.Errno != 0 {
+			t.Errorf("kind %v outcome %v errno %v, want connect established 0", e.Kind, e.Outcome, e.Errno)
+		}
+		if e.CommString() != comm() {
+			t.Errorf("comm %q, want %q", e.CommString(), comm())
+		}
+		if e.TID == 0 || e.UID != 0 {
+			t.Errorf("tid %d uid %d", e.TID, e.UID)
+		}
+		if e.CgroupID != cg.ID {
+			t.Errorf("cgroup id %d, want %d", e.CgroupID, cg.ID)
+		}
+		if e.NetNS != netns {
+			t.Errorf("netns %d, want %d", e.NetNS, netns)
+		}
+		if e.Cookie == 0 {
+			t.Error("no socket cookie")
+		}
+		if tm := time.Unix(0, e.Time); tm.Before(before.Add(-time.Second)) || tm.After(time.Now().Add(time.Second)) {
+			t.Errorf("time %v outside the test's run", tm)
+		}
+		// /proc gives the start in ticks (1/100 s): the child cannot have
+		// started before this test process.
+		if e.ProcStart/1e7 < selfStartTicks(t) {
+			t.Errorf("process start %d ns before the test's own", e.ProcStart)
+		}
+	}
+	if evs[0].Cookie == evs[1].Cookie {
+		t.Error("two connections share a cookie")
+	}
+	if evs[0].Dst.Addr().Is4() == evs[1].Dst.Addr().Is4() {
+		t.Error("want one IPv4 and one IPv6 event")
+	}
+}
+
+func TestConnectRefused(t *testing.T) {
+	_, s := start(t)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().(*net.TCPAddr).AddrPort()
+	ln.Close()
+
+	pid, res := kerneltest.Connect{Addrs: []netip.AddrPort{closed}}.Run(t)
+	if res[0] != closed.String()+"=ECONNREFUSED" {
+		t.Fatalf("helper said %v", res)
+	}
+	e := s.await(t, 1, 5*time.Second, pid)[0]
+	if e.Outcome != collector.OutcomeRefused || e.Errno != unix.ECONNREFUSED || e.Dst != closed {
+		t.Errorf("got outcome %v errno %v dst %v, want refused ECONNREFUSED %v", e.Outcome, e.Errno, e.Dst, closed)
+	}
+	if !e.Src.Addr().IsLoopback() || e.Src.Port() == 0 {
+		t.Errorf("src %v: a SYN was sent, so a source was chosen", e.Src)
+	}
+}
+
+// TestConnectNoAnswer covers the outcomes that need a peer elsewhere: one
+// that drops the SYN (timeout), one that answers ICMP host unreachable, and
+// a destination with no route at all, which fails inside connect(2).
+func TestConnectNoAnswer(t *testing.T) {
+	_, s := start(t)
+	peer := kerneltest.NewPeer(t)
+
+	drop := netip.AddrPortFrom(peer.Addr, kerneltest.DropPort)
+	unreach := netip.AddrPortFrom(peer.Addr, kerneltest.UnreachablePort)
+	// Two SYNs, then ETIMEDOUT after about 3 s rather than the default 2 min.
+	pid, res := kerneltest.Connect{Addrs: []netip.AddrPort{drop, unreach}, SynCnt: 1}.Run(t)
+	if want := []string{drop.String() + "=ETIMEDOUT", unreach.String() + "=EHOSTUNREACH"}; !slices.Equal(res, want) {
+		t.Fatalf("helper said %v, want %v", res, want)
+	}
+	evs := s.await(t, 2, 5*time.Second, pid)
+	byDst := map[netip.AddrPort]collector.Event{}
+	for _, e := range evs {
+		byDst[e.Dst] = e
+	}
+	if e := byDst[drop]; e.Outcome != collector.OutcomeTimeout || e.Errno != unix.ETIMEDOUT || e.Src.Addr() != peer.Local {
+		t.Errorf("dropped SYN: outcome %v errno %v src %v, want timeout ETIMEDOUT from %v", e.Outcome, e.Errno, e.Src, peer.Local)
+	}
+	if e := byDst[unreach]; e.Outcome != collector.OutcomeUnreachable || e.Errno != unix.EHOSTUNREACH {
+		t.Errorf("ICMP unreachable: outcome %v errno %v, want unreachable EHOSTUNREACH", e.Outcome, e.Errno)
+	}
+
+	// Inside the peer's namespace only its /30 is routed.
+	noRoute := netip.MustParseAddrPort("203.0.113.7:443")
+	pid, res = kerneltest.Connect{Addrs: []netip.AddrPort{noRoute}, NetNS: peer.NetNS}.Run(t)
+	if res[0] != noRoute.String()+"=ENETUNREACH" {
+		t.Fatalf("helper said %v", res)
+	}
+	e := s.await(t, 1, 5*time.Second, pid)[0]
+	if e.Outcome != collector.OutcomeUnreachable || e.Errno != unix.ENETUNREACH || e.Dst != noRoute {
+		t.Errorf("no route: outcome %v errno %v dst %v", e.Outcome, e.Errno, e.Dst)
+	}
+	if e.Src.IsValid() {
+		t.Errorf("src %v for a connect that sent no SYN", e.Src)
+	}
+	if want := netnsInode(t, peer.NetNS); e.NetNS != want {
+		t.Errorf("netns %d, want the peer's %d", e.NetNS, want)
+	}
+	if e.Cookie == 0 {
+		t.Error("no socket cookie")
+	}
+}
+
+// TestConnectConcurrent checks that nothing is lost or doubled: events plus
+// counted losses equal the connects made.
+func TestConnectConcurrent(t *testing.T) {
+	c, s := start(t)
+	dst, _ := listen(t, "tcp4", "127.0.0.1:0")
+	const procs, each = 8, 500
+
+	var wg sync.WaitGroup
+	pids := make([]int, procs)
+	for i := range procs {
+		wg.Go(func() {
+			pids[i], _ = kerneltest.Connect{Addrs: []netip.AddrPort{dst}, Repeat: each}.Run(t)
+		})
+	}
+	wg.Wait()
+	time.Sleep(50 * time.Millisecond)
+	if err := c.Close(); err != nil { // drains the ring buffer
+		t.Fatal(err)
+	}
+	<-s.done
+
+	evs := s.of(pids...)
+	cookies := map[uint64]bool{}
+	for _, e := range evs {
+		if cookies[e.Cookie] {
+			t.Fatalf("cookie %d reported twice", e.Cookie)
+		}
+		cookies[e.Cookie] = true
+		if e.Outcome != collector.OutcomeEstablished || e.Dst != dst {
+			t.Fatalf("unexpected event %+v", e)
+		}
+	}
+	var lost uint64
+	for _, n := range s.lost {
+		lost += n
+	}
+	t.Logf("%d connects: %d events, %d lost %v", procs*each, len(evs), lost, s.lost)
+	if len(evs) > procs*each || uint64(len(evs))+lost < procs*each {
+		t.Errorf("%d events + %d lost, want %d connects", len(evs), lost, procs*each)
+	}
+	if st := c.Stats(); st.Lost[collector.ReasonRingBufferFull] != s.lost[collector.ReasonRingBufferFull] {
+		t.Errorf("stats say %d ring buffer losses, the stream %d", st.Lost[collector.ReasonRingBufferFull], s.lost[collector.ReasonRingBufferFull])
+	}
+}
+
+// TestCloseReleasesEverything checks that Close leaves no program, map,
+// attachment or file descriptor behind.
+func TestCloseReleasesEverything(t *testing.T) {
+	kerneltest.Require(t)
+	fdsBefore := openFDs(t)
+	c, err := collector.Start(collector.Config{})
+	if err != nil {
+		t.Fatalf("%+v", err)
+	}
+	progs, maps := c.ObjectIDs()
+	go func() {
+		for b := range c.Batches() {
+			c.Release(b)
+		}
+	}()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+	if fds := openFDs(t); fds > fdsBefore {
+		t.Errorf("%d file descriptors open after Close, %d before", fds, fdsBefore)
+	}
+	// The kernel frees objects once their last reference is gone (after an
+	// RCU grace period).
+	deadline := time.Now().Add(5 * time.Second)
+	for _, id := range progs {
+		for {
+			p, err := ebpf.NewProgramFromID(id)
+			if errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			if err == nil {
+				p.Close()
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("program %d still loaded after Close", id)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	for _, id := range maps {
+		for {
+			m, err := ebpf.NewMapFromID(id)
+			if errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			if err == nil {
+				m.Close()
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("map %d still exists after Close", id)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+func selfStartTicks(t *testing.T) uint64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	v, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}

@@ -1,0 +1,230 @@
+package collector
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Kind says what an Event reports.
+type Kind uint8
+
+const (
+	KindConnect Kind = iota + 1 // an outbound TCP connect and its outcome
+	KindLoss                    // events lost before they reached the stream
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindConnect:
+		return "connect"
+	case KindLoss:
+		return "loss"
+	}
+	return "unknown"
+}
+
+// Outcome is how an outbound connect ended, in the contract's words.
+type Outcome uint8
+
+const (
+	OutcomeUnknown Outcome = iota
+	OutcomeEstablished
+	OutcomeRefused
+	OutcomeTimeout
+	OutcomeUnreachable
+	OutcomeReset
+	OutcomeFailed
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeEstablished:
+		return "established"
+	case OutcomeRefused:
+		return "refused"
+	case OutcomeTimeout:
+		return "timeout"
+	case OutcomeUnreachable:
+		return "unreachable"
+	case OutcomeReset:
+		return "reset"
+	case OutcomeFailed:
+		return "failed"
+	}
+	return "unknown"
+}
+
+// Loss stages and reasons, the values of a loss event and of the loss metric.
+const (
+	StageKernel = "kernel" // in the BPF programs
+	StageQueue  = "queue"  // between the ring buffer reader and the pipeline
+
+	ReasonRingBufferFull = "ring_buffer_full" // bpf_ringbuf_reserve failed
+	ReasonStorageFull    = "storage_full"     // no socket storage for the caller: its connect goes unreported
+	ReasonPendingFull    = "pending_full"     // no room to remember a connect(2) in flight: a failure inside the syscall goes unreported
+	ReasonQueueFull      = "queue_full"       // the pipeline did not keep up
+	ReasonMalformed      = "malformed"        // a record that did not decode
+)
+
+// Event is what the kernel reported, decoded. It holds no pointers to
+// per-event memory, so batches of them are reused without allocation.
+type Event struct {
+	Kind    Kind
+	Outcome Outcome
+	// Errno is the error behind a failed connect: sk_err for a socket that
+	// closed before it was established, or connect(2)'s error when it failed
+	// before a SYN was sent. Zero when the caller closed the socket first.
+	Errno unix.Errno
+	// Time is when the outcome was known, in Unix nanoseconds.
+	Time int64
+	// Cookie is the socket cookie: it joins every event of one connection.
+	Cookie   uint64
+	Src, Dst netip.AddrPort
+
+	PID, TID uint32 // thread-group id (what ps shows) and thread id
+	UID, GID uint32
+	Comm     [16]byte // NUL padded
+	CgroupID uint64
+	// ProcStart is when the process (thread-group leader) started, in
+	// nanoseconds since boot. With PID it names one process even after the
+	// PID is reused.
+	ProcStart uint64
+	NetNS     uint32 // network namespace inode of the socket
+
+	// For KindLoss.
+	Lost       uint64
+	LossStage  string
+	LossReason string
+}
+
+// CommString returns the command name without its NUL padding.
+func (e *Event) CommString() string {
+	n := 0
+	for n < len(e.Comm) && e.Comm[n] != 0 {
+		n++
+	}
+	return string(e.Comm[:n])
+}
+
+// IPv6 reports whether the connection is IPv6 on the wire. An IPv6 socket
+// connecting to an IPv4-mapped address speaks IPv4, and is reported so.
+func (e *Event) IPv6() bool { return e.Dst.Addr().Is6() }
+
+const (
+	afInet  = 2
+	afInet6 = 10
+)
+
+// Offsets into the kernel's struct event, taken from the generated type so
+// that a layout change in the C code cannot silently skew the decoder.
+var (
+	recordSize = int(unsafe.Sizeof(connectEvent{}))
+
+	offCookie    = unsafe.Offsetof(connectEvent{}.Cookie)
+	offTs        = unsafe.Offsetof(connectEvent{}.TsNs)
+	offCaller    = unsafe.Offsetof(connectEvent{}.Caller)
+	offCgroup    = offCaller + unsafe.Offsetof(connectCaller{}.CgroupId)
+	offTaskStart = offCaller + unsafe.Offsetof(connectCaller{}.TaskStart)
+	offTgid      = offCaller + unsafe.Offsetof(connectCaller{}.Tgid)
+	offTid       = offCaller + unsafe.Offsetof(connectCaller{}.Tid)
+	offUID       = offCaller + unsafe.Offsetof(connectCaller{}.Uid)
+	offGID       = offCaller + unsafe.Offsetof(connectCaller{}.Gid)
+	offNetns     = offCaller + unsafe.Offsetof(connectCaller{}.Netns)
+	offComm      = offCaller + unsafe.Offsetof(connectCaller{}.Comm)
+	offSaddr     = unsafe.Offsetof(connectEvent{}.Saddr)
+	offDaddr     = unsafe.Offsetof(connectEvent{}.Daddr)
+	offSport     = unsafe.Offsetof(connectEvent{}.Sport)
+	offDport     = unsafe.Offsetof(connectEvent{}.Dport)
+	offFamily    = unsafe.Offsetof(connectEvent{}.Family)
+	offKind      = unsafe.Offsetof(connectEvent{}.Kind)
+	offOutcome   = unsafe.Offsetof(connectEvent{}.Outcome)
+	offErr       = unsafe.Offsetof(connectEvent{}.Err)
+)
+
+// ErrMalformed is returned for a record that is not a valid kernel event.
+var ErrMalformed = fmt.Errorf("malformed record")
+
+// Decode fills e from one ring buffer record. bootOffset converts the
+// kernel's boot-time clock to Unix time. It never allocates.
+func (e *Event) Decode(b []byte, bootOffset int64) error {
+	if len(b) != recordSize {
+		return fmt.Errorf("%w: %d bytes, want %d", ErrMalformed, len(b), recordSize)
+	}
+	ne := binary.NativeEndian
+	if connectKind(b[offKind]) != connectKindKIND_CONNECT {
+		return fmt.Errorf("%w: kind %d", ErrMalformed, b[offKind])
+	}
+	family := ne.Uint16(b[offFamily:])
+	var src, dst netip.Addr
+	switch family {
+	case afInet:
+		src = netip.AddrFrom4([4]byte(b[offSaddr : offSaddr+4]))
+		dst = netip.AddrFrom4([4]byte(b[offDaddr : offDaddr+4]))
+	case afInet6:
+		src = netip.AddrFrom16([16]byte(b[offSaddr : offSaddr+16])).Unmap()
+		dst = netip.AddrFrom16([16]byte(b[offDaddr : offDaddr+16])).Unmap()
+	default:
+		return fmt.Errorf("%w: address family %d", ErrMalformed, family)
+	}
+	errno := int32(ne.Uint32(b[offErr:]))
+	if errno < 0 {
+		return fmt.Errorf("%w: errno %d", ErrMalformed, errno)
+	}
+	outcome, err := outcomeOf(connectOutcome(b[offOutcome]), unix.Errno(errno))
+	if err != nil {
+		return err
+	}
+
+	*e = Event{
+		Kind:      KindConnect,
+		Outcome:   outcome,
+		Errno:     unix.Errno(errno),
+		Time:      int64(ne.Uint64(b[offTs:])) + bootOffset,
+		Cookie:    ne.Uint64(b[offCookie:]),
+		Src:       netip.AddrPortFrom(src, ne.Uint16(b[offSport:])),
+		Dst:       netip.AddrPortFrom(dst, ne.Uint16(b[offDport:])),
+		PID:       ne.Uint32(b[offTgid:]),
+		TID:       ne.Uint32(b[offTid:]),
+		UID:       ne.Uint32(b[offUID:]),
+		GID:       ne.Uint32(b[offGID:]),
+		CgroupID:  ne.Uint64(b[offCgroup:]),
+		ProcStart: ne.Uint64(b[offTaskStart:]),
+		NetNS:     ne.Uint32(b[offNetns:]),
+	}
+	copy(e.Comm[:], b[offComm:offComm+16])
+	if connectOutcome(b[offOutcome]) == connectOutcomeOUTCOME_SYSCALL_ERROR {
+		// No SYN was sent, so no source address was chosen.
+		e.Src = netip.AddrPort{}
+	}
+	return nil
+}
+
+// outcomeOf names what the kernel saw. A socket closed with no error before
+// it was established had no answer by the time its caller gave up (its own
+// connect timeout): that is a timeout too, told apart by a zero Errno.
+func outcomeOf(o connectOutcome, errno unix.Errno) (Outcome, error) {
+	switch o {
+	case connectOutcomeOUTCOME_ESTABLISHED:
+		return OutcomeEstablished, nil
+	case connectOutcomeOUTCOME_CLOSED, connectOutcomeOUTCOME_SYSCALL_ERROR:
+		switch errno {
+		case 0, unix.ETIMEDOUT:
+			if errno == 0 && o == connectOutcomeOUTCOME_SYSCALL_ERROR {
+				return 0, fmt.Errorf("%w: syscall error without errno", ErrMalformed)
+			}
+			return OutcomeTimeout, nil
+		case unix.ECONNREFUSED:
+			return OutcomeRefused, nil
+		case unix.EHOSTUNREACH, unix.ENETUNREACH, unix.EHOSTDOWN, unix.ENETDOWN:
+			return OutcomeUnreachable, nil
+		case unix.ECONNRESET:
+			return OutcomeReset, nil
+		}
+		return OutcomeFailed, nil
+	}
+	return 0, fmt.Errorf("%w: outcome %d", ErrMalformed, o)
+}

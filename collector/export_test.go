@@ -1,0 +1,28 @@
+package collector
+
+import "github.com/cilium/ebpf"
+
+// ProgramIDs returns the kernel ids of the loaded programs and maps, so a
+// test can check they are gone after Close.
+func (c *Collector) ObjectIDs() (progs []ebpf.ProgramID, maps []ebpf.MapID) {
+	for _, p := range []*ebpf.Program{c.objs.Connect4, c.objs.Connect6, c.objs.SockOps, c.objs.ConnectExit} {
+		info, err := p.Info()
+		if err != nil {
+			panic(err)
+		}
+		id, _ := info.ID()
+		progs = append(progs, id)
+	}
+	for _, m := range []*ebpf.Map{c.objs.Events, c.objs.Callers, c.objs.Pendings, c.objs.Stats, c.objs.Scratch} {
+		info, err := m.Info()
+		if err != nil {
+			panic(err)
+		}
+		id, _ := info.ID()
+		maps = append(maps, id)
+	}
+	return progs, maps
+}
+
+// RecordSize is the size of a kernel event record.
+var RecordSize = recordSize

@@ -1,0 +1,131 @@
+package kerneltest
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+const helperEnv = "CALLSCOPE_TEST_HELPER"
+
+// MaybeRunHelper turns the test binary into a helper process when it was
+// started by Connector. Call it first in TestMain.
+func MaybeRunHelper() {
+	if os.Getenv(helperEnv) != "connect" {
+		return
+	}
+	if err := connectMain(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	os.Exit(0)
+}
+
+// Connect describes what a helper process does: connect to each address in
+// turn, Repeat times, closing each socket at once.
+type Connect struct {
+	Addrs  []netip.AddrPort
+	Repeat int    // default 1
+	SynCnt int    // TCP_SYNCNT, to time out after SynCnt retries; 0 keeps the default
+	NetNS  string // a network namespace to join first (a path under /var/run/netns)
+	Cgroup *Cgroup
+}
+
+// Command returns the helper process for c; its stdout has one line per
+// connect: the address and the errno name, or "ok".
+func (c Connect) Command(t testing.TB) *exec.Cmd {
+	t.Helper()
+	args := make([]string, 0, len(c.Addrs))
+	for _, a := range c.Addrs {
+		args = append(args, a.String())
+	}
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), helperEnv+"=connect",
+		"CALLSCOPE_TEST_REPEAT="+strconv.Itoa(max(c.Repeat, 1)),
+		"CALLSCOPE_TEST_SYNCNT="+strconv.Itoa(c.SynCnt),
+		"CALLSCOPE_TEST_NETNS="+c.NetNS)
+	if c.Cgroup != nil {
+		cmd.SysProcAttr = &unix.SysProcAttr{UseCgroupFD: true, CgroupFD: int(c.Cgroup.Dir.Fd())}
+	}
+	return cmd
+}
+
+// Run runs the helper and returns its per-connect results.
+func (c Connect) Run(t testing.TB) (pid int, results []string) {
+	t.Helper()
+	cmd := c.Command(t)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("connect helper: %v: %s", err, out)
+	}
+	return cmd.Process.Pid, strings.Fields(strings.ReplaceAll(string(out), "\n", " "))
+}
+
+func connectMain(args []string) error {
+	runtime.LockOSThread() // setns applies to this thread only
+	if ns := os.Getenv("CALLSCOPE_TEST_NETNS"); ns != "" {
+		fd, err := unix.Open(ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open netns: %w", err)
+		}
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("setns: %w", err)
+		}
+	}
+	repeat, _ := strconv.Atoi(os.Getenv("CALLSCOPE_TEST_REPEAT"))
+	syncnt, _ := strconv.Atoi(os.Getenv("CALLSCOPE_TEST_SYNCNT"))
+	var out strings.Builder
+	for _, a := range args {
+		ap, err := netip.ParseAddrPort(a)
+		if err != nil {
+			return err
+		}
+		for range max(repeat, 1) {
+			res := "ok"
+			if err := connectOnce(ap, syncnt); err != nil {
+				if errno, ok := err.(unix.Errno); ok {
+					res = unix.ErrnoName(errno)
+				} else {
+					return err
+				}
+			}
+			if repeat <= 1 {
+				fmt.Fprintf(&out, "%s=%s\n", ap, res)
+			} else if res != "ok" {
+				return fmt.Errorf("connect %s: %s", ap, res)
+			}
+		}
+	}
+	_, err := os.Stdout.WriteString(out.String())
+	return err
+}
+
+// connectOnce makes one blocking connect and closes the socket.
+func connectOnce(ap netip.AddrPort, syncnt int) error {
+	family := unix.AF_INET
+	var sa unix.Sockaddr
+	if ap.Addr().Is4() {
+		sa = &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
+	} else {
+		family = unix.AF_INET6
+		sa = &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	defer unix.Close(fd)
+	if syncnt > 0 {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_SYNCNT, syncnt); err != nil {
+			return fmt.Errorf("TCP_SYNCNT: %w", err)
+		}
+	}
+	return unix.Connect(fd, sa)
+}
