@@ -2,17 +2,23 @@
 /*
  * Outbound TCP connects, IPv4 and IPv6, with their outcome.
  *
- * Identity is taken where the caller is the current task: cgroup/connect4 and
- * cgroup/connect6 run inside connect(2). It is kept in socket-local storage,
- * because the outcome arrives later, in softirq context, where the current
- * task is whoever happened to be running. sock_ops reports the outcome:
- * ACTIVE_ESTABLISHED for success, and the STATE callback (switched on per
- * socket at TCP_CONNECT) for a socket that closes before it was established,
- * with sk_err telling refused from timed out from unreachable.
+ * Identity is taken where the caller is the current task: sock_ops'
+ * TCP_CONNECT callback runs inside connect(2), as the SYN is built. It is
+ * kept in a map keyed by socket cookie, because the outcome arrives later,
+ * in softirq context, where the current task is whoever happened to be
+ * running. sock_ops reports the outcome: ACTIVE_ESTABLISHED for success, and
+ * the STATE callback (switched on per socket at TCP_CONNECT) for a socket
+ * that closes before it was established, with sk_err telling refused from
+ * timed out from unreachable. The entry goes once the outcome is reported.
  *
  * A connect that fails inside the syscall, before any SYN is sent (no route,
- * a local firewall), never reaches sock_ops; the syscall exit tracepoint
- * reports those from a per-thread record that TCP_CONNECT clears.
+ * a local firewall), never reaches TCP_CONNECT. cgroup/connect4 and
+ * connect6, which see every TCP connect(2) first, leave a per-thread record
+ * of the destination that TCP_CONNECT clears; the syscall exit tracepoint
+ * reports what is left with the syscall's error.
+ *
+ * A hash map rather than socket storage: allocating socket storage on every
+ * connect cost several times more than the rest of the path together.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -50,7 +56,7 @@ enum outcome {
 
 enum stat {
 	STAT_RINGBUF_FULL = 0, /* bpf_ringbuf_reserve failed: an event lost */
-	STAT_STORAGE_FULL = 1, /* no socket storage: a connect seen without its caller */
+	STAT_CONN_FULL = 1,    /* no room to track a connect: its event is lost */
 	STAT_PENDING_FULL = 2, /* no per-thread record: a syscall failure would go unseen */
 	STAT_MAX = 3,
 };
@@ -66,8 +72,7 @@ struct caller {
 	__u32 gid;
 	__u32 netns;
 	__u8 comm[TASK_COMM_LEN];
-	__u8 reported;
-	__u8 _pad[3];
+	__u32 _pad;
 };
 
 struct event {
@@ -94,11 +99,10 @@ const enum stat *unused_stat __attribute__((unused));
 /* A connect(2) in flight on this thread that has not reached tcp_connect() yet. */
 struct pending {
 	__u64 cookie;
-	struct caller caller;
 	__u8 daddr[16];
 	__u16 dport;
 	__u16 family;
-	__u32 _pad;
+	__u32 netns;
 };
 
 struct {
@@ -106,12 +110,19 @@ struct {
 	__uint(max_entries, 4 << 20); /* resized by the loader */
 } events SEC(".maps");
 
+/*
+ * Connects whose outcome is not known yet, by socket cookie. Not an LRU:
+ * an eviction would lose an event without a trace, while a full map fails
+ * the insert, which is counted. Every tracked socket reaches ESTABLISHED or
+ * CLOSE, where its entry goes; user space sweeps what some other program
+ * kept from getting there.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768); /* resized by the loader */
+	__type(key, __u64);
 	__type(value, struct caller);
-} callers SEC(".maps");
+} conns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -132,14 +143,6 @@ struct {
  * collects the rest. A wakeup per event costs far more than the event.
  */
 volatile const __u64 wakeup_bytes = 1 << 20;
-
-/* Scratch for building a pending record: too big for the stack with the rest. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct pending);
-} scratch SEC(".maps");
 
 static __always_inline void count(enum stat s)
 {
@@ -170,7 +173,8 @@ static __always_inline void fill_caller(struct caller *c)
 	c->cgroup_id = bpf_get_current_cgroup_id();
 	c->task_start = BPF_CORE_READ(task, group_leader, start_boottime);
 	c->start_ns = bpf_ktime_get_boot_ns();
-	c->reported = 0;
+	c->netns = 0;
+	c->_pad = 0;
 	bpf_get_current_comm(&c->comm, sizeof(c->comm));
 }
 
@@ -191,36 +195,24 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, __u16 family)
 	if (!sk)
 		return 1;
 
-	__u32 zero = 0;
-	struct pending *p = bpf_map_lookup_elem(&scratch, &zero);
-	if (!p)
-		return 1;
-
-	fill_caller(&p->caller);
-	p->caller.netns = sock_netns(sk);
-	p->cookie = bpf_get_socket_cookie(ctx);
-	p->family = family;
-	p->dport = bpf_ntohs(ctx->user_port);
+	struct pending p = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.family = family,
+		.dport = bpf_ntohs(ctx->user_port),
+		.netns = sock_netns(sk),
+	};
 	if (family == AF_INET) {
-		__builtin_memset(p->daddr, 0, sizeof(p->daddr));
-		__builtin_memcpy(p->daddr, &ctx->user_ip4, 4);
+		__builtin_memcpy(p.daddr, &ctx->user_ip4, 4);
 	} else {
 		/* the context allows only 4-byte loads of user_ip6 */
-		__u32 *d = (__u32 *)p->daddr;
+		__u32 *d = (__u32 *)p.daddr;
 		d[0] = ctx->user_ip6[0];
 		d[1] = ctx->user_ip6[1];
 		d[2] = ctx->user_ip6[2];
 		d[3] = ctx->user_ip6[3];
 	}
-
-	struct caller *c = bpf_sk_storage_get(&callers, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (c)
-		__builtin_memcpy(c, &p->caller, sizeof(*c));
-	else
-		count(STAT_STORAGE_FULL);
-
 	__u64 key = bpf_get_current_pid_tgid();
-	if (bpf_map_update_elem(&pendings, &key, p, BPF_ANY))
+	if (bpf_map_update_elem(&pendings, &key, &p, BPF_ANY))
 		count(STAT_PENDING_FULL);
 	return 1;
 }
@@ -237,14 +229,14 @@ int connect6(struct bpf_sock_addr *ctx)
 	return on_connect(ctx, AF_INET6);
 }
 
-static __always_inline void emit(struct bpf_sock_ops *skops, struct caller *c, __u8 outcome, __s32 err)
+static __always_inline void emit(struct bpf_sock_ops *skops, __u64 cookie, struct caller *c, __u8 outcome, __s32 err)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RINGBUF_FULL);
 		return;
 	}
-	e->cookie = bpf_get_socket_cookie(skops);
+	e->cookie = cookie;
 	e->ts_ns = bpf_ktime_get_boot_ns();
 	__builtin_memcpy(&e->caller, c, sizeof(*c));
 	e->kind = KIND_CONNECT;
@@ -285,50 +277,52 @@ static __always_inline int sock_err(struct bpf_sock_ops *skops)
 	return BPF_CORE_READ((struct sock *)tp, sk_err);
 }
 
+/*
+ * report emits the outcome of a tracked connect and forgets it. The STATE
+ * callback flag is left alone: another program (another callscope during a
+ * rolling update, say) may still need it for the same socket.
+ */
+static __always_inline void report(struct bpf_sock_ops *skops, __u8 outcome, __s32 err)
+{
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	struct caller *c = bpf_map_lookup_elem(&conns, &cookie);
+	if (!c)
+		return; /* not an outbound connect seen at TCP_CONNECT */
+	emit(skops, cookie, c, outcome, err);
+	bpf_map_delete_elem(&conns, &cookie);
+}
+
 SEC("sockops")
 int sock_ops(struct bpf_sock_ops *skops)
 {
-	struct bpf_sock *sk;
-	struct caller *c;
-
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
-		/* Still inside connect(2): the SYN goes out, so no syscall error to report. */
+		/* Inside connect(2), as the caller: the SYN goes out, so connect4's
+		 * record of a possible syscall failure is not needed. */
 		__u64 key = bpf_get_current_pid_tgid();
 		bpf_map_delete_elem(&pendings, &key);
-		sk = skops->sk;
+
+		struct bpf_sock *sk = skops->sk;
 		if (!sk)
 			return 1;
-		c = bpf_sk_storage_get(&callers, sk, 0, 0);
-		if (!c)
-			return 1; /* connected before the programs were attached, or counted in connect4 */
+		struct caller c;
+		fill_caller(&c);
+		c.netns = sock_netns(sk);
+		__u64 cookie = bpf_get_socket_cookie(skops);
+		if (bpf_map_update_elem(&conns, &cookie, &c, BPF_ANY)) {
+			count(STAT_CONN_FULL);
+			return 1;
+		}
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
 	}
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: /* simultaneous open of an outbound socket */
-		sk = skops->sk;
-		if (!sk)
-			return 1;
-		c = bpf_sk_storage_get(&callers, sk, 0, 0);
-		if (!c || c->reported)
-			return 1;
-		c->reported = 1;
-		emit(skops, c, OUTCOME_ESTABLISHED, 0);
-		/* The outcome is known: later state changes of this socket need no callback. */
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_STATE_CB_FLAG);
+		report(skops, OUTCOME_ESTABLISHED, 0);
 		return 1;
 	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] != TCP_CLOSE)
-			return 1;
-		sk = skops->sk;
-		if (!sk)
-			return 1;
-		c = bpf_sk_storage_get(&callers, sk, 0, 0);
-		if (!c || c->reported)
-			return 1;
-		c->reported = 1;
-		emit(skops, c, OUTCOME_CLOSED, sock_err(skops));
+		if (skops->args[1] == TCP_CLOSE)
+			report(skops, OUTCOME_CLOSED, sock_err(skops));
 		return 1;
 	}
 	return 1;
@@ -361,8 +355,10 @@ int connect_exit(struct sys_exit_ctx *ctx)
 		return 0;
 	}
 	e->cookie = p->cookie;
-	e->ts_ns = bpf_ktime_get_boot_ns();
-	__builtin_memcpy(&e->caller, &p->caller, sizeof(e->caller));
+	/* Still the caller's thread: its identity is current. */
+	fill_caller(&e->caller);
+	e->caller.netns = p->netns;
+	e->ts_ns = e->caller.start_ns;
 	e->kind = KIND_CONNECT;
 	e->outcome = OUTCOME_SYSCALL_ERROR;
 	e->err = (__s32)-ctx->ret;

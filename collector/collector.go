@@ -27,6 +27,10 @@ type Config struct {
 	// RingBufferBytes is the size of the kernel ring buffer, a power of two
 	// and a multiple of the page size. Default 4 MiB (about 30,000 events).
 	RingBufferBytes int
+	// MaxInFlight is how many connects awaiting their outcome the kernel
+	// tracks; beyond it new ones are counted as lost.
+	// Default 32768.
+	MaxInFlight int
 	// WakeupBytes wakes the reader early once this much is waiting.
 	// Default a quarter of the ring.
 	WakeupBytes int
@@ -56,6 +60,9 @@ func (c *Config) defaults() error {
 	if n := c.RingBufferBytes; n < page || n&(n-1) != 0 {
 		return fmt.Errorf("ring buffer size %d: must be a power of two of at least %d", n, page)
 	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = 32768
+	}
 	if c.WakeupBytes == 0 {
 		c.WakeupBytes = c.RingBufferBytes / 4
 	}
@@ -82,8 +89,14 @@ type Batch struct {
 
 // Stats counts what the collector saw and lost since it started.
 type Stats struct {
-	Events uint64            // decoded and queued
-	Lost   map[string]uint64 // by reason (see the Reason constants)
+	Events uint64 // decoded and queued
+	Lost   []Loss // one entry per stage and reason, zeros included
+}
+
+// Loss counts events lost at one stage for one reason.
+type Loss struct {
+	Stage, Reason string
+	Count         uint64
 }
 
 // Collector owns the loaded programs, their links and the reader.
@@ -106,6 +119,8 @@ type Collector struct {
 	kernelSeen [connectStatSTAT_MAX]uint64 // last sums read from the stats map
 	unreported [numLossReasons]uint64      // losses not yet carried by a loss event
 	percpu     []uint64
+	lastSweep  time.Time
+	sweepNow   atomic.Bool // set by tests
 
 	closeOnce sync.Once
 	closeErr  error
@@ -161,6 +176,7 @@ func (c *Collector) load() error {
 		return fmt.Errorf("load BPF object: %w", err)
 	}
 	spec.Maps["events"].MaxEntries = uint32(c.cfg.RingBufferBytes)
+	spec.Maps["conns"].MaxEntries = uint32(c.cfg.MaxInFlight)
 	if err := spec.Variables["wakeup_bytes"].Set(uint64(c.cfg.WakeupBytes)); err != nil {
 		return fmt.Errorf("set wakeup threshold: %w", err)
 	}
@@ -214,9 +230,9 @@ func (c *Collector) Ready() bool { return c.ready.Load() && !c.closing.Load() }
 
 // Stats returns the counts so far.
 func (c *Collector) Stats() Stats {
-	s := Stats{Events: c.events.Load(), Lost: make(map[string]uint64, numLossReasons)}
+	s := Stats{Events: c.events.Load(), Lost: make([]Loss, numLossReasons)}
 	for i, r := range lossReasons {
-		s.Lost[r.reason] = c.lost[i].Load()
+		s.Lost[i] = Loss{Stage: r.stage, Reason: r.reason, Count: c.lost[i].Load()}
 	}
 	return s
 }
@@ -225,7 +241,8 @@ type lossReason int
 
 const (
 	lossRingBuffer lossReason = iota
-	lossStorage
+	lossConnFull
+	lossConnExpired
 	lossPending
 	lossQueue
 	lossMalformed
@@ -233,17 +250,18 @@ const (
 )
 
 var lossReasons = [numLossReasons]struct{ stage, reason string }{
-	lossRingBuffer: {StageKernel, ReasonRingBufferFull},
-	lossStorage:    {StageKernel, ReasonStorageFull},
-	lossPending:    {StageKernel, ReasonPendingFull},
-	lossQueue:      {StageQueue, ReasonQueueFull},
-	lossMalformed:  {StageQueue, ReasonMalformed},
+	lossRingBuffer:  {StageKernel, ReasonRingBufferFull},
+	lossConnFull:    {StageKernel, ReasonConnFull},
+	lossConnExpired: {StageKernel, ReasonConnExpired},
+	lossPending:     {StageKernel, ReasonPendingFull},
+	lossQueue:       {StageQueue, ReasonQueueFull},
+	lossMalformed:   {StageQueue, ReasonMalformed},
 }
 
 // The kernel's stats map slots, in the order of the loss reasons they feed.
 var kernelLoss = [connectStatSTAT_MAX]lossReason{
 	connectStatSTAT_RINGBUF_FULL: lossRingBuffer,
-	connectStatSTAT_STORAGE_FULL: lossStorage,
+	connectStatSTAT_CONN_FULL:    lossConnFull,
 	connectStatSTAT_PENDING_FULL: lossPending,
 }
 
@@ -320,6 +338,10 @@ func (c *Collector) read() {
 		}
 		// The ring is drained: hand on what we have, with any losses.
 		c.pollKernelLosses()
+		if c.sweepNow.Swap(false) || time.Since(c.lastSweep) > sweepEvery {
+			c.sweep()
+			c.lastSweep = time.Now()
+		}
 		if len(batch.Events) > 0 || c.hasUnreported() {
 			batch = c.send(batch, final)
 		}
@@ -394,6 +416,46 @@ func (c *Collector) pollKernelLosses() {
 			c.lose(kernelLoss[i], sum-c.kernelSeen[i])
 			c.kernelSeen[i] = sum
 		}
+	}
+}
+
+const (
+	sweepEvery = 30 * time.Second
+	// connExpiry outlasts the kernel's SYN retries by far (about 2 minutes
+	// by default): an entry this old will never get its outcome.
+	connExpiry = time.Hour
+)
+
+// sweep removes connects whose outcome can no longer come: a socket that
+// some other program kept from reaching ESTABLISHED or CLOSE in our sight.
+func (c *Collector) sweep() {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return
+	}
+	cutoff := uint64(ts.Nano()) - uint64(connExpiry)
+	var (
+		cookie  uint64
+		caller  connectCaller
+		expired []uint64
+	)
+	it := c.objs.Conns.Iterate()
+	for it.Next(&cookie, &caller) {
+		if caller.StartNs < cutoff {
+			expired = append(expired, cookie)
+		}
+	}
+	if err := it.Err(); err != nil {
+		c.log.Warn("sweep in-flight connects", "error", err)
+	}
+	n := uint64(0)
+	for _, k := range expired {
+		if c.objs.Conns.Delete(k) == nil {
+			n++
+		}
+	}
+	if n > 0 {
+		c.lose(lossConnExpired, n)
 	}
 }
 

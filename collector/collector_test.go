@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/internal/kerneltest"
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -293,8 +293,10 @@ func TestConnectConcurrent(t *testing.T) {
 	if len(evs) > procs*each || uint64(len(evs))+lost < procs*each {
 		t.Errorf("%d events + %d lost, want %d connects", len(evs), lost, procs*each)
 	}
-	if st := c.Stats(); st.Lost[collector.ReasonRingBufferFull] != s.lost[collector.ReasonRingBufferFull] {
-		t.Errorf("stats say %d ring buffer losses, the stream %d", st.Lost[collector.ReasonRingBufferFull], s.lost[collector.ReasonRingBufferFull])
+	for _, l := range c.Stats().Lost {
+		if l.Count != s.lost[l.Reason] {
+			t.Errorf("stats say %d lost for %s, the stream %d", l.Count, l.Reason, s.lost[l.Reason])
+		}
 	}
 }
 
@@ -378,4 +380,48 @@ func openFDs(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// TestTwoCollectors: two agents at once (a rolling update) each see every
+// connect; neither disturbs the other's callbacks.
+func TestTwoCollectors(t *testing.T) {
+	_, s1 := start(t)
+	_, s2 := start(t)
+	dst, _ := listen(t, "tcp4", "127.0.0.1:0")
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().(*net.TCPAddr).AddrPort()
+	ln.Close()
+	pid, _ := kerneltest.Connect{Addrs: []netip.AddrPort{dst, closed}}.Run(t)
+	for _, s := range []*sink{s1, s2} {
+		evs := s.await(t, 2, 5*time.Second, pid)
+		if evs[0].Outcome != collector.OutcomeEstablished || evs[1].Outcome != collector.OutcomeRefused {
+			t.Errorf("outcomes %v, %v; want established, refused", evs[0].Outcome, evs[1].Outcome)
+		}
+	}
+}
+
+// TestSweepExpired: a connect whose outcome never comes is removed and
+// counted as lost, not kept for ever.
+func TestSweepExpired(t *testing.T) {
+	c, s := start(t)
+	if err := c.AddStaleConn(1 << 62); err != nil {
+		t.Fatal(err)
+	}
+	c.Sweep()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.mu.Lock()
+		n := s.lost[collector.ReasonConnExpired]
+		s.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d expired connects reported, want 1", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -24,8 +24,7 @@ type connectCaller struct {
 	Gid       uint32
 	Netns     uint32
 	Comm      [16]uint8
-	Reported  uint8
-	Pad       [3]uint8
+	Pad       uint32
 }
 
 type connectEvent struct {
@@ -61,18 +60,17 @@ const (
 type connectPending struct {
 	_      structs.HostLayout
 	Cookie uint64
-	Caller connectCaller
 	Daddr  [16]uint8
 	Dport  uint16
 	Family uint16
-	Pad    uint32
+	Netns  uint32
 }
 
 type connectStat uint32
 
 const (
 	connectStatSTAT_RINGBUF_FULL connectStat = 0
-	connectStatSTAT_STORAGE_FULL connectStat = 1
+	connectStatSTAT_CONN_FULL    connectStat = 1
 	connectStatSTAT_PENDING_FULL connectStat = 2
 	connectStatSTAT_MAX          connectStat = 3
 )
@@ -81,10 +79,9 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	connectMapCallers       = "callers"
+	connectMapConns         = "conns"
 	connectMapEvents        = "events"
 	connectMapPendings      = "pendings"
-	connectMapScratch       = "scratch"
 	connectMapStats         = "stats"
 	connectProgConnect4     = "connect4"
 	connectProgConnect6     = "connect6"
@@ -149,10 +146,9 @@ type connectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectMapSpecs struct {
-	Callers  *ebpf.MapSpec `ebpf:"callers"`
+	Conns    *ebpf.MapSpec `ebpf:"conns"`
 	Events   *ebpf.MapSpec `ebpf:"events"`
 	Pendings *ebpf.MapSpec `ebpf:"pendings"`
-	Scratch  *ebpf.MapSpec `ebpf:"scratch"`
 	Stats    *ebpf.MapSpec `ebpf:"stats"`
 }
 
@@ -187,19 +183,17 @@ func (o *connectObjects) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectMaps struct {
-	Callers  *ebpf.Map `ebpf:"callers"`
+	Conns    *ebpf.Map `ebpf:"conns"`
 	Events   *ebpf.Map `ebpf:"events"`
 	Pendings *ebpf.Map `ebpf:"pendings"`
-	Scratch  *ebpf.Map `ebpf:"scratch"`
 	Stats    *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *connectMaps) Close() error {
 	return _ConnectClose(
-		m.Callers,
+		m.Conns,
 		m.Events,
 		m.Pendings,
-		m.Scratch,
 		m.Stats,
 	)
 }

@@ -64,7 +64,8 @@ const (
 	StageQueue  = "queue"  // between the ring buffer reader and the pipeline
 
 	ReasonRingBufferFull = "ring_buffer_full" // bpf_ringbuf_reserve failed
-	ReasonStorageFull    = "storage_full"     // no socket storage for the caller: its connect goes unreported
+	ReasonConnFull       = "conn_full"        // more connects awaiting their outcome than the kernel map holds
+	ReasonConnExpired    = "conn_expired"     // a connect whose outcome never came (swept after an hour)
 	ReasonPendingFull    = "pending_full"     // no room to remember a connect(2) in flight: a failure inside the syscall goes unreported
 	ReasonQueueFull      = "queue_full"       // the pipeline did not keep up
 	ReasonMalformed      = "malformed"        // a record that did not decode

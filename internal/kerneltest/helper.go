@@ -2,6 +2,7 @@ package kerneltest
 
 import (
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -36,6 +37,9 @@ type Connect struct {
 	SynCnt int    // TCP_SYNCNT, to time out after SynCnt retries; 0 keeps the default
 	NetNS  string // a network namespace to join first (a path under /var/run/netns)
 	Cgroup *Cgroup
+	// Linger keeps the process alive after its connects until its stdin is
+	// closed, so that /proc can still be read.
+	Linger bool
 }
 
 // Command returns the helper process for c; its stdout has one line per
@@ -50,7 +54,8 @@ func (c Connect) Command(t testing.TB) *exec.Cmd {
 	cmd.Env = append(os.Environ(), helperEnv+"=connect",
 		"CALLSCOPE_TEST_REPEAT="+strconv.Itoa(max(c.Repeat, 1)),
 		"CALLSCOPE_TEST_SYNCNT="+strconv.Itoa(c.SynCnt),
-		"CALLSCOPE_TEST_NETNS="+c.NetNS)
+		"CALLSCOPE_TEST_NETNS="+c.NetNS,
+		"CALLSCOPE_TEST_LINGER="+strconv.FormatBool(c.Linger))
 	if c.Cgroup != nil {
 		cmd.SysProcAttr = &unix.SysProcAttr{UseCgroupFD: true, CgroupFD: int(c.Cgroup.Dir.Fd())}
 	}
@@ -103,8 +108,14 @@ func connectMain(args []string) error {
 			}
 		}
 	}
-	_, err := os.Stdout.WriteString(out.String())
-	return err
+	if _, err := os.Stdout.WriteString(out.String()); err != nil {
+		return err
+	}
+	if os.Getenv("CALLSCOPE_TEST_LINGER") == "true" {
+		os.Stdout.Close() // tells the parent the connects are done
+		io.Copy(io.Discard, os.Stdin)
+	}
+	return nil
 }
 
 // connectOnce makes one blocking connect and closes the socket.
