@@ -1,0 +1,25 @@
+package enrich
+
+import "github.com/callscope/callscope/collector"
+
+// Process is what /proc said about a process while it lived. Once cached it
+// is shared between events and never changed.
+type Process struct {
+	Exe     string   // resolved /proc/<pid>/exe; "" when unreadable
+	Cmdline []string // nil when unreadable or empty (kernel threads)
+	PPID    uint32
+}
+
+// Event is a kernel event with what is known of its caller. Fields that
+// could not be learnt are left zero, never guessed.
+type Event struct {
+	collector.Event
+	// Process is nil when the process was gone (or its PID reused) before
+	// /proc could be read.
+	Process *Process
+	// CgroupPath is relative to the cgroup2 root, starting with "/"; "" when
+	// the cgroup was gone before it could be resolved.
+	CgroupPath string
+	// Identity names the caller per the contract; "" when unknown.
+	Identity string
+}

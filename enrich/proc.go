@@ -1,0 +1,138 @@
+package enrich
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+)
+
+// userHZ is the unit of /proc/<pid>/stat's start time: USER_HZ, 100 on
+// every Linux architecture callscope runs on.
+const userHZ = 100
+
+type procKey struct {
+	pid   uint32
+	start uint64 // clock ticks since boot, as /proc/<pid>/stat says
+}
+
+// procCache maps (pid, start time) to what /proc said. Keying by start time
+// means a reused PID is a different key, never a stale hit. Two generations
+// bound it: when the young one is full it becomes the old one, and entries
+// still used are carried over on their next hit.
+type procCache struct {
+	root       string
+	max        int
+	young, old map[procKey]*cachedProcess
+}
+
+func newProcCache(root string, max int) *procCache {
+	return &procCache{root: root, max: max, young: make(map[procKey]*cachedProcess), old: map[procKey]*cachedProcess{}}
+}
+
+// get returns the process, or nil when it is gone. hit says whether /proc
+// was spared. A process found gone is remembered as gone: it cannot return.
+func (c *procCache) get(pid uint32, startNS uint64, uid uint32) (p *cachedProcess, hit bool) {
+	k := procKey{pid, startNS / (1e9 / userHZ)}
+	if p, ok := c.young[k]; ok {
+		return p, true
+	}
+	if p, ok := c.old[k]; ok {
+		c.put(k, p)
+		return p, true
+	}
+	p, err := readProcess(c.root, k)
+	if err != nil {
+		p = nil
+	} else if p.Exe != "" {
+		p.uid, p.id = uid, exeIdentity(p.Exe, uid)
+	}
+	c.put(k, p)
+	return p, false
+}
+
+func (c *procCache) put(k procKey, p *cachedProcess) {
+	if len(c.young) >= c.max/2 {
+		c.old, c.young = c.young, make(map[procKey]*cachedProcess, c.max/2)
+	}
+	c.young[k] = p
+}
+
+var errGone = errors.New("process gone")
+
+// readProcess reads /proc/<pid> and checks, before and after, that the PID
+// still names the process that started at k.start.
+func readProcess(root string, k procKey) (*cachedProcess, error) {
+	dir := root + "/" + strconv.FormatUint(uint64(k.pid), 10)
+	ppid, err := checkStart(dir, k.start)
+	if err != nil {
+		return nil, err
+	}
+	p := &cachedProcess{Process: Process{PPID: ppid}}
+	if exe, err := os.Readlink(dir + "/exe"); err == nil {
+		p.Exe = exe
+	}
+	if b, err := os.ReadFile(dir + "/cmdline"); err == nil {
+		p.Cmdline = splitCmdline(b)
+	}
+	if _, err := checkStart(dir, k.start); err != nil {
+		return nil, err // reused while we read: what we read may be another's
+	}
+	return p, nil
+}
+
+// checkStart reads the parent PID and start time from /proc/<pid>/stat and
+// fails unless the start time matches.
+func checkStart(dir string, start uint64) (ppid uint32, err error) {
+	b, err := os.ReadFile(dir + "/stat")
+	if err != nil {
+		return 0, errGone
+	}
+	ppid, got, err := parseStat(b)
+	if err != nil {
+		return 0, err
+	}
+	if got != start {
+		return 0, errGone
+	}
+	return ppid, nil
+}
+
+// parseStat returns fields 4 (ppid) and 22 (starttime) of /proc/<pid>/stat.
+// The command name (field 2) may hold spaces and parentheses, so fields are
+// counted from the last ')'.
+func parseStat(b []byte) (ppid uint32, start uint64, err error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, fmt.Errorf("stat: no command name")
+	}
+	fields := bytes.Fields(b[i+1:])
+	// fields[0] is field 3 (state).
+	if len(fields) < 20 {
+		return 0, 0, fmt.Errorf("stat: %d fields after the command name", len(fields))
+	}
+	pp, err := strconv.ParseUint(string(fields[1]), 10, 32)
+	if err != nil {
+		return 0, 0, fmt.Errorf("stat: ppid: %w", err)
+	}
+	st, err := strconv.ParseUint(string(fields[19]), 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("stat: starttime: %w", err)
+	}
+	return uint32(pp), st, nil
+}
+
+// splitCmdline splits the NUL-separated argument list.
+func splitCmdline(b []byte) []string {
+	b = bytes.TrimRight(b, "\x00")
+	if len(b) == 0 {
+		return nil
+	}
+	parts := bytes.Split(b, []byte{0})
+	args := make([]string, len(parts))
+	for i, p := range parts {
+		args[i] = string(p)
+	}
+	return args
+}
