@@ -1,0 +1,269 @@
+// Package exporter writes events to their sinks in the contract's JSON
+// schema (JSON lines on stdout) and exposes the agent's Prometheus metrics.
+package exporter
+
+import (
+	"net/netip"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/callscope/callscope/collector"
+	"github.com/callscope/callscope/enrich"
+)
+
+// Schema is the value of every event's "schema" key.
+const Schema = "callscope/v1"
+
+// timeLayout is RFC 3339 with all nine fraction digits, so that the times
+// of a stream sort as plain text too.
+const timeLayout = "2006-01-02T15:04:05.000000000Z07:00"
+
+// Encoder turns events into the contract's JSON lines. It numbers them:
+// seq rises by one per event of this agent instance. Not safe for concurrent use.
+type Encoder struct {
+	node     string
+	instance string
+	seq      uint64
+}
+
+// NewEncoder returns an Encoder for events of node. instance is an id of
+// this agent run; event ids are "<instance>-<seq>", so they stay unique
+// across restarts that start seq again from 1.
+func NewEncoder(node, instance string) *Encoder {
+	return &Encoder{node: node, instance: instance}
+}
+
+// Seq returns the last seq assigned (0 before any).
+func (e *Encoder) Seq() uint64 { return e.seq }
+
+// Append appends ev as one JSON object followed by '\n' to dst, assigns the
+// next seq, and returns the extended slice. It does not allocate when dst
+// has room for the line.
+//
+// A fact that is unknown (zero) is left out rather than written as a zero
+// value a consumer could mistake for a real one.
+func (e *Encoder) Append(dst []byte, ev *enrich.Event) []byte {
+	e.seq++
+	dst = append(dst, `{"schema":"`+Schema+`","id":"`...)
+	dst = appendEscaped(dst, e.instance)
+	dst = append(dst, '-')
+	dst = strconv.AppendUint(dst, e.seq, 10)
+	dst = append(dst, `","seq":`...)
+	dst = strconv.AppendUint(dst, e.seq, 10)
+	dst = append(dst, `,"time":"`...)
+	dst = time.Unix(0, ev.Time).UTC().AppendFormat(dst, timeLayout)
+	dst = append(dst, '"')
+	if e.node != "" {
+		dst = append(dst, `,"node":`...)
+		dst = appendString(dst, e.node)
+	}
+	dst = append(dst, `,"kind":"`...)
+	dst = append(dst, ev.Kind.String()...)
+	dst = append(dst, '"')
+
+	switch ev.Kind {
+	case collector.KindConnect:
+		dst = appendConnect(dst, ev)
+	case collector.KindLoss:
+		dst = append(dst, `,"loss":{"stage":`...)
+		dst = appendString(dst, ev.LossStage)
+		dst = append(dst, `,"reason":`...)
+		dst = appendString(dst, ev.LossReason)
+		dst = append(dst, `,"count":`...)
+		dst = strconv.AppendUint(dst, ev.Lost, 10)
+		dst = append(dst, '}')
+	}
+	return append(dst, '}', '\n')
+}
+
+func appendConnect(dst []byte, ev *enrich.Event) []byte {
+	// Socket cookies start at 1: 0 means the kernel gave none.
+	if ev.Cookie != 0 {
+		dst = append(dst, `,"conn":"`...)
+		dst = appendHex16(dst, ev.Cookie)
+		dst = append(dst, '"')
+	}
+	dst = append(dst, `,"proto":"tcp"`...)
+	if dstIP := ev.Dst.Addr(); dstIP.IsValid() {
+		if dstIP.Is4() {
+			dst = append(dst, `,"family":"ipv4"`...)
+		} else {
+			dst = append(dst, `,"family":"ipv6"`...)
+		}
+	}
+	if ev.NetNS != 0 {
+		dst = append(dst, `,"netns":`...)
+		dst = strconv.AppendUint(dst, uint64(ev.NetNS), 10)
+	}
+	// A connect that failed before a SYN was sent never got a source address.
+	if ev.Src.Addr().IsValid() {
+		dst = append(dst, `,"src":`...)
+		dst = appendAddrPort(dst, ev.Src)
+	}
+	if ev.Dst.Addr().IsValid() {
+		dst = append(dst, `,"dst":`...)
+		dst = appendAddrPort(dst, ev.Dst)
+	}
+	if ev.Outcome != collector.OutcomeUnknown {
+		dst = append(dst, `,"outcome":"`...)
+		dst = append(dst, ev.Outcome.String()...)
+		dst = append(dst, '"')
+	}
+	if ev.Errno != 0 {
+		dst = append(dst, `,"error":"`...)
+		if name := unix.ErrnoName(ev.Errno); name != "" {
+			dst = append(dst, name...)
+		} else {
+			// An errno this build has no name for is still a fact worth keeping.
+			dst = strconv.AppendUint(dst, uint64(ev.Errno), 10)
+		}
+		dst = append(dst, '"')
+	}
+	dst = appendProcess(dst, ev)
+	if ev.CgroupID != 0 || ev.CgroupPath != "" {
+		dst = append(dst, `,"cgroup":{`...)
+		sep := ""
+		if ev.CgroupID != 0 {
+			dst = append(dst, `"id":`...)
+			dst = strconv.AppendUint(dst, ev.CgroupID, 10)
+			sep = ","
+		}
+		if ev.CgroupPath != "" {
+			dst = append(dst, sep...)
+			dst = append(dst, `"path":`...)
+			dst = appendString(dst, ev.CgroupPath)
+		}
+		dst = append(dst, '}')
+	}
+	if ev.Identity != "" {
+		dst = append(dst, `,"identity":`...)
+		dst = appendString(dst, ev.Identity)
+	}
+	return dst
+}
+
+// appendProcess writes the caller. pid, tid, uid and gid come from the
+// kernel with every event, and 0 is a real uid (root), so they are always
+// written; what /proc told is written only while it was readable.
+func appendProcess(dst []byte, ev *enrich.Event) []byte {
+	dst = append(dst, `,"process":{"pid":`...)
+	dst = strconv.AppendUint(dst, uint64(ev.PID), 10)
+	dst = append(dst, `,"tid":`...)
+	dst = strconv.AppendUint(dst, uint64(ev.TID), 10)
+	// The conversion does not allocate: comm is short and appendString
+	// does not keep it.
+	if comm := ev.CommString(); comm != "" {
+		dst = append(dst, `,"comm":`...)
+		dst = appendString(dst, comm)
+	}
+	p := ev.Process
+	if p != nil && p.Exe != "" {
+		dst = append(dst, `,"exe":`...)
+		dst = appendString(dst, p.Exe)
+	}
+	if p != nil && len(p.Cmdline) > 0 {
+		dst = append(dst, `,"cmdline":[`...)
+		for i, arg := range p.Cmdline {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendString(dst, arg)
+		}
+		dst = append(dst, ']')
+	}
+	dst = append(dst, `,"uid":`...)
+	dst = strconv.AppendUint(dst, uint64(ev.UID), 10)
+	dst = append(dst, `,"gid":`...)
+	dst = strconv.AppendUint(dst, uint64(ev.GID), 10)
+	if p != nil && p.PPID != 0 {
+		dst = append(dst, `,"ppid":`...)
+		dst = strconv.AppendUint(dst, uint64(p.PPID), 10)
+	}
+	return append(dst, '}')
+}
+
+func appendAddrPort(dst []byte, ap netip.AddrPort) []byte {
+	ip := ap.Addr()
+	dst = append(dst, `{"ip":"`...)
+	// A zone is free text; write it escaped so it cannot break the line.
+	dst = ip.WithZone("").AppendTo(dst)
+	if zone := ip.Zone(); zone != "" {
+		dst = append(dst, '%')
+		dst = appendEscaped(dst, zone)
+	}
+	dst = append(dst, `","port":`...)
+	dst = strconv.AppendUint(dst, uint64(ap.Port()), 10)
+	return append(dst, '}')
+}
+
+const hexDigits = "0123456789abcdef"
+
+func appendHex16(dst []byte, v uint64) []byte {
+	for shift := 60; shift >= 0; shift -= 4 {
+		dst = append(dst, hexDigits[v>>uint(shift)&0xf])
+	}
+	return dst
+}
+
+func appendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	dst = appendEscaped(dst, s)
+	return append(dst, '"')
+}
+
+// appendEscaped appends s escaped for a JSON string as encoding/json does
+// it, so that any bytes at all (comm, argv and paths are whatever the
+// caller made them) come out as valid JSON that decodes to what
+// encoding/json would give. The HTML escapes of <, > and & are left out:
+// nothing reading these lines renders them as HTML.
+func appendEscaped(dst []byte, s string) []byte {
+	start := 0
+	for i := 0; i < len(s); {
+		b := s[i]
+		if b < utf8.RuneSelf {
+			if b >= 0x20 && b != '"' && b != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch b {
+			case '"', '\\':
+				dst = append(dst, '\\', b)
+			case '\b':
+				dst = append(dst, '\\', 'b')
+			case '\f':
+				dst = append(dst, '\\', 'f')
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[b>>4], hexDigits[b&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		c, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case c == utf8.RuneError && size == 1:
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+		case c == '\u2028' || c == '\u2029':
+			// Valid JSON, but line terminators to JavaScript.
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[c&0xf])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	return append(dst, s[start:]...)
+}

@@ -1,0 +1,432 @@
+package exporter
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/netip"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/callscope/callscope/collector"
+	"github.com/callscope/callscope/enrich"
+)
+
+var eventTime = time.Date(2026, 11, 27, 4, 32, 4, 123456789, time.UTC).UnixNano()
+
+func comm(s string) (c [16]byte) {
+	copy(c[:], s)
+	return c
+}
+
+// connectEvent is a fully known IPv4 connect that tests vary.
+func connectEvent() enrich.Event {
+	return enrich.Event{
+		Event: collector.Event{
+			Kind:      collector.KindConnect,
+			Outcome:   collector.OutcomeEstablished,
+			Time:      eventTime,
+			Cookie:    0x1a2b3c,
+			Src:       netip.MustParseAddrPort("10.0.3.7:43210"),
+			Dst:       netip.MustParseAddrPort("10.96.0.15:443"),
+			PID:       4242,
+			TID:       4243,
+			UID:       1000,
+			GID:       1001,
+			Comm:      comm("billing"),
+			CgroupID:  9731,
+			ProcStart: 123,
+			NetNS:     4026531840,
+		},
+		Process: &enrich.Process{
+			Exe:     "/app/billing",
+			Cmdline: []string{"/app/billing", "--prod"},
+			PPID:    1,
+		},
+		CgroupPath: "/kubepods.slice/billing.scope",
+		Identity:   "spiffe://cluster.local/ns/payments/sa/billing",
+	}
+}
+
+type obj = map[string]any
+
+// decodeLine checks that line is one JSON object ending in a single '\n'
+// and returns it decoded.
+func decodeLine(t *testing.T, line []byte) obj {
+	t.Helper()
+	if !bytes.HasSuffix(line, []byte("\n")) || bytes.Count(line, []byte("\n")) != 1 {
+		t.Fatalf("line does not end in exactly one newline: %q", line)
+	}
+	if !json.Valid(line) {
+		t.Fatalf("invalid JSON: %q", line)
+	}
+	var m obj
+	if err := json.Unmarshal(line, &m); err != nil {
+		t.Fatalf("decode %q: %v", line, err)
+	}
+	return m
+}
+
+func TestEncoderAppend(t *testing.T) {
+	header := func(seq int, kind string) obj {
+		return obj{
+			"schema": "callscope/v1",
+			"id":     "inst-" + strconv.Itoa(seq),
+			"seq":    float64(seq),
+			"time":   "2026-11-27T04:32:04.123456789Z",
+			"node":   "worker-1",
+			"kind":   kind,
+		}
+	}
+	with := func(m obj, extra obj) obj {
+		for k, v := range extra {
+			m[k] = v
+		}
+		return m
+	}
+	fullProcess := obj{
+		"pid": 4242.0, "tid": 4243.0, "comm": "billing", "exe": "/app/billing",
+		"cmdline": []any{"/app/billing", "--prod"}, "uid": 1000.0, "gid": 1001.0, "ppid": 1.0,
+	}
+	cgroup := obj{"id": 9731.0, "path": "/kubepods.slice/billing.scope"}
+	identity := "spiffe://cluster.local/ns/payments/sa/billing"
+
+	tests := []struct {
+		name string
+		ev   func() enrich.Event
+		want func(seq int) obj
+	}{{
+		name: "ipv4 established",
+		ev:   connectEvent,
+		want: func(seq int) obj {
+			return with(header(seq, "connect"), obj{
+				"conn": "00000000001a2b3c", "proto": "tcp", "family": "ipv4", "netns": 4026531840.0,
+				"src":      obj{"ip": "10.0.3.7", "port": 43210.0},
+				"dst":      obj{"ip": "10.96.0.15", "port": 443.0},
+				"outcome":  "established",
+				"process":  fullProcess,
+				"cgroup":   cgroup,
+				"identity": identity,
+			})
+		},
+	}, {
+		name: "ipv6 refused",
+		ev: func() enrich.Event {
+			ev := connectEvent()
+			ev.Src = netip.MustParseAddrPort("[2001:db8:0:0::7]:50000")
+			ev.Dst = netip.MustParseAddrPort("[2001:0db8::0:15]:443")
+			ev.Outcome = collector.OutcomeRefused
+			ev.Errno = unix.ECONNREFUSED
+			ev.Cookie = 0xffffffffffffffff
+			return ev
+		},
+		want: func(seq int) obj {
+			return with(header(seq, "connect"), obj{
+				"conn": "ffffffffffffffff", "proto": "tcp", "family": "ipv6", "netns": 4026531840.0,
+				"src":      obj{"ip": "2001:db8::7", "port": 50000.0},
+				"dst":      obj{"ip": "2001:db8::15", "port": 443.0},
+				"outcome":  "refused",
+				"error":    "ECONNREFUSED",
+				"process":  fullProcess,
+				"cgroup":   cgroup,
+				"identity": identity,
+			})
+		},
+	}, {
+		name: "failed before SYN, root",
+		ev: func() enrich.Event {
+			ev := connectEvent()
+			ev.Src = netip.AddrPort{}
+			ev.Outcome = collector.OutcomeUnreachable
+			ev.Errno = unix.ENETUNREACH
+			ev.UID, ev.GID = 0, 0
+			return ev
+		},
+		want: func(seq int) obj {
+			p := with(obj{}, fullProcess)
+			p["uid"], p["gid"] = 0.0, 0.0
+			return with(header(seq, "connect"), obj{
+				"conn": "00000000001a2b3c", "proto": "tcp", "family": "ipv4", "netns": 4026531840.0,
+				"dst":      obj{"ip": "10.96.0.15", "port": 443.0},
+				"outcome":  "unreachable",
+				"error":    "ENETUNREACH",
+				"process":  p,
+				"cgroup":   cgroup,
+				"identity": identity,
+			})
+		},
+	}, {
+		name: "process and cgroup gone",
+		ev: func() enrich.Event {
+			ev := connectEvent()
+			ev.Process = nil
+			ev.CgroupPath = ""
+			ev.Identity = ""
+			return ev
+		},
+		want: func(seq int) obj {
+			return with(header(seq, "connect"), obj{
+				"conn": "00000000001a2b3c", "proto": "tcp", "family": "ipv4", "netns": 4026531840.0,
+				"src":     obj{"ip": "10.0.3.7", "port": 43210.0},
+				"dst":     obj{"ip": "10.96.0.15", "port": 443.0},
+				"outcome": "established",
+				"process": obj{"pid": 4242.0, "tid": 4243.0, "comm": "billing", "uid": 1000.0, "gid": 1001.0},
+				"cgroup":  obj{"id": 9731.0},
+			})
+		},
+	}, {
+		name: "nothing optional known",
+		ev: func() enrich.Event {
+			ev := connectEvent()
+			ev.Outcome = collector.OutcomeUnknown
+			ev.Cookie = 0
+			ev.NetNS = 0
+			ev.Comm = [16]byte{}
+			ev.CgroupID = 0
+			ev.CgroupPath = ""
+			ev.Identity = ""
+			ev.Process = &enrich.Process{}
+			return ev
+		},
+		want: func(seq int) obj {
+			return with(header(seq, "connect"), obj{
+				"proto": "tcp", "family": "ipv4",
+				"src":     obj{"ip": "10.0.3.7", "port": 43210.0},
+				"dst":     obj{"ip": "10.96.0.15", "port": 443.0},
+				"process": obj{"pid": 4242.0, "tid": 4243.0, "uid": 1000.0, "gid": 1001.0},
+			})
+		},
+	}, {
+		name: "timeout without errno, unnamed errno kept as number",
+		ev: func() enrich.Event {
+			ev := connectEvent()
+			ev.Outcome = collector.OutcomeFailed
+			ev.Errno = 4000
+			ev.Src = netip.MustParseAddrPort("[fe80::1%eth\"0]:1")
+			ev.Dst = netip.MustParseAddrPort("[::ffff:10.0.0.1]:80")
+			return ev
+		},
+		want: func(seq int) obj {
+			return with(header(seq, "connect"), obj{
+				"conn": "00000000001a2b3c", "proto": "tcp", "family": "ipv6", "netns": 4026531840.0,
+				"src":      obj{"ip": "fe80::1%eth\"0", "port": 1.0},
+				"dst":      obj{"ip": "::ffff:10.0.0.1", "port": 80.0},
+				"outcome":  "failed",
+				"error":    "4000",
+				"process":  fullProcess,
+				"cgroup":   cgroup,
+				"identity": identity,
+			})
+		},
+	}, {
+		name: "loss",
+		ev: func() enrich.Event {
+			return enrich.Event{Event: collector.Event{
+				Kind:       collector.KindLoss,
+				Time:       eventTime,
+				Lost:       17,
+				LossStage:  collector.StageKernel,
+				LossReason: collector.ReasonRingBufferFull,
+			}}
+		},
+		want: func(seq int) obj {
+			return with(header(seq, "loss"), obj{
+				"loss": obj{"stage": "kernel", "reason": "ring_buffer_full", "count": 17.0},
+			})
+		},
+	}}
+
+	enc := NewEncoder("worker-1", "inst")
+	if enc.Seq() != 0 {
+		t.Fatalf("Seq before any event = %d, want 0", enc.Seq())
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := tt.ev()
+			prefix := []byte("previous line\n")
+			out := enc.Append(bytes.Clone(prefix), &ev)
+			if !bytes.HasPrefix(out, prefix) {
+				t.Fatalf("Append overwrote dst: %q", out)
+			}
+			seq := i + 1
+			if enc.Seq() != uint64(seq) {
+				t.Errorf("Seq = %d, want %d", enc.Seq(), seq)
+			}
+			got := decodeLine(t, out[len(prefix):])
+			if want := tt.want(seq); !reflect.DeepEqual(got, want) {
+				t.Errorf("got  %v\nwant %v\nline %s", got, want, out[len(prefix):])
+			}
+		})
+	}
+}
+
+func TestEncoderKeyOrder(t *testing.T) {
+	ev := connectEvent()
+	ev.Errno = unix.ECONNRESET
+	out := NewEncoder("n", "i").Append(nil, &ev)
+	keys := []string{`"schema"`, `"id"`, `"seq"`, `"time"`, `"node"`, `"kind"`, `"conn"`, `"proto"`,
+		`"family"`, `"netns"`, `"src"`, `"dst"`, `"outcome"`, `"error"`, `"process"`, `"pid"`, `"tid"`,
+		`"comm"`, `"exe"`, `"cmdline"`, `"uid"`, `"gid"`, `"ppid"`, `"cgroup"`, `"id"`, `"path"`, `"identity"`}
+	rest := out
+	for _, k := range keys {
+		i := bytes.Index(rest, []byte(k+":"))
+		if i < 0 {
+			t.Fatalf("key %s missing or out of order in %s", k, out)
+		}
+		rest = rest[i+len(k):]
+	}
+}
+
+func TestEncoderNoNode(t *testing.T) {
+	ev := connectEvent()
+	m := decodeLine(t, NewEncoder("", "x").Append(nil, &ev))
+	if _, ok := m["node"]; ok {
+		t.Errorf("node written although unknown: %v", m["node"])
+	}
+}
+
+func TestEncoderTime(t *testing.T) {
+	for _, ns := range []int64{0, 1, eventTime, -1, 1 << 62} {
+		ev := connectEvent()
+		ev.Time = ns
+		m := decodeLine(t, NewEncoder("", "x").Append(nil, &ev))
+		got, err := time.Parse(time.RFC3339Nano, m["time"].(string))
+		if err != nil || got.UnixNano() != ns {
+			t.Errorf("time %d written as %q (%v)", ns, m["time"], err)
+		}
+	}
+}
+
+// viaEncodingJSON is what a string becomes after encoding/json writes it
+// and reads it back.
+func viaEncodingJSON(t testing.TB, s string) string {
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back string
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	return back
+}
+
+// encodingJSONString is how encoding/json writes s when HTML escaping is off.
+func encodingJSONString(t testing.TB, s string) []byte {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(s); err != nil {
+		t.Fatal(err)
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+}
+
+var awkwardStrings = []string{
+	"",
+	"plain",
+	`quote " and backslash \ and \"both\"`,
+	"newline\nreturn\rtab\tbackspace\bformfeed\f",
+	"nul\x00 bell\x07 esc\x1b unit\x1f del\x7f",
+	"invalid \xff\xfe utf-8 \xc3 truncated \xe2\x82",
+	"separators \u2028 and \u2029",
+	"emoji 🦫 and 日本語 and é",
+	"<script>&amp;</script>",
+	"\xed\xa0\x80 surrogate half",
+	"\xf4\x90\x80\x80 beyond U+10FFFF",
+	"ends in backslash \\",
+}
+
+func TestAppendStringMatchesEncodingJSON(t *testing.T) {
+	for _, s := range awkwardStrings {
+		got := appendString(nil, s)
+		if want := encodingJSONString(t, s); !bytes.Equal(got, want) {
+			t.Errorf("appendString(%q) = %s, want %s", s, got, want)
+		}
+	}
+}
+
+func TestEncoderEscaping(t *testing.T) {
+	for _, s := range awkwardStrings {
+		ev := connectEvent()
+		ev.Comm = comm(s)
+		ev.Process = &enrich.Process{Exe: s, Cmdline: []string{s, "--" + s}}
+		ev.CgroupPath = s
+		ev.Identity = s
+		ev.Src = netip.AddrPortFrom(netip.MustParseAddr("fe80::1").WithZone(s), 1)
+		line := NewEncoder(s, s).Append(nil, &ev)
+		m := decodeLine(t, line)
+
+		want := func(s string) string { return viaEncodingJSON(t, s) }
+		proc := m["process"].(obj)
+		checks := []struct {
+			field string
+			got   any
+			want  string
+		}{
+			{"node", m["node"], want(s)},
+			{"id", m["id"], want(s + "-1")},
+			{"comm", proc["comm"], want(ev.CommString())},
+			{"exe", proc["exe"], want(s)},
+			{"cmdline[0]", proc["cmdline"].([]any)[0], want(s)},
+			{"cmdline[1]", proc["cmdline"].([]any)[1], want("--" + s)},
+			{"cgroup.path", m["cgroup"].(obj)["path"], want(s)},
+			{"identity", m["identity"], want(s)},
+			{"src.ip", m["src"].(obj)["ip"], want(ev.Src.Addr().String())},
+		}
+		for _, c := range checks {
+			if s == "" && c.got == nil {
+				continue // empty strings are left out
+			}
+			if c.got != c.want {
+				t.Errorf("%q: %s = %q, want %q", s, c.field, c.got, c.want)
+			}
+		}
+	}
+}
+
+func TestEncoderAllocs(t *testing.T) {
+	ev := connectEvent()
+	ev.Errno = unix.ECONNRESET
+	ev.Process.Cmdline = []string{"/app/billing", "--prod", "weird \"arg\"\n\xff\u2028"}
+	ev.Src = netip.AddrPortFrom(netip.MustParseAddr("fe80::1").WithZone("eth0"), 1)
+	enc := NewEncoder("worker-1", "inst")
+	buf := make([]byte, 0, 4096)
+	allocs := testing.AllocsPerRun(1000, func() {
+		buf = enc.Append(buf[:0], &ev)
+	})
+	if allocs != 0 {
+		t.Errorf("Append allocates %v times per event, want 0", allocs)
+	}
+	loss := enrich.Event{Event: collector.Event{Kind: collector.KindLoss, Lost: 1,
+		LossStage: collector.StageQueue, LossReason: collector.ReasonQueueFull}}
+	if allocs := testing.AllocsPerRun(1000, func() { buf = enc.Append(buf[:0], &loss) }); allocs != 0 {
+		t.Errorf("Append of a loss event allocates %v times, want 0", allocs)
+	}
+}
+
+func BenchmarkEncode(b *testing.B) {
+	ev := connectEvent()
+	enc := NewEncoder("worker-1", "3f2a9c")
+	buf := enc.Append(make([]byte, 0, 4096), &ev)
+	b.SetBytes(int64(len(buf)))
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = enc.Append(buf[:0], &ev)
+	}
+}
+
+func TestEncoderTimeFixedWidth(t *testing.T) {
+	enc := NewEncoder("n", "i")
+	ev := &enrich.Event{}
+	ev.Kind = collector.KindLoss
+	ev.Time = time.Date(2026, 11, 27, 4, 32, 4, 100_000_000, time.UTC).UnixNano()
+	line := string(enc.Append(nil, ev))
+	if !strings.Contains(line, `"time":"2026-11-27T04:32:04.100000000Z"`) {
+		t.Errorf("time not in fixed-width RFC 3339: %s", line)
+	}
+}

@@ -1,0 +1,149 @@
+package exporter
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/callscope/callscope/enrich"
+)
+
+// writeRecorder keeps every Write it gets, separately.
+type writeRecorder struct {
+	writes [][]byte
+	err    error
+}
+
+func (w *writeRecorder) Write(p []byte) (int, error) {
+	w.writes = append(w.writes, bytes.Clone(p))
+	if w.err != nil {
+		return 0, w.err
+	}
+	return len(p), nil
+}
+
+func batch(n int) []enrich.Event {
+	events := make([]enrich.Event, n)
+	for i := range events {
+		events[i] = connectEvent()
+	}
+	return events
+}
+
+func TestJSONLinesWrite(t *testing.T) {
+	var w writeRecorder
+	j := NewJSONLines(&w, NewEncoder("worker-1", "inst"))
+	if err := j.Write(batch(3)); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Write(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Write(batch(2)); err != nil {
+		t.Fatal(err)
+	}
+	if len(w.writes) != 2 {
+		t.Fatalf("got %d writes, want one per non-empty batch (2)", len(w.writes))
+	}
+	seq := 0
+	for i, want := range []int{3, 2} {
+		lines := bytes.SplitAfter(w.writes[i], []byte("\n"))
+		if last := lines[len(lines)-1]; len(last) != 0 {
+			t.Fatalf("write %d does not end in a newline: %q", i, last)
+		}
+		lines = lines[:len(lines)-1]
+		if len(lines) != want {
+			t.Fatalf("write %d has %d lines, want %d", i, len(lines), want)
+		}
+		for _, line := range lines {
+			seq++
+			m := decodeLine(t, line)
+			if m["seq"] != float64(seq) || m["id"] != "inst-"+strconv.Itoa(seq) {
+				t.Errorf("line %d: seq %v id %v", seq, m["seq"], m["id"])
+			}
+		}
+	}
+}
+
+func TestJSONLinesWriteError(t *testing.T) {
+	errBroken := errors.New("broken pipe")
+	j := NewJSONLines(&writeRecorder{err: errBroken}, NewEncoder("", "inst"))
+	err := j.Write(batch(1))
+	if !errors.Is(err, errBroken) {
+		t.Fatalf("Write error = %v, want it to wrap %v", err, errBroken)
+	}
+	if want := "write events to stdout: broken pipe"; err.Error() != want {
+		t.Errorf("Write error = %q, want %q", err, want)
+	}
+}
+
+// TestJSONLinesReportsFailedWrites: events a failed write lost are
+// announced by a loss event at the head of the next write that succeeds.
+func TestJSONLinesReportsFailedWrites(t *testing.T) {
+	w := &writeRecorder{err: errors.New("EAGAIN")}
+	j := NewJSONLines(w, NewEncoder("", "inst"))
+	j.Write(batch(2))
+	j.Write(batch(3))
+	w.err = nil
+	if err := j.Write(batch(1)); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(w.writes[2]), "\n"), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("got %d lines, want a loss event and the event: %q", len(lines), lines)
+	}
+	var loss struct {
+		Seq  uint64
+		Kind string
+		Loss struct {
+			Stage, Reason string
+			Count         uint64
+		}
+	}
+	if err := json.Unmarshal([]byte(lines[0]), &loss); err != nil {
+		t.Fatal(err)
+	}
+	if loss.Kind != "loss" || loss.Loss.Stage != "stdout" || loss.Loss.Reason != "write_failed" || loss.Loss.Count != 6 || loss.Seq != 7 {
+		t.Errorf("loss event %+v, want seq 7 saying the 6 before it were lost at stdout", loss)
+	}
+	// Reported once only.
+	j.Write(batch(1))
+	if strings.Contains(string(w.writes[3]), `"loss"`) {
+		t.Errorf("loss reported twice: %s", w.writes[3])
+	}
+}
+
+func TestJSONLinesAllocs(t *testing.T) {
+	events := batch(64)
+	j := NewJSONLines(io.Discard, NewEncoder("worker-1", "inst"))
+	if err := j.Write(events); err != nil { // grows the buffer once
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := j.Write(events); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("Write allocates %v times per batch in steady state, want 0", allocs)
+	}
+}
+
+func BenchmarkJSONLinesWrite(b *testing.B) {
+	events := batch(256)
+	j := NewJSONLines(io.Discard, NewEncoder("worker-1", "3f2a9c"))
+	if err := j.Write(events); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(j.buf)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := j.Write(events); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
