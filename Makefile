@@ -1,0 +1,53 @@
+# callscope — run `make help` for the targets.
+
+GO       ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+BIN      := bin/callscope
+# Kernel tests need root: as another user, test binaries run under sudo.
+SUDO     := $(if $(filter 0,$(shell id -u)),,sudo)
+GOTEST   := $(GO) test $(if $(SUDO),-exec sudo)
+FUZZTIME ?= 20s
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## build the static agent binary into bin/callscope
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/callscope
+
+.PHONY: run
+run: build ## build, then run the agent with events on stdout (as root)
+	$(SUDO) $(BIN) run
+
+.PHONY: test
+test: ## run every test; kernel tests load the real programs (as root)
+	$(GOTEST) -count=1 ./...
+
+.PHONY: fuzz
+fuzz: ## run each fuzz test for FUZZTIME (default 20s)
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f"; $(GOTEST) -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+.PHONY: bench
+bench: ## run the benchmarks (benchstat-friendly output)
+	$(GOTEST) -run '^$$' -bench . -benchmem -count=5 ./...
+
+.PHONY: generate
+generate: ## rebuild the BPF object and its Go bindings (needs clang, llvm, libbpf-dev)
+	$(GO) generate ./collector/
+
+.PHONY: lint
+lint: ## gofmt, go vet, and shellcheck where installed
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+	@if command -v shellcheck >/dev/null; then shellcheck .ci/run; fi
+
+.PHONY: clean
+clean: ## remove build output
+	rm -rf bin

@@ -1,0 +1,380 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/callscope/callscope/internal/kerneltest"
+)
+
+func TestMain(m *testing.M) {
+	kerneltest.MaybeRunHelper()
+	os.Exit(m.Run())
+}
+
+// event is the part of the JSON schema the end-to-end test reads.
+type event struct {
+	Schema  string `json:"schema"`
+	ID      string `json:"id"`
+	Seq     uint64 `json:"seq"`
+	Time    time.Time
+	Node    string `json:"node"`
+	Kind    string `json:"kind"`
+	Conn    string `json:"conn"`
+	Proto   string `json:"proto"`
+	Family  string `json:"family"`
+	Src     *struct {
+		IP   string `json:"ip"`
+		Port uint16 `json:"port"`
+	} `json:"src"`
+	Dst struct {
+		IP   string `json:"ip"`
+		Port uint16 `json:"port"`
+	} `json:"dst"`
+	Outcome string `json:"outcome"`
+	Process struct {
+		PID     int      `json:"pid"`
+		Comm    string   `json:"comm"`
+		Exe     string   `json:"exe"`
+		Cmdline []string `json:"cmdline"`
+		UID     *int     `json:"uid"`
+		PPID    int      `json:"ppid"`
+	} `json:"process"`
+	Cgroup struct {
+		ID   uint64 `json:"id"`
+		Path string `json:"path"`
+	} `json:"cgroup"`
+	Identity string `json:"identity"`
+}
+
+// agent is a running `callscope run` whose stdout is parsed as it comes.
+type agent struct {
+	cmd     *exec.Cmd
+	metrics string
+	mu      sync.Mutex
+	events  []event
+	bad     []string
+	done    chan struct{}
+}
+
+var binOnce struct {
+	sync.Once
+	path string
+	err  error
+}
+
+// binary builds the agent once per test run, as `make build` does.
+func binary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "callscope-bin")
+		if err != nil {
+			binOnce.err = err
+			return
+		}
+		binOnce.path = filepath.Join(dir, "callscope")
+		// Under sudo the PATH may not hold go: fall back to the toolchain
+		// this test was built with.
+		gobin, err := exec.LookPath("go")
+		if err != nil {
+			gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		}
+		out, err := exec.Command(gobin, "build", "-o", binOnce.path, ".").CombinedOutput()
+		if err != nil {
+			binOnce.err = &buildError{err, string(out)}
+		}
+	})
+	if binOnce.err != nil {
+		t.Fatal(binOnce.err)
+	}
+	return binOnce.path
+}
+
+type buildError struct {
+	err error
+	out string
+}
+
+func (e *buildError) Error() string { return "go build: " + e.err.Error() + "\n" + e.out }
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func startAgent(t *testing.T, args ...string) *agent {
+	t.Helper()
+	kerneltest.Require(t)
+	a := &agent{metrics: freePort(t), done: make(chan struct{})}
+	a.cmd = exec.Command(binary(t), append([]string{"run", "--metrics-addr", a.metrics, "--node-name", "test-node"}, args...)...)
+	a.cmd.Stderr = &testLog{t: t}
+	stdout, err := a.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.cmd.Process.Kill()
+		a.cmd.Wait()
+	})
+	go func() {
+		defer close(a.done)
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			var e event
+			a.mu.Lock()
+			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+				a.bad = append(a.bad, sc.Text())
+			} else {
+				a.events = append(a.events, e)
+			}
+			a.mu.Unlock()
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if code := get(a.metrics + "/readyz"); code == http.StatusOK {
+			return a
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("agent not ready after 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func get(url string) int {
+	resp, err := http.Get("http://" + url)
+	if err != nil {
+		return 0
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// await returns the events of pid once there are n, failing after 5s.
+func (a *agent) await(t *testing.T, pid, n int) []event {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a.mu.Lock()
+		var evs []event
+		for _, e := range a.events {
+			if e.Process.PID == pid {
+				evs = append(evs, e)
+			}
+		}
+		bad := a.bad
+		a.mu.Unlock()
+		if len(bad) > 0 {
+			t.Fatalf("agent wrote lines that are not JSON events: %q", bad)
+		}
+		if len(evs) >= n {
+			return evs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("got %d events from pid %d, want %d", len(evs), pid, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type testLog struct {
+	t  *testing.T
+	mu sync.Mutex
+}
+
+func (l *testLog) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.t.Logf("agent: %s", strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+// TestAgentReportsConnects runs the built binary as a user would and checks
+// the JSON events of a process in a cgroup made for it, over IPv4 and IPv6.
+func TestAgentReportsConnects(t *testing.T) {
+	a := startAgent(t)
+	cg := kerneltest.NewCgroup(t, "app.slice/e2e")
+	ln4, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln4.Close()
+	ln6, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln6.Close()
+	dst4 := ln4.Addr().(*net.TCPAddr).AddrPort()
+	dst6 := ln6.Addr().(*net.TCPAddr).AddrPort()
+
+	// The caller stays alive until its events are in, as a service would.
+	child := kerneltest.Connect{Addrs: []netip.AddrPort{dst4, dst6}, Cgroup: cg, Linger: true}.Command(t)
+	stdin, err := child.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	res, _ := io.ReadAll(out)
+	if want := dst4.String() + "=ok\n" + dst6.String() + "=ok\n"; string(res) != want {
+		t.Fatalf("helper said %q, want %q", res, want)
+	}
+	evs := a.await(t, child.Process.Pid, 2)
+	stdin.Close()
+	child.Wait()
+
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, e := range evs {
+		if e.Schema != "callscope/v1" || e.Kind != "connect" || e.Proto != "tcp" || e.Node != "test-node" {
+			t.Errorf("header: %+v", e)
+		}
+		if e.Outcome != "established" {
+			t.Errorf("outcome %q", e.Outcome)
+		}
+		if !strings.HasSuffix(e.ID, "-"+itoa(e.Seq)) || e.Conn == "" {
+			t.Errorf("id %q seq %d conn %q", e.ID, e.Seq, e.Conn)
+		}
+		want := dst4
+		if e.Family == "ipv6" {
+			want = dst6
+		}
+		if e.Dst.IP != want.Addr().String() || e.Dst.Port != want.Port() {
+			t.Errorf("%s dst %+v, want %v", e.Family, e.Dst, want)
+		}
+		if e.Src == nil || e.Src.IP != want.Addr().String() || e.Src.Port == 0 {
+			t.Errorf("%s src %+v", e.Family, e.Src)
+		}
+		seen[e.Family] = true
+		p := e.Process
+		if p.Exe != exe || p.Comm != filepath.Base(exe)[:min(15, len(filepath.Base(exe)))] || p.UID == nil || *p.UID != 0 || p.PPID != os.Getpid() {
+			t.Errorf("process %+v, want exe %s, ppid %d", p, exe, os.Getpid())
+		}
+		if !slices.Equal(p.Cmdline, []string{os.Args[0], dst4.String(), dst6.String()}) {
+			t.Errorf("cmdline %q", p.Cmdline)
+		}
+		if e.Cgroup.Path != cg.Rel || e.Cgroup.ID != cg.ID {
+			t.Errorf("cgroup %+v, want %s (%d)", e.Cgroup, cg.Rel, cg.ID)
+		}
+		if e.Identity != "exe:"+exe+" uid:0" {
+			t.Errorf("identity %q", e.Identity)
+		}
+	}
+	if len(evs) != 2 || !seen["ipv4"] || !seen["ipv6"] {
+		t.Errorf("want one IPv4 and one IPv6 event, got %+v", evs)
+	}
+
+	// A real client: curl, when the machine has it.
+	if curl, err := exec.LookPath("curl"); err == nil {
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})}
+		go srv.Serve(ln4)
+		defer srv.Close()
+		cmd := exec.Command(curl, "-s", "-o", "/dev/null", "http://"+dst4.String()+"/")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("curl: %v %s", err, out)
+		}
+		e := a.await(t, cmd.Process.Pid, 1)[0]
+		if e.Process.Comm != "curl" || e.Outcome != "established" || e.Dst.Port != dst4.Port() {
+			t.Errorf("curl's event: %+v", e)
+		}
+	}
+
+	// Metrics count what was written.
+	resp, err := http.Get("http://" + a.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`callscope_events_total{kind="connect"}`, `callscope_events_lost_total{reason="ring_buffer_full",stage="kernel"} 0`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
+	// SIGTERM: stop, flush, exit 0.
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.cmd.Wait(); err != nil {
+		t.Fatalf("agent exit after SIGTERM: %v", err)
+	}
+	<-a.done
+	// seq rises by one per event, from 1.
+	for i, e := range a.events {
+		if e.Seq != uint64(i+1) {
+			t.Fatalf("event %d has seq %d", i, e.Seq)
+		}
+	}
+}
+
+func itoa(n uint64) string {
+	b, _ := json.Marshal(n)
+	return string(b)
+}
+
+// TestAgentSaysWhatIsMissing: without the privilege it needs, or pointed at
+// a directory that is not cgroup2, the agent names the problem and exits 1.
+func TestAgentSaysWhatIsMissing(t *testing.T) {
+	kerneltest.Require(t)
+	capsh, err := exec.LookPath("capsh")
+	if err != nil {
+		t.Fatalf("capsh is needed (apt-get install libcap2-bin): %v", err)
+	}
+	bin := binary(t)
+	for _, tc := range []struct {
+		name string
+		cmd  *exec.Cmd
+		want []string
+	}{
+		{"no privilege", exec.Command(capsh, "--drop=cap_bpf,cap_perfmon,cap_sys_admin,cap_net_admin", "--",
+			"-c", bin+" run --metrics-addr ''"), []string{"missing CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"}},
+		{"not cgroup2", exec.Command(bin, "run", "--metrics-addr", "", "--cgroup-root", t.TempDir()),
+			[]string{"cgroup v2:", "is not a cgroup2 filesystem"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := tc.cmd.CombinedOutput()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+				t.Fatalf("exit: %v, want status 1; output:\n%s", err, out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// runConfig is what `callscope run` is told.
+type runConfig struct {
+	configFile  string
+	stdout      bool
+	metricsAddr string
+	nodeName    string
+	cgroupRoot  string
+	logLevel    string
+	logFormat   string
+}
+
+// runFlags declares the flags of `callscope run`. Every flag may also be set
+// as CALLSCOPE_<NAME> in the environment or as <name> in the --config file;
+// a flag on the command line wins over the environment, which wins over the
+// file.
+func runFlags(cfg *runConfig) *flag.FlagSet {
+	fs := flag.NewFlagSet("callscope run", flag.ContinueOnError)
+	fs.StringVar(&cfg.configFile, "config", "", "YAML `file` of flag values, keyed by flag name")
+	fs.BoolVar(&cfg.stdout, "stdout", true, "write events as JSON lines to stdout (logs go to stderr)")
+	fs.StringVar(&cfg.metricsAddr, "metrics-addr", "127.0.0.1:9470", "`address` serving /metrics, /healthz and /readyz; empty turns it off")
+	fs.StringVar(&cfg.nodeName, "node-name", "", "node name in events (default $NODE_NAME, else the hostname)")
+	fs.StringVar(&cfg.cgroupRoot, "cgroup-root", "", "cgroup2 `directory` to watch; cgroup paths are relative to it (default the cgroup2 mount)")
+	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
+	return fs
+}
+
+// envName is the environment variable for a flag: metrics-addr becomes
+// CALLSCOPE_METRICS_ADDR.
+func envName(flagName string) string {
+	return "CALLSCOPE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseRunConfig applies the command line, then the environment and the
+// config file to the flags the command line left alone.
+func parseRunConfig(args []string, getenv func(string) string) (*runConfig, error) {
+	cfg := &runConfig{}
+	fs := runFlags(cfg)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	onCommandLine := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
+
+	fromEnv := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) {
+		if onCommandLine[f.Name] {
+			return
+		}
+		if v := getenv(envName(f.Name)); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				// Reported below, with the variable's name.
+				fromEnv[f.Name] = false
+				return
+			}
+			fromEnv[f.Name] = true
+		}
+	})
+	for name, ok := range fromEnv {
+		if !ok {
+			return nil, fmt.Errorf("%s: invalid value %q for --%s", envName(name), getenv(envName(name)), name)
+		}
+	}
+
+	if cfg.configFile != "" {
+		values, err := readConfigFile(cfg.configFile, fs)
+		if err != nil {
+			return nil, err
+		}
+		for _, kv := range values {
+			if onCommandLine[kv.name] || fromEnv[kv.name] {
+				continue
+			}
+			if err := fs.Set(kv.name, kv.value); err != nil {
+				return nil, fmt.Errorf("%s:%d: %s: %w", cfg.configFile, kv.line, kv.name, err)
+			}
+		}
+	}
+
+	if cfg.nodeName == "" {
+		cfg.nodeName = getenv("NODE_NAME")
+	}
+	if cfg.nodeName == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("node name: %w (set --node-name)", err)
+		}
+		cfg.nodeName = h
+	}
+	if !slices.Contains([]string{"text", "json"}, cfg.logFormat) {
+		return nil, fmt.Errorf("--log-format %q: want text or json", cfg.logFormat)
+	}
+	return cfg, nil
+}
+
+type configValue struct {
+	name, value string
+	line        int
+}
+
+// readConfigFile reads a YAML mapping of flag names to values. An unknown
+// name is an error, with its line, so a typo is never silently ignored.
+func readConfigFile(path string, fs *flag.FlagSet) ([]configValue, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, nil // empty file
+		}
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(doc.Content) == 0 {
+		return nil, nil
+	}
+	m := doc.Content[0]
+	if m.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("%s:%d:%d: want a mapping of flag names to values", path, m.Line, m.Column)
+	}
+	var out []configValue
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := m.Content[i], m.Content[i+1]
+		if k.Value == "config" || fs.Lookup(k.Value) == nil {
+			return nil, fmt.Errorf("%s:%d:%d: unknown setting %q", path, k.Line, k.Column, k.Value)
+		}
+		if v.Kind != yaml.ScalarNode {
+			return nil, fmt.Errorf("%s:%d:%d: %s: want a single value", path, v.Line, v.Column, k.Value)
+		}
+		out = append(out, configValue{name: k.Value, value: v.Value, line: v.Line})
+	}
+	return out, nil
+}

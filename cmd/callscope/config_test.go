@@ -1,0 +1,109 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "callscope.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestConfigPrecedence(t *testing.T) {
+	file := writeConfig(t, "metrics-addr: 0.0.0.0:1\nnode-name: from-file\nstdout: false\nlog-level: debug\n")
+	cfg, err := parseRunConfig(
+		[]string{"--config", file, "--metrics-addr", "127.0.0.1:3"},
+		env(map[string]string{"CALLSCOPE_METRICS_ADDR": "127.0.0.1:2", "CALLSCOPE_NODE_NAME": "from-env"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.metricsAddr != "127.0.0.1:3" {
+		t.Errorf("flag should win: metrics-addr %q", cfg.metricsAddr)
+	}
+	if cfg.nodeName != "from-env" {
+		t.Errorf("environment should win over the file: node-name %q", cfg.nodeName)
+	}
+	if cfg.stdout || cfg.logLevel != "debug" {
+		t.Errorf("file values not applied: stdout %v log-level %q", cfg.stdout, cfg.logLevel)
+	}
+}
+
+func TestConfigFromEnvironmentOnly(t *testing.T) {
+	file := writeConfig(t, "stdout: false\n")
+	cfg, err := parseRunConfig(nil, env(map[string]string{"CALLSCOPE_CONFIG": file, "NODE_NAME": "worker-1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.stdout || cfg.nodeName != "worker-1" || cfg.metricsAddr != "127.0.0.1:9470" {
+		t.Errorf("got %+v", cfg)
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	cfg, err := parseRunConfig(nil, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	if !cfg.stdout || cfg.metricsAddr != "127.0.0.1:9470" || cfg.nodeName != host || cfg.cgroupRoot != "" {
+		t.Errorf("defaults: %+v", cfg)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"unknown flag", []string{"--kafka-brokerz", "x"}, nil, "flag provided but not defined"},
+		{"stray argument", []string{"extra"}, nil, `unexpected argument "extra"`},
+		{"bad env value", nil, map[string]string{"CALLSCOPE_STDOUT": "maybe"}, `CALLSCOPE_STDOUT: invalid value "maybe"`},
+		{"unknown key", []string{"--config", writeConfig(t, "stdout: true\nmetrics-adr: x\n")}, nil, `callscope.yaml:2:1: unknown setting "metrics-adr"`},
+		{"bad value in file", []string{"--config", writeConfig(t, "\nstdout: perhaps\n")}, nil, "callscope.yaml:2: stdout"},
+		{"not a mapping", []string{"--config", writeConfig(t, "- a\n")}, nil, "want a mapping"},
+		{"nested value", []string{"--config", writeConfig(t, "node-name: {a: b}\n")}, nil, "want a single value"},
+		{"bad yaml", []string{"--config", writeConfig(t, "a: [\n")}, nil, "callscope.yaml"},
+		{"missing file", []string{"--config", "/nonexistent/callscope.yaml"}, nil, "read config"},
+		{"log format", []string{"--log-format", "xml"}, nil, "--log-format"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseRunConfig(tc.args, env(tc.env))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestConfigEmptyFile(t *testing.T) {
+	if _, err := parseRunConfig([]string{"--config", writeConfig(t, "")}, env(nil)); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestCommands(t *testing.T) {
+	var out, errb bytes.Buffer
+	if err := run([]string{"version"}, &out, &errb); err != nil || !strings.HasPrefix(out.String(), "callscope ") {
+		t.Errorf("version: %v %q", err, out.String())
+	}
+	if err := run([]string{"frobnicate"}, &out, &errb); err == nil || !strings.Contains(err.Error(), "unknown command") {
+		t.Errorf("unknown command: %v", err)
+	}
+	if err := run(nil, &out, &errb); err == nil {
+		t.Error("no command: want an error")
+	}
+}
