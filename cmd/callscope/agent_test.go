@@ -28,16 +28,16 @@ func TestMain(m *testing.M) {
 
 // event is the part of the JSON schema the end-to-end test reads.
 type event struct {
-	Schema  string `json:"schema"`
-	ID      string `json:"id"`
-	Seq     uint64 `json:"seq"`
-	Time    time.Time
-	Node    string `json:"node"`
-	Kind    string `json:"kind"`
-	Conn    string `json:"conn"`
-	Proto   string `json:"proto"`
-	Family  string `json:"family"`
-	Src     *struct {
+	Schema string `json:"schema"`
+	ID     string `json:"id"`
+	Seq    uint64 `json:"seq"`
+	Time   time.Time
+	Node   string `json:"node"`
+	Kind   string `json:"kind"`
+	Conn   string `json:"conn"`
+	Proto  string `json:"proto"`
+	Family string `json:"family"`
+	Src    *struct {
 		IP   string `json:"ip"`
 		Port uint16 `json:"port"`
 	} `json:"src"`
