@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/internal/kerneltest"
@@ -82,6 +83,13 @@ func TestProcCache(t *testing.T) {
 	}
 	defer sleep.Process.Kill()
 	pid := uint32(sleep.Process.Pid)
+	// Start returns while execve may still be setting up the arguments.
+	for i := 0; i < 100; i++ {
+		if b, _ := os.ReadFile("/proc/" + strconv.Itoa(sleep.Process.Pid) + "/cmdline"); len(b) > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	startNS := startTicks(t, sleep.Process.Pid) * (1e9 / userHZ)
 	exe, err := filepath.EvalSymlinks(sleep.Path)
 	if err != nil {
