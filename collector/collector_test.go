@@ -34,9 +34,14 @@ type sink struct {
 }
 
 func start(t *testing.T) (*collector.Collector, *sink) {
+	return startWith(t, collector.Config{FlushInterval: 10 * time.Millisecond}, 0)
+}
+
+// startWith starts a collector whose consumer takes delay over each batch.
+func startWith(t *testing.T, cfg collector.Config, delay time.Duration) (*collector.Collector, *sink) {
 	t.Helper()
 	kerneltest.Require(t)
-	c, err := collector.Start(collector.Config{FlushInterval: 10 * time.Millisecond})
+	c, err := collector.Start(cfg)
 	if err != nil {
 		t.Fatalf("start collector: %+v", err)
 	}
@@ -45,6 +50,7 @@ func start(t *testing.T) (*collector.Collector, *sink) {
 	go func() {
 		defer close(s.done)
 		for b := range c.Batches() {
+			time.Sleep(delay)
 			s.mu.Lock()
 			for _, e := range b.Events {
 				if e.Kind == collector.KindLoss {
@@ -292,6 +298,39 @@ func TestConnectConcurrent(t *testing.T) {
 	t.Logf("%d connects: %d events, %d lost %v", procs*each, len(evs), lost, s.lost)
 	if len(evs) > procs*each || uint64(len(evs))+lost < procs*each {
 		t.Errorf("%d events + %d lost, want %d connects", len(evs), lost, procs*each)
+	}
+	for _, l := range c.Stats().Lost {
+		if l.Count != s.lost[l.Reason] {
+			t.Errorf("stats say %d lost for %s, the stream %d", l.Count, l.Reason, s.lost[l.Reason])
+		}
+	}
+}
+
+// TestLossesAreCounted overwhelms a one-page ring buffer and a one-batch
+// queue with a slow consumer: what does not arrive is counted, in the
+// stream and in Stats, so events plus losses still cover every connect.
+func TestLossesAreCounted(t *testing.T) {
+	c, s := startWith(t, collector.Config{
+		RingBufferBytes: os.Getpagesize(), BatchSize: 4, QueueBatches: 1, FlushInterval: 5 * time.Millisecond,
+	}, 2*time.Millisecond)
+	dst, _ := listen(t, "tcp4", "127.0.0.1:0")
+	const connects = 2000
+	pid, _ := kerneltest.Connect{Addrs: []netip.AddrPort{dst}, Repeat: connects}.Run(t)
+	time.Sleep(50 * time.Millisecond)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	<-s.done
+
+	evs := len(s.of(pid))
+	t.Logf("%d connects: %d events, lost %v", connects, evs, s.lost)
+	if s.lost[collector.ReasonRingBufferFull] == 0 || s.lost[collector.ReasonQueueFull] == 0 {
+		t.Errorf("want losses both in the ring buffer and in the queue, got %v", s.lost)
+	}
+	// Other processes' connects may be among the losses, never among ours.
+	lost := s.lost[collector.ReasonRingBufferFull] + s.lost[collector.ReasonQueueFull]
+	if evs > connects || uint64(evs)+lost < connects {
+		t.Errorf("%d events + %d lost, want at least %d connects", evs, lost, connects)
 	}
 	for _, l := range c.Stats().Lost {
 		if l.Count != s.lost[l.Reason] {
