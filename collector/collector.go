@@ -266,7 +266,9 @@ var kernelLoss = [connectStatSTAT_MAX]lossReason{
 }
 
 // Close detaches the programs, hands on what is still in the ring buffer,
-// closes Batches and frees every kernel object. It is safe to call twice.
+// closes Batches and frees every kernel object. The last batch waits for
+// the consumer, so keep reading Batches until it is closed. It is safe to
+// call twice.
 func (c *Collector) Close() error {
 	c.closeOnce.Do(func() {
 		c.closing.Store(true)

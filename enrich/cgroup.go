@@ -61,8 +61,10 @@ func (r *cgroupResolver) path(id uint64) (p string, hit, ok bool) {
 		r.put(id, p)
 		return p, true, p != ""
 	}
-	p = r.resolve(id)
-	r.put(id, p)
+	p, known := r.resolve(id)
+	if known {
+		r.put(id, p)
+	}
 	return p, false, p != ""
 }
 
@@ -73,28 +75,33 @@ func (r *cgroupResolver) put(id uint64, p string) {
 	r.young[id] = p
 }
 
-func (r *cgroupResolver) resolve(id uint64) string {
+// resolve finds the path of a cgroup; "" when it is gone. known is false
+// when the answer is only for now (a walk was not due yet) and must not be
+// cached.
+func (r *cgroupResolver) resolve(id uint64) (p string, known bool) {
 	if r.byHandle {
 		p, err := r.openByID(id)
 		if err == nil {
-			return p
+			return p, true
 		}
 		if errors.Is(err, unix.ESTALE) || errors.Is(err, unix.ENOENT) {
-			return "" // removed
+			return "", true // removed
 		}
 		r.log.Warn("cannot open cgroups by id; resolving paths by walking the cgroup tree instead",
 			"error", err, "hint", "grant CAP_DAC_READ_SEARCH")
 		r.byHandle = false
 	}
 	if time.Since(r.lastWalk) < time.Second {
-		return ""
+		return "", false
 	}
 	r.lastWalk = time.Now()
 	p, err := r.walk(id)
 	if err != nil {
 		r.log.Warn("walk cgroup tree", "error", err)
+		return "", false
 	}
-	return p
+	// The event's cgroup existed when it connected: not found now, it is gone.
+	return p, true
 }
 
 func (r *cgroupResolver) openByID(id uint64) (string, error) {

@@ -176,6 +176,22 @@ func TestCgroupPath(t *testing.T) {
 		r.close()
 	}
 
+	// A miss while a walk is not due yet is not remembered as gone.
+	walker, err := newCgroupResolver(e.cgroups.root, 16, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer walker.close()
+	walker.byHandle = false
+	walker.lastWalk = time.Now()
+	if p, _, ok := walker.path(cg.ID); p != "" || ok {
+		t.Errorf("rate-limited walk: %q ok=%v", p, ok)
+	}
+	walker.lastWalk = time.Time{}
+	if p, hit, ok := walker.path(cg.ID); p != cg.Rel || hit || !ok {
+		t.Errorf("walk after a rate-limited miss: %q hit=%v ok=%v, want %q", p, hit, ok, cg.Rel)
+	}
+
 	// A removed cgroup resolves to nothing, not to a guess.
 	gone := kerneltest.NewCgroup(t, "gone")
 	if err := os.Remove(gone.Path); err != nil {

@@ -99,6 +99,9 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 
 	pipeline(coll, enr, sink, metrics, log)
 	close(pipelineDone)
+	if ctx.Err() == nil {
+		return errors.New("the collector stopped reading events; see the log above")
+	}
 	log.Info("stopped", "events", coll.Stats().Events)
 	return nil
 }
