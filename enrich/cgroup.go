@@ -28,7 +28,7 @@ type cgroupResolver struct {
 	root       string
 	mount      *os.File
 	max        int
-	young, old map[uint64]string
+	young, old map[uint64]*cgroupEntry
 	log        *slog.Logger
 
 	byHandle bool
@@ -45,34 +45,62 @@ func newCgroupResolver(root string, max int, log *slog.Logger) (*cgroupResolver,
 	}
 	return &cgroupResolver{
 		root: filepath.Clean(root), mount: f, max: max, log: log, byHandle: true,
-		young: make(map[uint64]string), old: make(map[uint64]string),
+		young: make(map[uint64]*cgroupEntry), old: make(map[uint64]*cgroupEntry),
 	}, nil
 }
 
 func (r *cgroupResolver) close() error { return r.mount.Close() }
 
-// path returns the cgroup's path. hit says whether the cache answered; ok
-// is false when the cgroup no longer exists.
-func (r *cgroupResolver) path(id uint64) (p string, hit, ok bool) {
-	if p, found := r.young[id]; found {
-		return p, true, p != ""
-	}
-	if p, found := r.old[id]; found {
-		r.put(id, p)
-		return p, true, p != ""
-	}
-	p, known := r.resolve(id)
-	if known {
-		r.put(id, p)
-	}
-	return p, false, p != ""
+// cgroupEntry is a resolved cgroup: its path, what the path says, and the
+// identity of a systemd unit, built once.
+type cgroupEntry struct {
+	path   string // "" when the cgroup is gone
+	info   CgroupInfo
+	unitID string
 }
 
-func (r *cgroupResolver) put(id uint64, p string) {
-	if len(r.young) >= r.max/2 {
-		r.old, r.young = r.young, make(map[uint64]string, r.max/2)
+var goneCgroup = &cgroupEntry{}
+
+// entry returns what is known of the cgroup. hit says whether the cache
+// answered; an entry with an empty path is a cgroup that no longer exists.
+func (r *cgroupResolver) entry(id uint64) (e *cgroupEntry, hit bool) {
+	if e, found := r.young[id]; found {
+		return e, true
 	}
-	r.young[id] = p
+	if e, found := r.old[id]; found {
+		r.put(id, e)
+		return e, true
+	}
+	p, known := r.resolve(id)
+	e = goneCgroup
+	if p != "" {
+		e = newCgroupEntry(p)
+	}
+	if known {
+		r.put(id, e)
+	}
+	return e, false
+}
+
+func newCgroupEntry(p string) *cgroupEntry {
+	e := &cgroupEntry{path: p, info: ParseCgroupPath(p)}
+	if e.info.Unit != "" {
+		e.unitID = "unit:" + e.info.Unit
+	}
+	return e
+}
+
+// path is entry for callers that need the path alone.
+func (r *cgroupResolver) path(id uint64) (p string, hit, ok bool) {
+	e, hit := r.entry(id)
+	return e.path, hit, e.path != ""
+}
+
+func (r *cgroupResolver) put(id uint64, e *cgroupEntry) {
+	if len(r.young) >= r.max/2 {
+		r.old, r.young = r.young, make(map[uint64]*cgroupEntry, r.max/2)
+	}
+	r.young[id] = e
 }
 
 // resolve finds the path of a cgroup; "" when it is gone. known is false
@@ -153,7 +181,9 @@ func (r *cgroupResolver) walk(id uint64) (string, error) {
 		if err != nil {
 			return nil
 		}
-		r.put(st.Ino, rel)
+		if _, known := r.young[st.Ino]; !known {
+			r.put(st.Ino, newCgroupEntry(rel))
+		}
 		if st.Ino == id {
 			found = rel
 		}
