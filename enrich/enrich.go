@@ -1,12 +1,14 @@
 // Package enrich adds what user space knows of a caller to the kernel's
-// events: the process behind the PID, the cgroup path behind the cgroup id,
-// and the identity string derived from them.
+// events: the process behind the PID, the cgroup path behind the cgroup id
+// and the container, pod or systemd unit it names, the Kubernetes pod, and
+// the identity string derived from them.
 package enrich
 
 import (
 	"log/slog"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/callscope/callscope/collector"
 )
@@ -20,7 +22,19 @@ type Config struct {
 	// MaxProcesses and MaxCgroups bound the caches. Defaults 16384, 4096.
 	MaxProcesses int
 	MaxCgroups   int
-	Logger       *slog.Logger
+	// Pods names the pods of this node; nil turns Kubernetes enrichment off.
+	Pods *PodIndex
+	// TrustDomain is the SPIFFE trust domain of pod identities. Default
+	// cluster.local.
+	TrustDomain string
+	// PodWait bounds how long an event waits for its pod to reach Pods: a
+	// pod's first connects can come before the informer hears of it.
+	// Default 2s.
+	PodWait time.Duration
+	// MaxWaiting bounds the events held back for their pod; beyond it the
+	// oldest goes on without pod facts. Default 4096.
+	MaxWaiting int
+	Logger     *slog.Logger
 }
 
 // Stats counts cache use and lookups that found nothing.
@@ -29,17 +43,32 @@ type Stats struct {
 	ProcessGone                uint64 // process exited (or PID reused) before /proc was read
 	CgroupHits, CgroupMisses   uint64
 	CgroupGone                 uint64 // cgroup removed before its path was resolved
+	PodWaits                   uint64 // events held back for a pod the index did not know yet
+	PodUnknown                 uint64 // events that went on without their pod's facts
 }
 
 // Enricher resolves callers. It is meant for one pipeline goroutine; Stats
 // may be read from any.
 type Enricher struct {
+	cfg     Config
 	procs   *procCache
 	cgroups *cgroupResolver
+	spiffe  *spiffeCache
+	waiting []waitingEvent // FIFO, oldest first
 	log     *slog.Logger
 
 	procHits, procMisses, procGone atomic.Uint64
 	cgHits, cgMisses, cgGone       atomic.Uint64
+	podWaits, podUnknown           atomic.Uint64
+}
+
+// waitingEvent is an event held back for its pod, with what its identity
+// falls back to if the pod does not come.
+type waitingEvent struct {
+	ev     Event
+	proc   *cachedProcess
+	unitID string
+	until  time.Time
 }
 
 // New returns an Enricher.
@@ -56,14 +85,25 @@ func New(cfg Config) (*Enricher, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.TrustDomain == "" {
+		cfg.TrustDomain = "cluster.local"
+	}
+	if cfg.PodWait == 0 {
+		cfg.PodWait = 2 * time.Second
+	}
+	if cfg.MaxWaiting == 0 {
+		cfg.MaxWaiting = 4096
+	}
 	log := cfg.Logger.With("component", "enrich")
 	cg, err := newCgroupResolver(cfg.CgroupRoot, cfg.MaxCgroups, log)
 	if err != nil {
 		return nil, err
 	}
 	return &Enricher{
+		cfg:     cfg,
 		procs:   newProcCache(cfg.ProcRoot, cfg.MaxProcesses),
 		cgroups: cg,
+		spiffe:  newSpiffeCache(cfg.TrustDomain, 4096),
 		log:     log,
 	}, nil
 }
@@ -76,14 +116,23 @@ func (e *Enricher) Stats() Stats {
 	return Stats{
 		ProcessHits: e.procHits.Load(), ProcessMisses: e.procMisses.Load(), ProcessGone: e.procGone.Load(),
 		CgroupHits: e.cgHits.Load(), CgroupMisses: e.cgMisses.Load(), CgroupGone: e.cgGone.Load(),
+		PodWaits: e.podWaits.Load(), PodUnknown: e.podUnknown.Load(),
 	}
 }
 
-// Enrich fills out from in. On cache hits it does not allocate.
-func (e *Enricher) Enrich(in *collector.Event, out *Event) {
+// Enrich fills out from in. It reports wait when the event names a pod
+// that the pod index does not know yet; EnrichBatch holds such events back.
+// On cache hits it does not allocate.
+func (e *Enricher) Enrich(in *collector.Event, out *Event) (wait bool) {
+	proc, unitID, wait := e.enrich(in, out)
+	e.setIdentity(out, proc, unitID)
+	return wait
+}
+
+func (e *Enricher) enrich(in *collector.Event, out *Event) (proc *cachedProcess, unitID string, wait bool) {
 	*out = Event{Event: *in}
 	if in.Kind != collector.KindConnect {
-		return
+		return nil, "", false
 	}
 
 	p, hit := e.procs.get(in.PID, in.ProcStart, in.UID)
@@ -97,22 +146,105 @@ func (e *Enricher) Enrich(in *collector.Event, out *Event) {
 	}
 	if p != nil {
 		out.Process = &p.Process
-		out.Identity = p.identity(in.UID)
 	}
 
 	if in.CgroupID != 0 {
-		path, hit, ok := e.cgroups.path(in.CgroupID)
-		switch {
-		case hit:
+		ce, hit := e.cgroups.entry(in.CgroupID)
+		if hit {
 			e.cgHits.Add(1)
-		case ok:
+		} else {
 			e.cgMisses.Add(1)
-		default:
-			e.cgMisses.Add(1)
+		}
+		if ce.path == "" {
 			e.cgGone.Add(1)
 		}
-		out.CgroupPath = path
+		out.CgroupPath, out.Cgroup, unitID = ce.path, ce.info, ce.unitID
 	}
+
+	if uid := out.Cgroup.PodUID; uid != "" && e.cfg.Pods != nil {
+		if pod, ok := e.cfg.Pods.Lookup(uid); ok {
+			out.Pod = pod
+		} else {
+			wait = true
+		}
+	}
+	return p, unitID, wait
+}
+
+// setIdentity names the caller: a pod by its SPIFFE ID, a host service by
+// its systemd unit, anything else by executable and user.
+func (e *Enricher) setIdentity(out *Event, p *cachedProcess, unitID string) {
+	switch {
+	case out.Pod != nil:
+		out.Identity = e.spiffe.id(out.Pod)
+	case unitID != "":
+		out.Identity = unitID
+	case p != nil:
+		out.Identity = p.identity(out.UID)
+	}
+}
+
+// EnrichBatch enriches in, appending to out[:0], and returns out. An event
+// whose pod the index does not know yet is held back, for up to PodWait,
+// and comes out of a later call (or of Release) once the pod is known or
+// the wait is over: a new pod's first calls are not left anonymous, and
+// the pipeline never stalls for them. Held events come out before the
+// batch that releases them.
+func (e *Enricher) EnrichBatch(in []collector.Event, out []Event, now time.Time) []Event {
+	out = e.Release(out[:0], now, false)
+	for i := range in {
+		out = append(out, Event{})
+		ev := &out[len(out)-1]
+		proc, unitID, wait := e.enrich(&in[i], ev)
+		if !wait {
+			e.setIdentity(ev, proc, unitID)
+			continue
+		}
+		e.podWaits.Add(1)
+		w := waitingEvent{ev: *ev, proc: proc, unitID: unitID, until: now.Add(e.cfg.PodWait)}
+		out = out[:len(out)-1]
+		if len(e.waiting) >= e.cfg.MaxWaiting {
+			out = e.releaseOldest(out)
+		}
+		e.waiting = append(e.waiting, w)
+	}
+	return out
+}
+
+// Waiting reports how many events are held back for their pod.
+func (e *Enricher) Waiting() int { return len(e.waiting) }
+
+// Release appends to out the held events whose pod is now known or whose
+// wait is over, or all of them when all is set (at shutdown), in the order
+// they came.
+func (e *Enricher) Release(out []Event, now time.Time, all bool) []Event {
+	kept := e.waiting[:0]
+	for i := range e.waiting {
+		w := &e.waiting[i]
+		if pod, ok := e.cfg.Pods.Lookup(w.ev.Cgroup.PodUID); ok {
+			w.ev.Pod = pod
+		} else if !all && now.Before(w.until) {
+			kept = append(kept, *w)
+			continue
+		} else {
+			e.podUnknown.Add(1)
+		}
+		e.setIdentity(&w.ev, w.proc, w.unitID)
+		out = append(out, w.ev)
+	}
+	clear(e.waiting[len(kept):])
+	e.waiting = kept
+	return out
+}
+
+// releaseOldest lets the oldest held event go on as it is.
+func (e *Enricher) releaseOldest(out []Event) []Event {
+	w := &e.waiting[0]
+	e.podUnknown.Add(1)
+	e.setIdentity(&w.ev, w.proc, w.unitID)
+	out = append(out, w.ev)
+	e.waiting = append(e.waiting[:0], e.waiting[1:]...)
+	return out
 }
 
 // cachedProcess is a Process with its identity string, built once: the
@@ -138,4 +270,37 @@ func (p *cachedProcess) identity(uid uint32) string {
 // pod nor a systemd service.
 func exeIdentity(exe string, uid uint32) string {
 	return "exe:" + exe + " uid:" + strconv.FormatUint(uint64(uid), 10)
+}
+
+// spiffeCache keeps each pod's SPIFFE ID, built once per pod object: pods
+// are replaced, never changed, when the API server updates them.
+type spiffeCache struct {
+	trustDomain string
+	max         int
+	young, old  map[*Pod]string
+}
+
+func newSpiffeCache(td string, max int) *spiffeCache {
+	return &spiffeCache{trustDomain: td, max: max, young: map[*Pod]string{}, old: map[*Pod]string{}}
+}
+
+func (c *spiffeCache) id(p *Pod) string {
+	if id, ok := c.young[p]; ok {
+		return id
+	}
+	id, ok := c.old[p]
+	if !ok {
+		id = SpiffeID(c.trustDomain, p.Namespace, p.ServiceAccount)
+	}
+	if len(c.young) >= c.max/2 {
+		c.old, c.young = c.young, make(map[*Pod]string, c.max/2)
+	}
+	c.young[p] = id
+	return id
+}
+
+// SpiffeID is the identity of a Kubernetes service account, in the form
+// SPIFFE and Istio use: spiffe://<trust domain>/ns/<namespace>/sa/<account>.
+func SpiffeID(trustDomain, namespace, serviceAccount string) string {
+	return "spiffe://" + trustDomain + "/ns/" + namespace + "/sa/" + serviceAccount
 }

@@ -20,6 +20,11 @@ type Event struct {
 	// CgroupPath is relative to the cgroup2 root, starting with "/"; "" when
 	// the cgroup was gone before it could be resolved.
 	CgroupPath string
+	// Cgroup is what the path says: container, pod UID, systemd unit.
+	Cgroup CgroupInfo
+	// Pod is the Kubernetes pod, nil when Kubernetes enrichment is off or
+	// the pod was not known in time.
+	Pod *Pod
 	// Identity names the caller per the contract; "" when unknown.
 	Identity string
 }

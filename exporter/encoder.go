@@ -138,11 +138,54 @@ func appendConnect(dst []byte, ev *enrich.Event) []byte {
 		}
 		dst = append(dst, '}')
 	}
+	if c := &ev.Cgroup; c.ContainerID != "" {
+		dst = append(dst, `,"container":{"id":`...)
+		dst = appendString(dst, c.ContainerID)
+		dst = appendOptional(dst, `,"runtime":`, c.Runtime)
+		dst = append(dst, '}')
+	}
+	dst = appendK8s(dst, ev)
 	if ev.Identity != "" {
 		dst = append(dst, `,"identity":`...)
 		dst = appendString(dst, ev.Identity)
 	}
 	return dst
+}
+
+// appendK8s writes the pod: its UID from the cgroup path even when the
+// Kubernetes API is not consulted or has not heard of the pod yet.
+func appendK8s(dst []byte, ev *enrich.Event) []byte {
+	uid := ev.Cgroup.PodUID
+	if ev.Pod == nil && uid == "" {
+		return dst
+	}
+	dst = append(dst, `,"k8s":{`...)
+	first := len(dst)
+	if p := ev.Pod; p != nil {
+		dst = appendOptional(dst, `,"namespace":`, p.Namespace)
+		dst = appendOptional(dst, `,"pod":`, p.Name)
+		if uid == "" {
+			uid = p.UID
+		}
+	}
+	dst = appendOptional(dst, `,"pod_uid":`, uid)
+	if p := ev.Pod; p != nil {
+		dst = appendOptional(dst, `,"service_account":`, p.ServiceAccount)
+		dst = appendOptional(dst, `,"workload":`, p.Workload)
+	}
+	if len(dst) > first {
+		dst = append(dst[:first], dst[first+1:]...) // the first field's comma
+	}
+	return append(dst, '}')
+}
+
+// appendOptional writes key (with its leading comma) and v, unless v is empty.
+func appendOptional(dst []byte, key, v string) []byte {
+	if v == "" {
+		return dst
+	}
+	dst = append(dst, key...)
+	return appendString(dst, v)
 }
 
 // appendProcess writes the caller. pid, tid, uid and gid come from the

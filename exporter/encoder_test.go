@@ -430,3 +430,46 @@ func TestEncoderTimeFixedWidth(t *testing.T) {
 		t.Errorf("time not in fixed-width RFC 3339: %s", line)
 	}
 }
+
+func TestEncoderWorkload(t *testing.T) {
+	base := enrich.Event{}
+	base.Kind, base.Outcome = collector.KindConnect, collector.OutcomeEstablished
+	base.Dst = netip.MustParseAddrPort("10.96.0.15:443")
+	const id = "3f1e6a0c8b7d4e2f9a1b0c3d5e7f9a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f"
+
+	full := base
+	full.Cgroup = enrich.CgroupInfo{ContainerID: id, Runtime: "containerd", PodUID: "1b6a1c4e-2f3d-4e5a-8b7c-9d0e1f2a3b4c"}
+	full.Pod = &enrich.Pod{UID: "1b6a1c4e-2f3d-4e5a-8b7c-9d0e1f2a3b4c", Namespace: "payments", Name: "billing-7d9f-x2",
+		ServiceAccount: "billing", Workload: "Deployment/billing"}
+	uidOnly := base
+	uidOnly.Cgroup = enrich.CgroupInfo{ContainerID: id, PodUID: "1b6a1c4e-2f3d-4e5a-8b7c-9d0e1f2a3b4c"}
+	host := base
+	host.Cgroup = enrich.CgroupInfo{Unit: "billing.service"}
+
+	for _, tc := range []struct {
+		name      string
+		ev        enrich.Event
+		container any
+		k8s       any
+	}{
+		{"pod known to the API", full,
+			map[string]any{"id": id, "runtime": "containerd"},
+			map[string]any{"namespace": "payments", "pod": "billing-7d9f-x2", "pod_uid": "1b6a1c4e-2f3d-4e5a-8b7c-9d0e1f2a3b4c",
+				"service_account": "billing", "workload": "Deployment/billing"}},
+		{"pod UID from the cgroup only, runtime unknown", uidOnly,
+			map[string]any{"id": id},
+			map[string]any{"pod_uid": "1b6a1c4e-2f3d-4e5a-8b7c-9d0e1f2a3b4c"}},
+		{"host service", host, nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			line := NewEncoder("n", "i").Append(nil, &tc.ev)
+			var m map[string]any
+			if err := json.Unmarshal(line, &m); err != nil {
+				t.Fatalf("%v: %s", err, line)
+			}
+			if !reflect.DeepEqual(m["container"], tc.container) || !reflect.DeepEqual(m["k8s"], tc.k8s) {
+				t.Errorf("container %v k8s %v\nwant %v %v", m["container"], m["k8s"], tc.container, tc.k8s)
+			}
+		})
+	}
+}

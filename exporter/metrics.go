@@ -69,8 +69,10 @@ var (
 	receivedDesc = prometheus.NewDesc("callscope_kernel_events_total",
 		"Events read from the kernel ring buffer and handed to the pipeline.", nil, nil)
 	unresolvedDesc = prometheus.NewDesc("callscope_identity_unresolved_total",
-		"Identity lookups that found nothing, by what was looked up: the process (gone before /proc was read) or the cgroup (removed before its path was resolved).",
+		"Identity lookups that found nothing, by what was looked up: the process (gone before /proc was read), the cgroup (removed before its path was resolved) or the pod (not known to the Kubernetes API in time).",
 		[]string{"kind"}, nil)
+	podWaitsDesc = prometheus.NewDesc("callscope_identity_pod_waits_total",
+		"Events held back because their pod was not known to the Kubernetes API yet.", nil, nil)
 	cacheDesc = prometheus.NewDesc("callscope_identity_cache_lookups_total",
 		"Identity cache lookups, by what was looked up and whether the cache answered.", []string{"kind", "result"}, nil)
 )
@@ -82,6 +84,7 @@ func (s *stageCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- receivedDesc
 	ch <- unresolvedDesc
 	ch <- cacheDesc
+	ch <- podWaitsDesc
 }
 
 func (s *stageCollector) Collect(ch chan<- prometheus.Metric) {
@@ -96,6 +99,8 @@ func (s *stageCollector) Collect(ch chan<- prometheus.Metric) {
 		st := s.src.Enrich()
 		ch <- prometheus.MustNewConstMetric(unresolvedDesc, prometheus.CounterValue, float64(st.ProcessGone), "process")
 		ch <- prometheus.MustNewConstMetric(unresolvedDesc, prometheus.CounterValue, float64(st.CgroupGone), "cgroup")
+		ch <- prometheus.MustNewConstMetric(unresolvedDesc, prometheus.CounterValue, float64(st.PodUnknown), "pod")
+		ch <- prometheus.MustNewConstMetric(podWaitsDesc, prometheus.CounterValue, float64(st.PodWaits))
 		for _, c := range []struct {
 			kind, result string
 			n            uint64

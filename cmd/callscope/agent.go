@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/klog/v2"
 
 	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/enrich"
@@ -41,6 +42,8 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 		return err
 	}
 	slog.SetDefault(log)
+	// client-go logs through klog: keep those lines structured too.
+	klog.SetSlogLogger(log.With("component", "kubernetes"))
 	log = log.With("component", "agent")
 
 	if cfg.cgroupRoot == "" {
@@ -58,7 +61,11 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	enr, err := enrich.New(enrich.Config{CgroupRoot: cfg.cgroupRoot, Logger: log})
+	pods, err := startPodIndex(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	enr, err := enrich.New(enrich.Config{CgroupRoot: cfg.cgroupRoot, Pods: pods, TrustDomain: cfg.trustDomain, Logger: log})
 	if err != nil {
 		return fmt.Errorf("start enrichment: %w", err)
 	}
@@ -87,7 +94,7 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 		log.Warn("no event sink is enabled: events are counted in metrics only")
 	}
 	log.Info("capturing outbound TCP connects", "node", cfg.nodeName, "instance", instance,
-		"cgroup_root", cfg.cgroupRoot, "metrics", cfg.metricsAddr, "stdout", cfg.stdout)
+		"cgroup_root", cfg.cgroupRoot, "metrics", cfg.metricsAddr, "stdout", cfg.stdout, "kubernetes", pods != nil)
 
 	go func() {
 		<-ctx.Done()
@@ -106,38 +113,73 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// pipeline runs until the collector closes its batches. One goroutine owns
-// enrichment and encoding, so neither needs locks.
+// startPodIndex follows this node's pods when a kubeconfig is given or the
+// agent runs in a pod. An API server that cannot be reached or that refuses
+// the agent degrades enrichment (pods go without their metadata, counted),
+// but capture goes on: the error is logged, and the informer keeps trying.
+func startPodIndex(ctx context.Context, cfg *runConfig, log *slog.Logger) (*enrich.PodIndex, error) {
+	client, ok, err := enrich.KubeClient(cfg.kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	if !ok {
+		return nil, nil
+	}
+	pods := enrich.NewPodIndex(client, cfg.nodeName, log)
+	if err := pods.Start(ctx, podSyncTimeout); err != nil {
+		log.Error("kubernetes pod metadata unavailable for now; events carry pod UIDs only until it is", "error", err, "node", cfg.nodeName)
+	}
+	return pods, nil
+}
+
+const (
+	podSyncTimeout = 30 * time.Second
+	// releaseEvery lets events held back for their pod go on when no new
+	// batch arrives to carry them.
+	releaseEvery = 250 * time.Millisecond
+)
+
+// pipeline runs until the collector closes its batches, then lets go of any
+// events still held back for their pod. One goroutine owns enrichment and
+// encoding, so neither needs locks.
 func pipeline(coll *collector.Collector, enr *enrich.Enricher, sink *exporter.JSONLines, m *exporter.Metrics, log *slog.Logger) {
 	var out []enrich.Event
 	var lastErr time.Time
-	for b := range coll.Batches() {
-		out = growTo(out, len(b.Events))
-		for i := range b.Events {
-			enr.Enrich(&b.Events[i], &out[i])
+	write := func(events []enrich.Event) {
+		if len(events) == 0 {
+			return
 		}
-		coll.Release(b)
-		if sink == nil {
-			m.Written(out)
-			continue
-		}
-		if err := sink.Write(out); err != nil {
-			m.SinkFailed("stdout")
-			if time.Since(lastErr) > time.Minute {
-				log.Error("events not written", "error", err, "events", len(out))
-				lastErr = time.Now()
+		if sink != nil {
+			if err := sink.Write(events); err != nil {
+				m.SinkFailed("stdout")
+				if time.Since(lastErr) > time.Minute {
+					log.Error("events not written", "error", err, "events", len(events))
+					lastErr = time.Now()
+				}
+				return
 			}
-			continue
 		}
-		m.Written(out)
+		m.Written(events)
 	}
-}
-
-func growTo(s []enrich.Event, n int) []enrich.Event {
-	if cap(s) < n {
-		return make([]enrich.Event, n)
+	tick := time.NewTicker(releaseEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case b, ok := <-coll.Batches():
+			if !ok {
+				write(enr.Release(out[:0], time.Now(), true))
+				return
+			}
+			out = enr.EnrichBatch(b.Events, out, time.Now())
+			coll.Release(b)
+			write(out)
+		case now := <-tick.C:
+			if enr.Waiting() > 0 {
+				out = enr.Release(out[:0], now, false)
+				write(out)
+			}
+		}
 	}
-	return s[:n]
 }
 
 // serveMetrics serves /metrics, /healthz (the pipeline is running) and

@@ -58,6 +58,17 @@ type event struct {
 		ID   uint64 `json:"id"`
 		Path string `json:"path"`
 	} `json:"cgroup"`
+	Container struct {
+		ID      string `json:"id"`
+		Runtime string `json:"runtime"`
+	} `json:"container"`
+	K8s struct {
+		Namespace      string `json:"namespace"`
+		Pod            string `json:"pod"`
+		PodUID         string `json:"pod_uid"`
+		ServiceAccount string `json:"service_account"`
+		Workload       string `json:"workload"`
+	} `json:"k8s"`
 	Identity string `json:"identity"`
 }
 
@@ -374,6 +385,58 @@ func TestAgentSaysWhatIsMissing(t *testing.T) {
 				if !strings.Contains(string(out), w) {
 					t.Errorf("output lacks %q:\n%s", w, out)
 				}
+			}
+		})
+	}
+}
+
+// TestAgentIdentityFromCgroupPaths places callers in real cgroups shaped as
+// each runtime and kubelet driver lays them out, and checks what the events
+// say of the container, the pod and the identity.
+func TestAgentIdentityFromCgroupPaths(t *testing.T) {
+	a := startAgent(t)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dst := ln.Addr().(*net.TCPAddr).AddrPort()
+	const (
+		id   = "3f1e6a0c8b7d4e2f9a1b0c3d5e7f9a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f"
+		uid  = "1b6a1c4e-2f3d-4e5a-8b7c-9d0e1f2a3b4c"
+		uidU = "1b6a1c4e_2f3d_4e5a_8b7c_9d0e1f2a3b4c"
+	)
+	exe, _ := os.Executable()
+	exeID := "exe:" + exe + " uid:0"
+	for _, tc := range []struct {
+		path                            string
+		container, runtime, pod, identy string
+	}{
+		{"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + uidU + ".slice/cri-containerd-" + id + ".scope", id, "containerd", uid, exeID},
+		{"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + uidU + ".slice/crio-" + id + ".scope", id, "cri-o", uid, exeID},
+		{"kubepods/burstable/pod" + uid + "/" + id, id, "", uid, exeID},
+		{"system.slice/docker-" + id + ".scope", id, "docker", "", exeID},
+		{"machine.slice/libpod-" + id + ".scope", id, "podman", "", exeID},
+		{"system.slice/billing.service", "", "", "", "unit:billing.service"},
+		{"user.slice/user-1000.slice/session-11909.scope", "", "", "", exeID},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			cg := kerneltest.NewCgroup(t, tc.path)
+			child := kerneltest.Connect{Addrs: []netip.AddrPort{dst}, Cgroup: cg, Linger: true}.Command(t)
+			stdin, _ := child.StdinPipe()
+			out, _ := child.StdoutPipe()
+			if err := child.Start(); err != nil {
+				t.Fatal(err)
+			}
+			io.ReadAll(out)
+			e := a.await(t, child.Process.Pid, 1)[0]
+			stdin.Close()
+			child.Wait()
+			if e.Container.ID != tc.container || e.Container.Runtime != tc.runtime || e.K8s.PodUID != tc.pod || e.Identity != tc.identy {
+				t.Errorf("container %+v k8s %+v identity %q; want %s %s %s %q", e.Container, e.K8s, e.Identity, tc.container, tc.runtime, tc.pod, tc.identy)
+			}
+			if e.Cgroup.Path != cg.Rel {
+				t.Errorf("cgroup path %q, want %q", e.Cgroup.Path, cg.Rel)
 			}
 		})
 	}

@@ -20,6 +20,8 @@ type runConfig struct {
 	metricsAddr string
 	nodeName    string
 	cgroupRoot  string
+	kubeconfig  string
+	trustDomain string
 	logLevel    string
 	logFormat   string
 }
@@ -35,6 +37,8 @@ func runFlags(cfg *runConfig) *flag.FlagSet {
 	fs.StringVar(&cfg.metricsAddr, "metrics-addr", "127.0.0.1:9470", "`address` serving /metrics, /healthz and /readyz; empty turns it off")
 	fs.StringVar(&cfg.nodeName, "node-name", "", "node name in events (default $NODE_NAME, else the hostname)")
 	fs.StringVar(&cfg.cgroupRoot, "cgroup-root", "", "cgroup2 `directory` to watch; cgroup paths are relative to it (default the cgroup2 mount)")
+	fs.StringVar(&cfg.kubeconfig, "kubeconfig", "", "kubeconfig `file` for pod metadata (default: in-cluster config when running in a pod; Kubernetes off otherwise)")
+	fs.StringVar(&cfg.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust `domain` of pod identities")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
 	return fs

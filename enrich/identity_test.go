@@ -1,0 +1,171 @@
+package enrich
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/callscope/callscope/collector"
+	"github.com/callscope/callscope/internal/kerneltest"
+)
+
+const testNode = indexNode
+
+func testPod(uid, ns, name, sa string) *corev1.Pod {
+	ctrl := true
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			UID: types.UID(uid), Namespace: ns, Name: name,
+			Labels: map[string]string{"app": name, "pod-template-hash": "7d9f"},
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: "apps/v1", Kind: "ReplicaSet", Name: name + "-7d9f", UID: "rs-uid", Controller: &ctrl,
+			}},
+		},
+		Spec: corev1.PodSpec{NodeName: testNode, ServiceAccountName: sa},
+	}
+}
+
+// TestEnrichPods follows pods through a fake API server: a pod that comes
+// after its first event still names it, an update is seen, a pod that
+// never comes lets its events go on after the wait, counted.
+func TestEnrichPods(t *testing.T) {
+	kerneltest.Require(t)
+	root, err := collector.Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	client := fake.NewClientset()
+	pods := startIndex(t, client, nil) // returns once the watch is open
+	e, err := New(Config{CgroupRoot: root, Pods: pods, TrustDomain: "example.org", PodWait: 300 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+
+	const (
+		uid   = "1b6a1c4e-2f3d-4e5a-8b7c-9d0e1f2a3b4c"
+		other = "2c7b2d5f-3a4e-4f6b-9c8d-0e1f2a3b4c5d"
+		cid   = "3f1e6a0c8b7d4e2f9a1b0c3d5e7f9a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f"
+	)
+	podCgroup := func(uid string) *kerneltest.Cgroup {
+		return kerneltest.NewCgroup(t, "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod"+
+			underscores(uid)+".slice/cri-containerd-"+cid+".scope")
+	}
+	event := func(cg *kerneltest.Cgroup) []collector.Event {
+		return []collector.Event{{Kind: collector.KindConnect, PID: uint32(os.Getpid()),
+			ProcStart: startTicks(t, os.Getpid()) * (1e9 / userHZ), CgroupID: cg.ID}}
+	}
+	cg := podCgroup(uid)
+
+	// The first event comes before the API server has told of the pod.
+	now := time.Now()
+	out := e.EnrichBatch(event(cg), nil, now)
+	if len(out) != 0 || e.Waiting() != 1 {
+		t.Fatalf("event of an unknown pod went on (%d out, %d waiting)", len(out), e.Waiting())
+	}
+	if _, err := client.CoreV1().Pods("payments").Create(ctx, testPod(uid, "payments", "billing", "billing"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(out) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		out = e.Release(out[:0], now, false) // "now" stays put: the pod, not the wait, releases it
+	}
+	if len(out) != 1 || out[0].Pod == nil {
+		t.Fatalf("the pod's arrival did not release its event: %+v", out)
+	}
+	ev := out[0]
+	if ev.Pod.Namespace != "payments" || ev.Pod.Name != "billing" || ev.Pod.ServiceAccount != "billing" ||
+		ev.Pod.Workload != "Deployment/billing" || ev.Cgroup.PodUID != uid || ev.Cgroup.ContainerID != cid {
+		t.Errorf("pod facts %+v, cgroup %+v", ev.Pod, ev.Cgroup)
+	}
+	if want := "spiffe://example.org/ns/payments/sa/billing"; ev.Identity != want {
+		t.Errorf("identity %q, want %q", ev.Identity, want)
+	}
+
+	// Known now: no wait, and no allocation on the hot path.
+	in := event(cg)
+	out = e.EnrichBatch(in, out, time.Now())
+	if len(out) != 1 || out[0].Identity != ev.Identity {
+		t.Fatalf("known pod: %+v", out)
+	}
+	if n := testing.AllocsPerRun(100, func() { out = e.EnrichBatch(in, out, time.Now()) }); n != 0 {
+		t.Errorf("%v allocations per event of a known pod", n)
+	}
+
+	// An update (labels) is followed.
+	p := testPod(uid, "payments", "billing", "billing")
+	p.Labels["tier"] = "gold"
+	if _, err := client.CoreV1().Pods("payments").Update(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitIndex(t, "the pod index", func() bool { pod, _ := pods.Lookup(uid); return pod != nil && pod.Labels["tier"] == "gold" })
+
+	// A pod that never comes: its event goes on after PodWait, without pod
+	// facts but with the pod UID from its cgroup, and is counted.
+	out = e.EnrichBatch(event(podCgroup(other)), out, now)
+	if len(out) != 0 {
+		t.Fatal("event of an unknown pod went on at once")
+	}
+	out = e.Release(out[:0], now.Add(time.Second), false)
+	if len(out) != 1 || out[0].Pod != nil || out[0].Cgroup.PodUID != other || out[0].Identity == "" {
+		t.Fatalf("after the wait: %+v", out)
+	}
+	if st := e.Stats(); st.PodWaits != 2 || st.PodUnknown != 1 {
+		t.Errorf("stats %+v, want 2 waits and 1 unknown", st)
+	}
+
+	// A deleted pod is forgotten.
+	if err := client.CoreV1().Pods("payments").Delete(ctx, "billing", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitIndex(t, "the pod index", func() bool { _, ok := pods.Lookup(uid); return !ok })
+
+	// At shutdown, everything held goes on.
+	e.EnrichBatch(event(cg), out, now)
+	if out = e.Release(out[:0], now, true); len(out) != 1 || e.Waiting() != 0 {
+		t.Errorf("shutdown release: %d out, %d waiting", len(out), e.Waiting())
+	}
+}
+
+// TestEnrichHoldsBounded: past MaxWaiting the oldest held event goes on.
+func TestEnrichHoldsBounded(t *testing.T) {
+	kerneltest.Require(t)
+	root, _ := collector.Cgroup2Mount()
+	pods := startIndex(t, fake.NewClientset(), nil)
+	e, err := New(Config{CgroupRoot: root, Pods: pods, MaxWaiting: 3, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	cg := kerneltest.NewCgroup(t, "kubepods/besteffort/pod1b6a1c4e-2f3d-4e5a-8b7c-9d0e1f2a3b4c")
+	in := make([]collector.Event, 5)
+	for i := range in {
+		in[i] = collector.Event{Kind: collector.KindConnect, Cookie: uint64(i + 1), CgroupID: cg.ID}
+	}
+	out := e.EnrichBatch(in, nil, time.Now())
+	if len(out) != 2 || e.Waiting() != 3 {
+		t.Fatalf("got %d out, %d waiting; want the 2 oldest out, 3 waiting", len(out), e.Waiting())
+	}
+	if out[0].Cookie != 1 || out[1].Cookie != 2 || out[0].Pod != nil || out[0].Cgroup.PodUID == "" {
+		t.Errorf("released %+v", out)
+	}
+}
+
+func underscores(uid string) string {
+	b := []byte(uid)
+	for i := range b {
+		if b[i] == '-' {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
