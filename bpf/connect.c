@@ -43,6 +43,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 enum kind {
 	KIND_CONNECT = 1,
+	KIND_EXIT = 2, /* a process ended: user space forgets what it cached of it */
 };
 
 /* Where the kernel knew the outcome; user space maps it to a name. */
@@ -58,7 +59,8 @@ enum stat {
 	STAT_RINGBUF_FULL = 0, /* bpf_ringbuf_reserve failed: an event lost */
 	STAT_CONN_FULL = 1,    /* no room to track a connect: its event is lost */
 	STAT_PENDING_FULL = 2, /* no per-thread record: a syscall failure would go unseen */
-	STAT_MAX = 3,
+	STAT_EXIT_LOST = 3,    /* no room for a process exit: its cache entry ages out instead */
+	STAT_MAX = 4,
 };
 
 /* Identity of the caller, captured inside connect(2). */
@@ -370,5 +372,32 @@ int connect_exit(struct sys_exit_ctx *ctx)
 	e->_pad = 0;
 	submit(e);
 	bpf_map_delete_elem(&pendings, &key);
+	return 0;
+}
+
+/*
+ * The last thread of a process is exiting: tell user space, so that its
+ * cache of process facts does not keep the dead. Only the tgid and start
+ * time are sent; they are what the cache is keyed by.
+ */
+SEC("tracepoint/sched/sched_process_exit")
+int process_exit(void *ctx)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	/* do_exit() decrements signal->live before this tracepoint fires. */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_EXIT_LOST);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->kind = KIND_EXIT;
+	e->caller.tgid = bpf_get_current_pid_tgid() >> 32;
+	e->caller.task_start = BPF_CORE_READ(task, group_leader, start_boottime);
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	submit(e);
 	return 0;
 }

@@ -91,6 +91,9 @@ type Batch struct {
 type Stats struct {
 	Events uint64 // decoded and queued
 	Lost   []Loss // one entry per stage and reason, zeros included
+	// ExitsLost counts process exits the kernel could not report: no event
+	// is lost, but the process's cache entry ages out instead of going.
+	ExitsLost uint64
 }
 
 // Loss counts events lost at one stage for one reason.
@@ -110,10 +113,11 @@ type Collector struct {
 	pool   sync.Pool
 	done   chan struct{}
 
-	closing atomic.Bool
-	ready   atomic.Bool
-	events  atomic.Uint64
-	lost    [numLossReasons]atomic.Uint64 // cumulative, for metrics
+	closing   atomic.Bool
+	ready     atomic.Bool
+	events    atomic.Uint64
+	lost      [numLossReasons]atomic.Uint64 // cumulative, for metrics
+	exitsLost atomic.Uint64
 
 	// Owned by the read goroutine.
 	kernelSeen [connectStatSTAT_MAX]uint64 // last sums read from the stats map
@@ -206,11 +210,19 @@ func (c *Collector) attach() error {
 		}
 		c.links = append(c.links, l)
 	}
-	l, err := link.Tracepoint("syscalls", "sys_exit_connect", c.objs.ConnectExit, nil)
-	if err != nil {
-		return fmt.Errorf("attach tracepoint syscalls/sys_exit_connect: %w", err)
+	for _, tp := range []struct {
+		group, name string
+		prog        *ebpf.Program
+	}{
+		{"syscalls", "sys_exit_connect", c.objs.ConnectExit},
+		{"sched", "sched_process_exit", c.objs.ProcessExit},
+	} {
+		l, err := link.Tracepoint(tp.group, tp.name, tp.prog, nil)
+		if err != nil {
+			return fmt.Errorf("attach tracepoint %s/%s: %w", tp.group, tp.name, err)
+		}
+		c.links = append(c.links, l)
 	}
-	c.links = append(c.links, l)
 	return nil
 }
 
@@ -234,6 +246,7 @@ func (c *Collector) Stats() Stats {
 	for i, r := range lossReasons {
 		s.Lost[i] = Loss{Stage: r.stage, Reason: r.reason, Count: c.lost[i].Load()}
 	}
+	s.ExitsLost = c.exitsLost.Load()
 	return s
 }
 
@@ -258,12 +271,16 @@ var lossReasons = [numLossReasons]struct{ stage, reason string }{
 	lossMalformed:   {StageQueue, ReasonMalformed},
 }
 
-// The kernel's stats map slots, in the order of the loss reasons they feed.
+// The kernel's stats map slots and the loss reasons they feed; noLoss
+// marks a slot that counts no event.
 var kernelLoss = [connectStatSTAT_MAX]lossReason{
 	connectStatSTAT_RINGBUF_FULL: lossRingBuffer,
 	connectStatSTAT_CONN_FULL:    lossConnFull,
 	connectStatSTAT_PENDING_FULL: lossPending,
+	connectStatSTAT_EXIT_LOST:    noLoss,
 }
+
+const noLoss lossReason = -1
 
 // Close detaches the programs, hands on what is still in the ring buffer,
 // closes Batches and frees every kernel object. The last batch waits for
@@ -376,7 +393,12 @@ func (c *Collector) hasUnreported() bool {
 // the batch is dropped and counted, and its loss events wait for the next.
 // The final batch waits for room: nothing new can arrive to be dropped.
 func (c *Collector) send(b *Batch, wait bool) *Batch {
-	n := uint64(len(b.Events))
+	n := uint64(0) // events, not process exits
+	for i := range b.Events {
+		if b.Events[i].Kind == KindConnect {
+			n++
+		}
+	}
 	if c.hasUnreported() {
 		now := time.Now().UnixNano()
 		for r, lost := range c.unreported {
@@ -415,7 +437,11 @@ func (c *Collector) pollKernelLosses() {
 			sum += v
 		}
 		if sum > c.kernelSeen[i] {
-			c.lose(kernelLoss[i], sum-c.kernelSeen[i])
+			if r := kernelLoss[i]; r == noLoss {
+				c.exitsLost.Add(sum - c.kernelSeen[i])
+			} else {
+				c.lose(r, sum-c.kernelSeen[i])
+			}
 			c.kernelSeen[i] = sum
 		}
 	}

@@ -29,6 +29,7 @@ func TestMain(m *testing.M) {
 type sink struct {
 	mu     sync.Mutex
 	events []collector.Event
+	exits  []collector.Event
 	lost   map[string]uint64
 	done   chan struct{}
 }
@@ -53,8 +54,12 @@ func startWith(t *testing.T, cfg collector.Config, delay time.Duration) (*collec
 			time.Sleep(delay)
 			s.mu.Lock()
 			for _, e := range b.Events {
-				if e.Kind == collector.KindLoss {
+				switch e.Kind {
+				case collector.KindLoss:
 					s.lost[e.LossReason] += e.Lost
+					continue
+				case collector.KindExit:
+					s.exits = append(s.exits, e)
 					continue
 				}
 				s.events = append(s.events, e)
@@ -187,6 +192,36 @@ func TestConnectEstablished(t *testing.T) {
 	}
 	if evs[0].Dst.Addr().Is4() == evs[1].Dst.Addr().Is4() {
 		t.Error("want one IPv4 and one IPv6 event")
+	}
+}
+
+// TestProcessExit: when a caller ends, an exit record names it by the same
+// pid and start time as its events, so its cached facts can go.
+func TestProcessExit(t *testing.T) {
+	_, s := start(t)
+	dst, _ := listen(t, "tcp4", "127.0.0.1:0")
+	pid, _ := kerneltest.Connect{Addrs: []netip.AddrPort{dst}}.Run(t)
+	e := s.await(t, 1, 5*time.Second, pid)[0]
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.mu.Lock()
+		var exits []collector.Event
+		for _, x := range s.exits {
+			if x.PID == uint32(pid) {
+				exits = append(exits, x)
+			}
+		}
+		s.mu.Unlock()
+		if len(exits) == 1 {
+			if exits[0].ProcStart != e.ProcStart {
+				t.Errorf("exit start time %d, connect's %d", exits[0].ProcStart, e.ProcStart)
+			}
+			return
+		}
+		if len(exits) > 1 || time.Now().After(deadline) {
+			t.Fatalf("%d exit records for pid %d, want 1 (a multi-threaded process exits once)", len(exits), pid)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -47,6 +47,7 @@ type connectKind uint32
 
 const (
 	connectKindKIND_CONNECT connectKind = 1
+	connectKindKIND_EXIT    connectKind = 2
 )
 
 type connectOutcome uint32
@@ -72,7 +73,8 @@ const (
 	connectStatSTAT_RINGBUF_FULL connectStat = 0
 	connectStatSTAT_CONN_FULL    connectStat = 1
 	connectStatSTAT_PENDING_FULL connectStat = 2
-	connectStatSTAT_MAX          connectStat = 3
+	connectStatSTAT_EXIT_LOST    connectStat = 3
+	connectStatSTAT_MAX          connectStat = 4
 )
 
 // Names of all BPF objects in the ELF.
@@ -86,6 +88,7 @@ const (
 	connectProgConnect4     = "connect4"
 	connectProgConnect6     = "connect6"
 	connectProgConnectExit  = "connect_exit"
+	connectProgProcessExit  = "process_exit"
 	connectProgSockOps      = "sock_ops"
 	connectVarUnusedEvent   = "unused_event"
 	connectVarUnusedKind    = "unused_kind"
@@ -139,6 +142,7 @@ type connectProgramSpecs struct {
 	Connect4    *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6    *ebpf.ProgramSpec `ebpf:"connect6"`
 	ConnectExit *ebpf.ProgramSpec `ebpf:"connect_exit"`
+	ProcessExit *ebpf.ProgramSpec `ebpf:"process_exit"`
 	SockOps     *ebpf.ProgramSpec `ebpf:"sock_ops"`
 }
 
@@ -216,6 +220,7 @@ type connectPrograms struct {
 	Connect4    *ebpf.Program `ebpf:"connect4"`
 	Connect6    *ebpf.Program `ebpf:"connect6"`
 	ConnectExit *ebpf.Program `ebpf:"connect_exit"`
+	ProcessExit *ebpf.Program `ebpf:"process_exit"`
 	SockOps     *ebpf.Program `ebpf:"sock_ops"`
 }
 
@@ -224,6 +229,7 @@ func (p *connectPrograms) Close() error {
 		p.Connect4,
 		p.Connect6,
 		p.ConnectExit,
+		p.ProcessExit,
 		p.SockOps,
 	)
 }

@@ -15,6 +15,9 @@ type Kind uint8
 const (
 	KindConnect Kind = iota + 1 // an outbound TCP connect and its outcome
 	KindLoss                    // events lost before they reached the stream
+	// KindExit says a process ended (PID and ProcStart are set). It tells
+	// enrichment to forget the process and is never written to the stream.
+	KindExit
 )
 
 func (k Kind) String() string {
@@ -23,6 +26,8 @@ func (k Kind) String() string {
 		return "connect"
 	case KindLoss:
 		return "loss"
+	case KindExit:
+		return "exit"
 	}
 	return "unknown"
 }
@@ -156,7 +161,17 @@ func (e *Event) Decode(b []byte, bootOffset int64) error {
 		return fmt.Errorf("%w: %d bytes, want %d", ErrMalformed, len(b), recordSize)
 	}
 	ne := binary.NativeEndian
-	if connectKind(b[offKind]) != connectKindKIND_CONNECT {
+	switch connectKind(b[offKind]) {
+	case connectKindKIND_CONNECT:
+	case connectKindKIND_EXIT:
+		*e = Event{
+			Kind:      KindExit,
+			Time:      int64(ne.Uint64(b[offTs:])) + bootOffset,
+			PID:       ne.Uint32(b[offTgid:]),
+			ProcStart: ne.Uint64(b[offTaskStart:]),
+		}
+		return nil
+	default:
 		return fmt.Errorf("%w: kind %d", ErrMalformed, b[offKind])
 	}
 	family := ne.Uint16(b[offFamily:])

@@ -100,6 +100,17 @@ func TestDecode(t *testing.T) {
 	}
 }
 
+func TestDecodeExit(t *testing.T) {
+	rec := connectEvent{Kind: uint8(connectKindKIND_EXIT), TsNs: 7, Caller: connectCaller{Tgid: 4242, TaskStart: 1_230_000_000}}
+	var e Event
+	if err := e.Decode(record(t, rec), 1); err != nil {
+		t.Fatal(err)
+	}
+	if e != (Event{Kind: KindExit, Time: 8, PID: 4242, ProcStart: 1_230_000_000}) {
+		t.Errorf("got %+v", e)
+	}
+}
+
 func TestDecodeRejects(t *testing.T) {
 	bad := func(f func(*connectEvent)) []byte {
 		ev := baseEvent()
@@ -157,6 +168,9 @@ func FuzzDecode(f *testing.F) {
 		}
 		if len(b) != int(unsafe.Sizeof(connectEvent{})) {
 			t.Fatalf("decoded %d bytes", len(b))
+		}
+		if e.Kind == KindExit {
+			return
 		}
 		if e.Kind != KindConnect || e.Outcome == OutcomeUnknown || !e.Dst.IsValid() {
 			t.Fatalf("inconsistent event %+v", e)

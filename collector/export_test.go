@@ -5,7 +5,7 @@ import "github.com/cilium/ebpf"
 // ProgramIDs returns the kernel ids of the loaded programs and maps, so a
 // test can check they are gone after Close.
 func (c *Collector) ObjectIDs() (progs []ebpf.ProgramID, maps []ebpf.MapID) {
-	for _, p := range []*ebpf.Program{c.objs.Connect4, c.objs.Connect6, c.objs.SockOps, c.objs.ConnectExit} {
+	for _, p := range []*ebpf.Program{c.objs.Connect4, c.objs.Connect6, c.objs.SockOps, c.objs.ConnectExit, c.objs.ProcessExit} {
 		info, err := p.Info()
 		if err != nil {
 			panic(err)

@@ -120,7 +120,8 @@ func (e *Enricher) Stats() Stats {
 	}
 }
 
-// Enrich fills out from in. It reports wait when the event names a pod
+// Enrich fills out from in, a connect or loss event (process exits go
+// through EnrichBatch, which drops them). It reports wait when the event names a pod
 // that the pod index does not know yet; EnrichBatch holds such events back.
 // On cache hits it does not allocate.
 func (e *Enricher) Enrich(in *collector.Event, out *Event) (wait bool) {
@@ -193,6 +194,10 @@ func (e *Enricher) setIdentity(out *Event, p *cachedProcess, unitID string) {
 func (e *Enricher) EnrichBatch(in []collector.Event, out []Event, now time.Time) []Event {
 	out = e.Release(out[:0], now, false)
 	for i := range in {
+		if in[i].Kind == collector.KindExit {
+			e.procs.forget(in[i].PID, in[i].ProcStart)
+			continue
+		}
 		out = append(out, Event{})
 		ev := &out[len(out)-1]
 		proc, unitID, wait := e.enrich(&in[i], ev)

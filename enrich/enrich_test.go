@@ -254,3 +254,26 @@ func BenchmarkEnrichHit(b *testing.B) {
 		e.Enrich(in, &out)
 	}
 }
+
+// TestEnrichBatchForgetsExited: a process exit drops the cached process and
+// is not passed on.
+func TestEnrichBatchForgetsExited(t *testing.T) {
+	e := newTestEnricher(t)
+	start := startTicks(t, os.Getpid()) * (1e9 / userHZ)
+	connect := collector.Event{Kind: collector.KindConnect, PID: uint32(os.Getpid()), ProcStart: start}
+	out := e.EnrichBatch([]collector.Event{connect}, nil, time.Now())
+	if len(out) != 1 || out[0].Process == nil {
+		t.Fatalf("got %+v", out)
+	}
+	if n := len(e.procs.young) + len(e.procs.old); n != 1 {
+		t.Fatalf("%d processes cached", n)
+	}
+	exit := collector.Event{Kind: collector.KindExit, PID: uint32(os.Getpid()), ProcStart: start}
+	out = e.EnrichBatch([]collector.Event{exit}, out, time.Now())
+	if len(out) != 0 {
+		t.Errorf("exit passed on: %+v", out)
+	}
+	if n := len(e.procs.young) + len(e.procs.old); n != 0 {
+		t.Errorf("%d processes cached after the exit", n)
+	}
+}

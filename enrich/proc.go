@@ -52,6 +52,14 @@ func (c *procCache) get(pid uint32, startNS uint64, uid uint32) (p *cachedProces
 	return p, false
 }
 
+// forget drops a process that exited: its facts are of no further use, and
+// its PID may soon name another.
+func (c *procCache) forget(pid uint32, startNS uint64) {
+	k := procKey{pid, startNS / (1e9 / userHZ)}
+	delete(c.young, k)
+	delete(c.old, k)
+}
+
 func (c *procCache) put(k procKey, p *cachedProcess) {
 	if len(c.young) >= c.max/2 {
 		c.old, c.young = c.young, make(map[procKey]*cachedProcess, c.max/2)

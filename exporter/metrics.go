@@ -66,6 +66,8 @@ func (m *Metrics) SinkFailed(sink string) { m.sinkFailures.WithLabelValues(sink)
 var (
 	lostDesc = prometheus.NewDesc("callscope_events_lost_total",
 		"Events lost before they reached the stream, by stage and reason.", []string{"stage", "reason"}, nil)
+	exitsLostDesc = prometheus.NewDesc("callscope_process_exits_lost_total",
+		"Process exits the kernel could not report (ring buffer full): no event is lost, the process's cache entry ages out instead.", nil, nil)
 	receivedDesc = prometheus.NewDesc("callscope_kernel_events_total",
 		"Events read from the kernel ring buffer and handed to the pipeline.", nil, nil)
 	unresolvedDesc = prometheus.NewDesc("callscope_identity_unresolved_total",
@@ -82,6 +84,7 @@ type stageCollector struct{ src Sources }
 func (s *stageCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- lostDesc
 	ch <- receivedDesc
+	ch <- exitsLostDesc
 	ch <- unresolvedDesc
 	ch <- cacheDesc
 	ch <- podWaitsDesc
@@ -94,6 +97,7 @@ func (s *stageCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, l := range st.Lost {
 			ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(l.Count), l.Stage, l.Reason)
 		}
+		ch <- prometheus.MustNewConstMetric(exitsLostDesc, prometheus.CounterValue, float64(st.ExitsLost))
 	}
 	if s.src.Enrich != nil {
 		st := s.src.Enrich()

@@ -33,10 +33,19 @@ struct sock {
 	int sk_err;
 };
 
+typedef struct {
+	int counter;
+} atomic_t;
+
+struct signal_struct {
+	atomic_t live;
+};
+
 struct task_struct {
 	int tgid;
 	__u64 start_boottime;
 	struct task_struct *group_leader;
+	struct signal_struct *signal;
 };
 
 #pragma clang attribute pop
