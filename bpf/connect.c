@@ -13,9 +13,9 @@
  *
  * A connect that fails inside the syscall, before any SYN is sent (no route,
  * a local firewall), never reaches TCP_CONNECT. cgroup/connect4 and
- * connect6, which see every TCP connect(2) first, leave a per-thread record
- * of the destination that TCP_CONNECT clears; the syscall exit tracepoint
- * reports what is left with the syscall's error.
+ * connect6, which see every TCP connect(2) first, arm a per-thread record
+ * of the destination (task storage) that TCP_CONNECT disarms; the syscall
+ * exit tracepoint reports an armed one with the syscall's error.
  *
  * A hash map rather than socket storage: allocating socket storage on every
  * connect cost several times more than the rest of the path together.
@@ -58,7 +58,7 @@ enum outcome {
 enum stat {
 	STAT_RINGBUF_FULL = 0, /* bpf_ringbuf_reserve failed: an event lost */
 	STAT_CONN_FULL = 1,    /* no room to track a connect: its event is lost */
-	STAT_PENDING_FULL = 2, /* no per-thread record: a syscall failure would go unseen */
+	STAT_PENDING_FULL = 2, /* no task storage for the record: a syscall failure would go unseen */
 	STAT_EXIT_LOST = 3,    /* no room for a process exit: its cache entry ages out instead */
 	STAT_MAX = 4,
 };
@@ -98,13 +98,19 @@ const enum outcome *unused_outcome __attribute__((unused));
 const enum kind *unused_kind __attribute__((unused));
 const enum stat *unused_stat __attribute__((unused));
 
-/* A connect(2) in flight on this thread that has not reached tcp_connect() yet. */
+/*
+ * The connect(2) in flight on this thread, armed until it reaches
+ * tcp_connect(). Kept in task storage: a thread that connects again reuses
+ * its slot, so the common path allocates nothing and hashes nothing.
+ */
 struct pending {
 	__u64 cookie;
 	__u8 daddr[16];
 	__u16 dport;
 	__u16 family;
 	__u32 netns;
+	__u8 armed;
+	__u8 _pad[7];
 };
 
 struct {
@@ -127,9 +133,9 @@ struct {
 } conns SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64); /* pid_tgid */
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct pending);
 } pendings SEC(".maps");
 
@@ -197,25 +203,27 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, __u16 family)
 	if (!sk)
 		return 1;
 
-	struct pending p = {
-		.cookie = bpf_get_socket_cookie(ctx),
-		.family = family,
-		.dport = bpf_ntohs(ctx->user_port),
-		.netns = sock_netns(sk),
-	};
+	struct pending *p = bpf_task_storage_get(&pendings, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!p) {
+		count(STAT_PENDING_FULL);
+		return 1;
+	}
+	p->cookie = bpf_get_socket_cookie(ctx);
+	p->family = family;
+	p->dport = bpf_ntohs(ctx->user_port);
+	p->netns = sock_netns(sk);
+	__builtin_memset(p->daddr, 0, sizeof(p->daddr));
 	if (family == AF_INET) {
-		__builtin_memcpy(p.daddr, &ctx->user_ip4, 4);
+		__builtin_memcpy(p->daddr, &ctx->user_ip4, 4);
 	} else {
 		/* the context allows only 4-byte loads of user_ip6 */
-		__u32 *d = (__u32 *)p.daddr;
+		__u32 *d = (__u32 *)p->daddr;
 		d[0] = ctx->user_ip6[0];
 		d[1] = ctx->user_ip6[1];
 		d[2] = ctx->user_ip6[2];
 		d[3] = ctx->user_ip6[3];
 	}
-	__u64 key = bpf_get_current_pid_tgid();
-	if (bpf_map_update_elem(&pendings, &key, &p, BPF_ANY))
-		count(STAT_PENDING_FULL);
+	p->armed = 1;
 	return 1;
 }
 
@@ -301,8 +309,9 @@ int sock_ops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
 		/* Inside connect(2), as the caller: the SYN goes out, so connect4's
 		 * record of a possible syscall failure is not needed. */
-		__u64 key = bpf_get_current_pid_tgid();
-		bpf_map_delete_elem(&pendings, &key);
+		struct pending *p = bpf_task_storage_get(&pendings, bpf_get_current_task_btf(), 0, 0);
+		if (p)
+			p->armed = 0;
 
 		struct bpf_sock *sk = skops->sk;
 		if (!sk)
@@ -341,19 +350,16 @@ struct sys_exit_ctx {
 SEC("tracepoint/syscalls/sys_exit_connect")
 int connect_exit(struct sys_exit_ctx *ctx)
 {
-	__u64 key = bpf_get_current_pid_tgid();
-	struct pending *p = bpf_map_lookup_elem(&pendings, &key);
-	if (!p)
+	struct pending *p = bpf_task_storage_get(&pendings, bpf_get_current_task_btf(), 0, 0);
+	if (!p || !p->armed)
 		return 0;
-	if (ctx->ret == 0 || ctx->ret == -EINPROGRESS) {
-		bpf_map_delete_elem(&pendings, &key);
+	p->armed = 0;
+	if (ctx->ret == 0 || ctx->ret == -EINPROGRESS)
 		return 0;
-	}
 
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RINGBUF_FULL);
-		bpf_map_delete_elem(&pendings, &key);
 		return 0;
 	}
 	e->cookie = p->cookie;
@@ -371,7 +377,6 @@ int connect_exit(struct sys_exit_ctx *ctx)
 	__builtin_memcpy(e->daddr, p->daddr, sizeof(e->daddr));
 	e->_pad = 0;
 	submit(e);
-	bpf_map_delete_elem(&pendings, &key);
 	return 0;
 }
 

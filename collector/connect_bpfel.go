@@ -65,6 +65,8 @@ type connectPending struct {
 	Dport  uint16
 	Family uint16
 	Netns  uint32
+	Armed  uint8
+	Pad    [7]uint8
 }
 
 type connectStat uint32
