@@ -124,8 +124,8 @@ type Collector struct {
 	unreported [numLossReasons]uint64      // losses not yet carried by a loss event
 	percpu     []uint64
 	lastSweep  time.Time
-	sweepNow   atomic.Bool // set by tests
 
+	sweepNow  atomic.Bool // asks the read goroutine to sweep at its next pass
 	closeOnce sync.Once
 	closeErr  error
 }
