@@ -38,6 +38,10 @@ fuzz: ## run each fuzz test for FUZZTIME (default 20s)
 bench: ## run the benchmarks (benchstat-friendly output)
 	$(GOTEST) -run '^$$' -bench . -benchmem -count=5 ./...
 
+.PHONY: bench-connect
+bench-connect: build ## measure the agent's cost to a connect loop, bare vs with the agent (as root)
+	$(SUDO) bench/connect-overhead.sh $(BIN)
+
 .PHONY: generate
 generate: ## rebuild the BPF object and its Go bindings (needs clang, llvm, libbpf-dev)
 	$(GO) generate ./collector/
@@ -46,7 +50,7 @@ generate: ## rebuild the BPF object and its Go bindings (needs clang, llvm, libb
 lint: ## gofmt, go vet, and shellcheck where installed
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
-	@if command -v shellcheck >/dev/null; then shellcheck .ci/run; fi
+	@if command -v shellcheck >/dev/null; then shellcheck .ci/run bench/*.sh; fi
 
 .PHONY: clean
 clean: ## remove build output

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -105,5 +106,29 @@ func TestCommands(t *testing.T) {
 	}
 	if err := run(nil, &out, &errb); err == nil {
 		t.Error("no command: want an error")
+	}
+}
+
+func TestPolicyCheck(t *testing.T) {
+	var out, errb bytes.Buffer
+	if err := run([]string{"policy", "check", "../../deploy/examples"}, &out, &errb); err != nil {
+		t.Fatalf("examples: %v\n%s", err, errb.String())
+	}
+	if !strings.HasPrefix(out.String(), "ok: ") {
+		t.Errorf("stdout %q", out.String())
+	}
+	bad := writeConfig(t, "apiVersion: callscope.dev/v1alpha1\nkind: CallScope\nmetadata: {name: x}\nspec:\n  subject: {exe: /a}\n  egress:\n  - to: [{cidr: 10.0.0.1/33}]\n    ports: [0]\n")
+	errb.Reset()
+	err := run([]string{"policy", "check", bad}, &out, &errb)
+	if !errors.Is(err, errReported) {
+		t.Fatalf("bad policy: %v", err)
+	}
+	for _, want := range []string{"callscope.yaml:7:", "egress[0].to[0].cidr", "callscope.yaml:8:", "egress[0].ports[0]", "2 problem(s) found"} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errb.String())
+		}
+	}
+	if err := run([]string{"policy", "check"}, &out, &errb); err == nil {
+		t.Error("no path: want an error")
 	}
 }

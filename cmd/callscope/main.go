@@ -18,13 +18,14 @@ var version = ""
 const usage = `callscope: which machine identity called what, and was it allowed to.
 
 Usage:
-  callscope run [flags]   run the agent (callscope run -h lists the flags)
-  callscope version       print the version
+  callscope run [flags]             run the agent (callscope run -h lists the flags)
+  callscope policy check PATH...    validate CallScope files or folders; exit 0 or 1
+  callscope version                 print the version
 `
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
+		if !errors.Is(err, flag.ErrHelp) && !errors.Is(err, errReported) {
 			fmt.Fprintln(os.Stderr, "callscope:", err)
 		}
 		os.Exit(1)
@@ -43,6 +44,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return runAgent(cfg, stdout, stderr)
+	case "policy":
+		return policyCommand(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "callscope %s (%s, %s/%s)\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return nil
