@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/callscope/callscope/internal/gencache"
 )
 
 // fileidKernfs is the file handle type of kernfs (cgroupfs): the handle is
@@ -25,17 +27,16 @@ const fileidKernfs = 0xfe
 // the cgroup by handle (needs CAP_DAC_READ_SEARCH); without that it walks
 // the tree, at most once a second.
 type cgroupResolver struct {
-	root       string
-	mount      *os.File
-	max        int
-	young, old map[uint64]*cgroupEntry
-	log        *slog.Logger
+	root    string
+	mount   *os.File
+	entries *gencache.Cache[uint64, *cgroupEntry]
+	log     *slog.Logger
 
 	byHandle bool
 	lastWalk time.Time
 }
 
-func newCgroupResolver(root string, max int, log *slog.Logger) (*cgroupResolver, error) {
+func newCgroupResolver(root string, size int, log *slog.Logger) (*cgroupResolver, error) {
 	if root == "" {
 		return nil, errors.New("cgroup root not set")
 	}
@@ -44,8 +45,8 @@ func newCgroupResolver(root string, max int, log *slog.Logger) (*cgroupResolver,
 		return nil, fmt.Errorf("open cgroup root: %w", err)
 	}
 	return &cgroupResolver{
-		root: filepath.Clean(root), mount: f, max: max, log: log, byHandle: true,
-		young: make(map[uint64]*cgroupEntry), old: make(map[uint64]*cgroupEntry),
+		root: filepath.Clean(root), mount: f, log: log, byHandle: true,
+		entries: gencache.New[uint64, *cgroupEntry](size),
 	}, nil
 }
 
@@ -64,11 +65,7 @@ var goneCgroup = &cgroupEntry{}
 // entry returns what is known of the cgroup. hit says whether the cache
 // answered; an entry with an empty path is a cgroup that no longer exists.
 func (r *cgroupResolver) entry(id uint64) (e *cgroupEntry, hit bool) {
-	if e, found := r.young[id]; found {
-		return e, true
-	}
-	if e, found := r.old[id]; found {
-		r.put(id, e)
+	if e, found := r.entries.Get(id); found {
 		return e, true
 	}
 	p, known := r.resolve(id)
@@ -77,7 +74,7 @@ func (r *cgroupResolver) entry(id uint64) (e *cgroupEntry, hit bool) {
 		e = newCgroupEntry(p)
 	}
 	if known {
-		r.put(id, e)
+		r.entries.Put(id, e)
 	}
 	return e, false
 }
@@ -88,19 +85,6 @@ func newCgroupEntry(p string) *cgroupEntry {
 		e.unitID = "unit:" + e.info.Unit
 	}
 	return e
-}
-
-// path is entry for callers that need the path alone.
-func (r *cgroupResolver) path(id uint64) (p string, hit, ok bool) {
-	e, hit := r.entry(id)
-	return e.path, hit, e.path != ""
-}
-
-func (r *cgroupResolver) put(id uint64, e *cgroupEntry) {
-	if len(r.young) >= r.max/2 {
-		r.old, r.young = r.young, make(map[uint64]*cgroupEntry, r.max/2)
-	}
-	r.young[id] = e
 }
 
 // resolve finds the path of a cgroup; "" when it is gone. known is false
@@ -181,8 +165,8 @@ func (r *cgroupResolver) walk(id uint64) (string, error) {
 		if err != nil {
 			return nil
 		}
-		if _, known := r.young[st.Ino]; !known {
-			r.put(st.Ino, newCgroupEntry(rel))
+		if _, known := r.entries.Get(st.Ino); !known {
+			r.entries.Put(st.Ino, newCgroupEntry(rel))
 		}
 		if st.Ino == id {
 			found = rel

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/callscope/callscope/collector"
+	"github.com/callscope/callscope/internal/gencache"
 )
 
 // Config tunes an Enricher; zero values pick defaults.
@@ -281,26 +282,19 @@ func exeIdentity(exe string, uid uint32) string {
 // are replaced, never changed, when the API server updates them.
 type spiffeCache struct {
 	trustDomain string
-	max         int
-	young, old  map[*Pod]string
+	ids         *gencache.Cache[*Pod, string]
 }
 
-func newSpiffeCache(td string, max int) *spiffeCache {
-	return &spiffeCache{trustDomain: td, max: max, young: map[*Pod]string{}, old: map[*Pod]string{}}
+func newSpiffeCache(td string, size int) *spiffeCache {
+	return &spiffeCache{trustDomain: td, ids: gencache.New[*Pod, string](size)}
 }
 
 func (c *spiffeCache) id(p *Pod) string {
-	if id, ok := c.young[p]; ok {
+	if id, ok := c.ids.Get(p); ok {
 		return id
 	}
-	id, ok := c.old[p]
-	if !ok {
-		id = SpiffeID(c.trustDomain, p.Namespace, p.ServiceAccount)
-	}
-	if len(c.young) >= c.max/2 {
-		c.old, c.young = c.young, make(map[*Pod]string, c.max/2)
-	}
-	c.young[p] = id
+	id := SpiffeID(c.trustDomain, p.Namespace, p.ServiceAccount)
+	c.ids.Put(p, id)
 	return id
 }
 

@@ -133,7 +133,7 @@ func TestProcCacheBounded(t *testing.T) {
 	for i := range 1000 {
 		c.get(uint32(i), 0, 0)
 	}
-	if n := len(c.young) + len(c.old); n > 10 {
+	if n := c.entries.Len(); n > 10 {
 		t.Errorf("%d entries cached, max 10", n)
 	}
 }
@@ -163,15 +163,15 @@ func TestCgroupPath(t *testing.T) {
 			t.Fatal(err)
 		}
 		r.byHandle = byHandle
-		p, hit, ok := r.path(cg.ID)
-		if p != cg.Rel || hit || !ok {
-			t.Errorf("byHandle=%v: got %q hit=%v ok=%v, want %q", byHandle, p, hit, ok, cg.Rel)
+		e, hit := r.entry(cg.ID)
+		if e.path != cg.Rel || hit {
+			t.Errorf("byHandle=%v: got %q hit=%v, want %q", byHandle, e.path, hit, cg.Rel)
 		}
-		if p, hit, _ := r.path(cg.ID); p != cg.Rel || !hit {
-			t.Errorf("byHandle=%v: second lookup %q hit=%v", byHandle, p, hit)
+		if e, hit := r.entry(cg.ID); e.path != cg.Rel || !hit {
+			t.Errorf("byHandle=%v: second lookup %q hit=%v", byHandle, e.path, hit)
 		}
-		if p, _, _ := r.path(1); p != "/" && byHandle {
-			t.Errorf("root cgroup: %q", p)
+		if e, _ := r.entry(1); e.path != "/" && byHandle {
+			t.Errorf("root cgroup: %q", e.path)
 		}
 		r.close()
 	}
@@ -184,12 +184,12 @@ func TestCgroupPath(t *testing.T) {
 	defer walker.close()
 	walker.byHandle = false
 	walker.lastWalk = time.Now()
-	if p, _, ok := walker.path(cg.ID); p != "" || ok {
-		t.Errorf("rate-limited walk: %q ok=%v", p, ok)
+	if e, _ := walker.entry(cg.ID); e.path != "" {
+		t.Errorf("rate-limited walk: %q", e.path)
 	}
 	walker.lastWalk = time.Time{}
-	if p, hit, ok := walker.path(cg.ID); p != cg.Rel || hit || !ok {
-		t.Errorf("walk after a rate-limited miss: %q hit=%v ok=%v, want %q", p, hit, ok, cg.Rel)
+	if e, hit := walker.entry(cg.ID); e.path != cg.Rel || hit {
+		t.Errorf("walk after a rate-limited miss: %q hit=%v, want %q", e.path, hit, cg.Rel)
 	}
 
 	// A removed cgroup resolves to nothing, not to a guess.
@@ -197,8 +197,8 @@ func TestCgroupPath(t *testing.T) {
 	if err := os.Remove(gone.Path); err != nil {
 		t.Fatal(err)
 	}
-	if p, _, ok := e.cgroups.path(gone.ID); p != "" || ok {
-		t.Errorf("removed cgroup: %q ok=%v", p, ok)
+	if e, _ := e.cgroups.entry(gone.ID); e.path != "" {
+		t.Errorf("removed cgroup: %q", e.path)
 	}
 }
 
@@ -265,7 +265,7 @@ func TestEnrichBatchForgetsExited(t *testing.T) {
 	if len(out) != 1 || out[0].Process == nil {
 		t.Fatalf("got %+v", out)
 	}
-	if n := len(e.procs.young) + len(e.procs.old); n != 1 {
+	if n := e.procs.entries.Len(); n != 1 {
 		t.Fatalf("%d processes cached", n)
 	}
 	exit := collector.Event{Kind: collector.KindExit, PID: uint32(os.Getpid()), ProcStart: start}
@@ -273,7 +273,7 @@ func TestEnrichBatchForgetsExited(t *testing.T) {
 	if len(out) != 0 {
 		t.Errorf("exit passed on: %+v", out)
 	}
-	if n := len(e.procs.young) + len(e.procs.old); n != 0 {
+	if n := e.procs.entries.Len(); n != 0 {
 		t.Errorf("%d processes cached after the exit", n)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+
+	"github.com/callscope/callscope/internal/gencache"
 )
 
 // userHZ is the unit of /proc/<pid>/stat's start time: USER_HZ, 100 on
@@ -18,28 +20,21 @@ type procKey struct {
 }
 
 // procCache maps (pid, start time) to what /proc said. Keying by start time
-// means a reused PID is a different key, never a stale hit. Two generations
-// bound it: when the young one is full it becomes the old one, and entries
-// still used are carried over on their next hit.
+// means a reused PID is a different key, never a stale hit.
 type procCache struct {
-	root       string
-	max        int
-	young, old map[procKey]*cachedProcess
+	root    string
+	entries *gencache.Cache[procKey, *cachedProcess]
 }
 
-func newProcCache(root string, max int) *procCache {
-	return &procCache{root: root, max: max, young: make(map[procKey]*cachedProcess), old: map[procKey]*cachedProcess{}}
+func newProcCache(root string, size int) *procCache {
+	return &procCache{root: root, entries: gencache.New[procKey, *cachedProcess](size)}
 }
 
 // get returns the process, or nil when it is gone. hit says whether /proc
 // was spared. A process found gone is remembered as gone: it cannot return.
 func (c *procCache) get(pid uint32, startNS uint64, uid uint32) (p *cachedProcess, hit bool) {
 	k := procKey{pid, startNS / (1e9 / userHZ)}
-	if p, ok := c.young[k]; ok {
-		return p, true
-	}
-	if p, ok := c.old[k]; ok {
-		c.put(k, p)
+	if p, ok := c.entries.Get(k); ok {
 		return p, true
 	}
 	p, err := readProcess(c.root, k)
@@ -48,23 +43,14 @@ func (c *procCache) get(pid uint32, startNS uint64, uid uint32) (p *cachedProces
 	} else if p.Exe != "" {
 		p.uid, p.id = uid, exeIdentity(p.Exe, uid)
 	}
-	c.put(k, p)
+	c.entries.Put(k, p)
 	return p, false
 }
 
 // forget drops a process that exited: its facts are of no further use, and
 // its PID may soon name another.
 func (c *procCache) forget(pid uint32, startNS uint64) {
-	k := procKey{pid, startNS / (1e9 / userHZ)}
-	delete(c.young, k)
-	delete(c.old, k)
-}
-
-func (c *procCache) put(k procKey, p *cachedProcess) {
-	if len(c.young) >= c.max/2 {
-		c.old, c.young = c.young, make(map[procKey]*cachedProcess, c.max/2)
-	}
-	c.young[k] = p
+	c.entries.Delete(procKey{pid, startNS / (1e9 / userHZ)})
 }
 
 var errGone = errors.New("process gone")

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/callscope/callscope/enrich"
+	"github.com/callscope/callscope/internal/gencache"
 )
 
 // Verdict is what a call's scope says of it.
@@ -61,8 +62,7 @@ type Matcher struct {
 	policies []compiledPolicy
 	// bindings caches which scopes bind a caller: callers are few and
 	// come back, and matching every subject on every event would not do.
-	young, old map[callerKey]*binding
-	maxCache   int
+	bindings *gencache.Cache[callerKey, *binding]
 }
 
 type compiledPolicy struct {
@@ -95,7 +95,7 @@ type callerKey struct {
 
 // Compile prepares policies for judging. The policies are not kept.
 func Compile(policies []Policy) *Matcher {
-	m := &Matcher{maxCache: 8192, young: map[callerKey]*binding{}, old: map[callerKey]*binding{}}
+	m := &Matcher{bindings: gencache.New[callerKey, *binding](8192)}
 	for _, p := range policies {
 		cp := compiledPolicy{name: p.Name, subject: p.Subject}
 		for i, r := range p.Egress {
@@ -166,17 +166,11 @@ func (m *Matcher) bind(ev *enrich.Event) *binding {
 	if ev.Process != nil {
 		k.exe = ev.Process.Exe
 	}
-	if b, ok := m.young[k]; ok {
+	if b, ok := m.bindings.Get(k); ok {
 		return b
 	}
-	b, ok := m.old[k]
-	if !ok {
-		b = m.computeBinding(ev, &k)
-	}
-	if len(m.young) >= m.maxCache/2 {
-		m.old, m.young = m.young, make(map[callerKey]*binding, m.maxCache/2)
-	}
-	m.young[k] = b
+	b := m.computeBinding(ev, &k)
+	m.bindings.Put(k, b)
 	return b
 }
 
