@@ -7,6 +7,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/callscope/callscope/collector/tlshello"
 )
 
 // Kind says what an Event reports.
@@ -18,6 +20,11 @@ const (
 	// KindExit says a process ended (PID and ProcStart are set). It tells
 	// enrichment to forget the process and is never written to the stream.
 	KindExit
+	// KindTLS reports a TLS ClientHello sent on an outbound connection.
+	KindTLS
+	// KindVerdict closes a pending scope verdict whose TLS server name
+	// never came. It is made by scope, not by the kernel.
+	KindVerdict
 )
 
 func (k Kind) String() string {
@@ -28,6 +35,10 @@ func (k Kind) String() string {
 		return "loss"
 	case KindExit:
 		return "exit"
+	case KindTLS:
+		return "tls"
+	case KindVerdict:
+		return "verdict"
 	}
 	return "unknown"
 }
@@ -100,6 +111,11 @@ type Event struct {
 	// PID is reused.
 	ProcStart uint64
 	NetNS     uint32 // network namespace inode of the socket
+
+	// For KindTLS: the ClientHello, and the ServerHello when one was seen
+	// (nil otherwise). They are allocated per event and never reused.
+	Hello       *tlshello.ClientHello
+	ServerHello *tlshello.ServerHello
 
 	// For KindLoss.
 	Lost       uint64

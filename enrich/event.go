@@ -27,4 +27,16 @@ type Event struct {
 	Pod *Pod
 	// Identity names the caller per the contract; "" when unknown.
 	Identity string
+	// DstName is a name of the destination: the SNI on a tls event, else a
+	// name the caller's network namespace resolved to the address. "" when
+	// none is known.
+	DstName string
+	// NameSource says where DstName came from: NameSourceDNS or NameSourceSNI.
+	NameSource string
 }
+
+// Where an event's destination name came from.
+const (
+	NameSourceDNS = "dns"
+	NameSourceSNI = "sni"
+)

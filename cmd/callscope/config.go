@@ -6,8 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -24,6 +26,21 @@ type runConfig struct {
 	trustDomain string
 	logLevel    string
 	logFormat   string
+
+	policies stringList // --policy, repeatable
+
+	kafkaBrokers          string
+	kafkaTopic            string
+	kafkaViolationsTopic  string
+	kafkaTLS              bool
+	kafkaCAFile           string
+	kafkaCertFile         string
+	kafkaKeyFile          string
+	kafkaSASLMechanism    string
+	kafkaSASLUsername     string
+	kafkaSASLPasswordFile string
+	spoolDir              string
+	spoolMaxBytes         byteSize
 }
 
 // runFlags declares the flags of `callscope run`. Every flag may also be set
@@ -41,6 +58,20 @@ func runFlags(cfg *runConfig) *flag.FlagSet {
 	fs.StringVar(&cfg.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust `domain` of pod identities")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
+	fs.Var(&cfg.policies, "policy", "CallScope `path` (file or folder); repeatable, or comma-separated; reloaded on change and on SIGHUP")
+	fs.StringVar(&cfg.kafkaBrokers, "kafka-brokers", "", "Kafka brokers as `host:port,...`; empty turns Kafka off")
+	fs.StringVar(&cfg.kafkaTopic, "kafka-topic", "callscope.events", "Kafka `topic` of every event")
+	fs.StringVar(&cfg.kafkaViolationsTopic, "kafka-violations-topic", "callscope.violations", "Kafka `topic` of violations, in addition")
+	fs.BoolVar(&cfg.kafkaTLS, "kafka-tls", false, "connect to the brokers over TLS")
+	fs.StringVar(&cfg.kafkaCAFile, "kafka-ca-file", "", "PEM `file` of the CAs that sign the brokers' certificates (default the system's)")
+	fs.StringVar(&cfg.kafkaCertFile, "kafka-cert-file", "", "PEM client certificate `file` for TLS to the brokers")
+	fs.StringVar(&cfg.kafkaKeyFile, "kafka-key-file", "", "PEM client key `file` for TLS to the brokers")
+	fs.StringVar(&cfg.kafkaSASLMechanism, "kafka-sasl-mechanism", "", "SASL `mechanism`: plain, scram-sha-256 or scram-sha-512; empty turns SASL off")
+	fs.StringVar(&cfg.kafkaSASLUsername, "kafka-sasl-username", "", "SASL user `name`")
+	fs.StringVar(&cfg.kafkaSASLPasswordFile, "kafka-sasl-password-file", "", "`file` holding the SASL password")
+	fs.StringVar(&cfg.spoolDir, "spool-dir", "/var/lib/callscope/spool", "`directory` where events wait while Kafka cannot take them")
+	cfg.spoolMaxBytes = 256 << 20
+	fs.Var(&cfg.spoolMaxBytes, "spool-max-bytes", "bound of the spool on disk, in bytes or with a KiB, MiB or GiB suffix (default 256MiB)")
 	return fs
 }
 
@@ -115,6 +146,45 @@ func parseRunConfig(args []string, getenv func(string) string) (*runConfig, erro
 	return cfg, nil
 }
 
+// stringList is a repeatable flag; each value may also list several,
+// comma-separated, as the environment and the config file can give only one.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
+// byteSize is a size in bytes, given plainly or with a binary suffix.
+type byteSize int64
+
+func (b *byteSize) String() string { return strconv.FormatInt(int64(*b), 10) }
+
+func (b *byteSize) Set(v string) error {
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}} {
+		if n, ok := strings.CutSuffix(v, u.suffix); ok {
+			v, mult = n, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	if err != nil || n <= 0 || n > math.MaxInt64/mult {
+		return fmt.Errorf("want a positive size such as 268435456 or 256MiB")
+	}
+	*b = byteSize(n * mult)
+	return nil
+}
+
 type configValue struct {
 	name, value string
 	line        int
@@ -147,6 +217,15 @@ func readConfigFile(path string, fs *flag.FlagSet) ([]configValue, error) {
 		k, v := m.Content[i], m.Content[i+1]
 		if k.Value == "config" || fs.Lookup(k.Value) == nil {
 			return nil, fmt.Errorf("%s:%d:%d: unknown setting %q", path, k.Line, k.Column, k.Value)
+		}
+		if _, repeatable := fs.Lookup(k.Value).Value.(*stringList); repeatable && v.Kind == yaml.SequenceNode {
+			for _, item := range v.Content {
+				if item.Kind != yaml.ScalarNode {
+					return nil, fmt.Errorf("%s:%d:%d: %s: want a list of single values", path, item.Line, item.Column, k.Value)
+				}
+				out = append(out, configValue{name: k.Value, value: item.Value, line: item.Line})
+			}
+			continue
 		}
 		if v.Kind != yaml.ScalarNode {
 			return nil, fmt.Errorf("%s:%d:%d: %s: want a single value", path, v.Line, v.Column, k.Value)
