@@ -1,0 +1,284 @@
+package tlshello
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/crypto/cryptobyte"
+)
+
+// fixedStart is the part of a ClientHello body before its first vector:
+// legacy_version and random.
+const fixedStart = 2 + 32
+
+// ParseClientHello parses b, the bytes a client sent first, starting with
+// a TLS record header.
+//
+// When b ends inside the hello, it returns what came before the cut with
+// Truncated set and no error, provided the record header and the hello's
+// fixed-size start (version and random) are there. It returns an error,
+// wrapping one of the package's Err values, for anything that is not a
+// TLS ClientHello or whose lengths contradict each other.
+func ParseClientHello(b []byte) (*ClientHello, error) {
+	ch, _, err := parseClientHello(b, false)
+	return ch, err
+}
+
+// parseClientHello is ParseClientHello that also returns, when raw is set,
+// JA4_r: the fingerprint before its lists are hashed.
+func parseClientHello(b []byte, raw bool) (*ClientHello, string, error) {
+	c, err := readHandshake(b, typeClientHello)
+	if err != nil {
+		return nil, "", fmt.Errorf("tlshello: client hello: %w", err)
+	}
+	if c.left < fixedStart {
+		return nil, "", fmt.Errorf("tlshello: client hello: length %d: %w", c.left, ErrMalformed)
+	}
+	if len(c.s) < fixedStart {
+		return nil, "", fmt.Errorf("tlshello: client hello: %w", ErrShort)
+	}
+
+	var (
+		ch ClientHello
+		fp fingerprint
+	)
+	ch.LegacyVersion, _ = c.uint16()
+	_ = c.skip(32) // random
+
+	// stop ends the parse at a field that could not be read: cut by the
+	// capture (the hello so far is returned) or malformed.
+	stop := func(field string, err error) (*ClientHello, string, error) {
+		if errors.Is(err, errCut) {
+			ch.Truncated = true
+			return &ch, "", nil
+		}
+		return nil, "", fmt.Errorf("tlshello: client hello: %s: %w", field, err)
+	}
+
+	sessionID, err := c.vector(1)
+	if err != nil {
+		return stop("session id", err)
+	}
+	if sessionID.left > 32 {
+		return stop("session id", fmt.Errorf("length %d: %w", sessionID.left, ErrMalformed))
+	}
+	if sessionID.cut() {
+		return stop("session id", errCut)
+	}
+
+	suites, err := c.vector(2)
+	if err != nil {
+		return stop("cipher suites", err)
+	}
+	if suites.left%2 != 0 {
+		return stop("cipher suites", fmt.Errorf("odd length %d: %w", suites.left, ErrMalformed))
+	}
+	if suites.cut() {
+		// A partial count would understate what the client offers.
+		return stop("cipher suites", errCut)
+	}
+	fp.ciphers = fp.cipherBuf[:0]
+	for !suites.s.Empty() {
+		var id uint16
+		suites.s.ReadUint16(&id)
+		if !isGREASE(id) {
+			fp.ciphers = append(fp.ciphers, id)
+		}
+	}
+	ch.CipherSuites = len(fp.ciphers)
+
+	compression, err := c.vector(1)
+	if err != nil {
+		return stop("compression methods", err)
+	}
+	if compression.cut() {
+		return stop("compression methods", errCut)
+	}
+
+	fp.legacyVersion = ch.LegacyVersion
+	if c.left == 0 {
+		// No extensions at all, as before TLS 1.2 it was allowed.
+		return ch.fingerprinted(&fp, raw)
+	}
+	exts, err := c.vector(2)
+	if err != nil {
+		return stop("extensions", err)
+	}
+	if c.left != 0 {
+		return stop("extensions", fmt.Errorf("%d bytes after them: %w", c.left, ErrMalformed))
+	}
+	fp.exts = fp.extBuf[:0]
+	for exts.left > 0 {
+		typ, err := exts.uint16()
+		if err != nil {
+			return stop("extensions", err)
+		}
+		data, err := exts.vector(2)
+		if err != nil {
+			return stop(fmt.Sprintf("extension 0x%04x", typ), err)
+		}
+		if !isGREASE(typ) {
+			fp.exts = append(fp.exts, typ)
+		}
+		if typ == extKeyShare {
+			// Its group comes before the key: a cut share still says it.
+			ch.PostQuantum = ch.PostQuantum || keySharePostQuantum(data)
+		}
+		if data.cut() {
+			return stop(fmt.Sprintf("extension 0x%04x", typ), errCut)
+		}
+		if typ == extSignatureAlgorithms && !fp.sigAlgsSeen {
+			// Here, not in extension: fp's own array must not be
+			// stored through a pointer, or fp would leave the stack.
+			fp.sigAlgsSeen = true
+			fp.sigAlgs = signatureAlgorithms(fp.sigAlgBuf[:0], data.s)
+		}
+		ch.extension(typ, data.s, &fp)
+	}
+	return ch.fingerprinted(&fp, raw)
+}
+
+// fingerprinted sets the JA4 of a whole hello.
+func (ch *ClientHello) fingerprinted(fp *fingerprint, raw bool) (*ClientHello, string, error) {
+	ch.JA4 = fp.ja4()
+	if !raw {
+		return ch, "", nil
+	}
+	a, b, c := fp.parts(nil)
+	return ch, string(a[:]) + "_" + string(b) + "_" + string(c), nil
+}
+
+// extension reads what the hello reports of one whole extension. An
+// extension whose contents do not parse is counted (its type is in the
+// fingerprint) but reports nothing: a server would refuse the hello, yet
+// the client that sent it is still worth telling. The first of repeated
+// extensions wins.
+func (ch *ClientHello) extension(typ uint16, data cryptobyte.String, fp *fingerprint) {
+	switch typ {
+	case extServerName:
+		fp.sni = true
+		if ch.SNI == "" {
+			ch.SNI = serverName(data)
+		}
+	case extALPN:
+		if !fp.alpnSeen {
+			fp.alpnSeen = true
+			ch.ALPN = protocols(data)
+			fp.alpn = ch.ALPN
+		}
+	case extSupportedVersions:
+		if !fp.versionsSeen {
+			fp.versionsSeen = true
+			ch.Versions = versions(data)
+			fp.versions = ch.Versions
+		}
+	case extECH:
+		ch.ECH = true
+	}
+}
+
+// serverName returns the first host_name of a server_name extension
+// (RFC 6066, section 3).
+func serverName(data cryptobyte.String) string {
+	var list cryptobyte.String
+	if !data.ReadUint16LengthPrefixed(&list) || !data.Empty() {
+		return ""
+	}
+	for !list.Empty() {
+		var (
+			nameType uint8
+			name     cryptobyte.String
+		)
+		if !list.ReadUint8(&nameType) || !list.ReadUint16LengthPrefixed(&name) {
+			return ""
+		}
+		if nameType == 0 && len(name) > 0 {
+			return string(name)
+		}
+	}
+	return ""
+}
+
+// protocols returns the protocol names of an ALPN extension (RFC 7301,
+// section 3.1), or nil unless the whole list parses.
+func protocols(data cryptobyte.String) []string {
+	var list cryptobyte.String
+	if !data.ReadUint16LengthPrefixed(&list) || !data.Empty() {
+		return nil
+	}
+	n := 0
+	for l := list; !l.Empty(); n++ {
+		var p cryptobyte.String
+		if !l.ReadUint8LengthPrefixed(&p) {
+			return nil
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]string, 0, n)
+	for !list.Empty() {
+		var p cryptobyte.String
+		list.ReadUint8LengthPrefixed(&p)
+		out = append(out, string(p))
+	}
+	return out
+}
+
+// versions returns a supported_versions list (RFC 8446, section 4.2.1)
+// without GREASE; empty, not nil, when nothing is left.
+func versions(data cryptobyte.String) []uint16 {
+	var list cryptobyte.String
+	if !data.ReadUint8LengthPrefixed(&list) || !data.Empty() || len(list)%2 != 0 {
+		return []uint16{}
+	}
+	out := make([]uint16, 0, len(list)/2)
+	for !list.Empty() {
+		var v uint16
+		list.ReadUint16(&v)
+		if !isGREASE(v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// signatureAlgorithms appends to dst a signature_algorithms list (RFC
+// 8446, section 4.2.3) without GREASE, in the client's order.
+func signatureAlgorithms(dst []uint16, data cryptobyte.String) []uint16 {
+	var list cryptobyte.String
+	if !data.ReadUint16LengthPrefixed(&list) || !data.Empty() || len(list)%2 != 0 {
+		return dst
+	}
+	out := dst
+	for !list.Empty() {
+		var v uint16
+		list.ReadUint16(&v)
+		if !isGREASE(v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// keySharePostQuantum reports whether a client's key_share (RFC 8446,
+// section 4.2.8) offers a post-quantum group, reading as far as the
+// capture goes. Shares that do not parse say nothing.
+func keySharePostQuantum(data cursor) bool {
+	shares, err := data.vector(2)
+	if err != nil {
+		return false
+	}
+	found := false
+	for shares.left > 0 && err == nil {
+		var group uint16
+		if group, err = shares.uint16(); err == nil {
+			found = found || isPostQuantum(group)
+			_, err = shares.vector(2)
+		}
+	}
+	if err != nil && !errors.Is(err, errCut) {
+		return false
+	}
+	return found
+}
