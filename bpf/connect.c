@@ -19,6 +19,13 @@
  *
  * A hash map rather than socket storage: allocating socket storage on every
  * connect cost several times more than the rest of the path together.
+ *
+ * After its outcome, an established connect stays in the map until its
+ * first payload: cgroup_skb/egress copies the client's first flight when it
+ * is a TLS handshake record (the ClientHello, also when it spans segments),
+ * and cgroup_skb/ingress the server's first bytes (the ServerHello). Each
+ * packet of other traffic costs one hash lookup that misses. The same
+ * ingress program copies DNS answers (source port 53, UDP and TCP).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -43,7 +50,18 @@ char LICENSE[] SEC("license") = "GPL";
 
 enum kind {
 	KIND_CONNECT = 1,
-	KIND_EXIT = 2, /* a process ended: user space forgets what it cached of it */
+	KIND_EXIT = 2,       /* a process ended: user space forgets what it cached of it */
+	KIND_TLS_CLIENT = 3, /* bytes of the client's first flight (struct payload_event) */
+	KIND_TLS_SERVER = 4, /* the server's first bytes (struct payload_event) */
+	KIND_DNS = 5,        /* a DNS answer's payload (struct payload_event) */
+};
+
+/* What a tracked connection waits for. */
+enum phase {
+	PHASE_CONNECTING = 0,  /* its outcome */
+	PHASE_FIRST_FLIGHT = 1, /* the client's first payload */
+	PHASE_CLIENT_HELLO = 2, /* the rest of a ClientHello that spans segments */
+	PHASE_SERVER_HELLO = 3, /* the server's first payload */
 };
 
 /* Where the kernel knew the outcome; user space maps it to a name. */
@@ -60,7 +78,8 @@ enum stat {
 	STAT_CONN_FULL = 1,    /* no room to track a connect: its event is lost */
 	STAT_PENDING_FULL = 2, /* no task storage for the record: a syscall failure would go unseen */
 	STAT_EXIT_LOST = 3,    /* no room for a process exit: its cache entry ages out instead */
-	STAT_MAX = 4,
+	STAT_PAYLOAD_LOST = 4, /* a TLS or DNS payload record lost: the ring buffer was full */
+	STAT_MAX = 5,
 };
 
 /* Identity of the caller, captured inside connect(2). */
@@ -92,8 +111,41 @@ struct event {
 	__u32 _pad;
 };
 
+/* Bytes copied from one packet at most, and of one ClientHello in all. */
+#define PAYLOAD_MAX 4096
+/* Of the server's first flight only the ServerHello is read: about 1.2 KiB
+ * with a post-quantum key share. */
+#define SERVER_HELLO_MAX 2048
+
+/*
+ * A struct event, then up to PAYLOAD_MAX bytes of payload. The ring buffer
+ * record is only as long as the bytes copied.
+ */
+struct payload_event {
+	struct event ev;
+	__u16 offset; /* of these bytes in the flight: a ClientHello spanning segments comes in pieces */
+	__u16 len;    /* bytes in data */
+	__u16 want;   /* bytes of the flight wanted in all (the TLS record, capped) */
+	__u8 more;    /* the TLS record is longer than what will be copied */
+	__u8 proto;   /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 data[PAYLOAD_MAX];
+};
+
+/* A connect tracked from TCP_CONNECT to its first payloads. */
+struct conn {
+	struct caller caller;
+	__u32 next_seq; /* TCP sequence number of the next ClientHello byte */
+	__u16 want;
+	__u16 got;
+	__u8 phase;
+	__u8 _pad[7];
+};
+
 /* Referenced so that their BTF, and so their Go bindings, exist. */
 const struct event *unused_event __attribute__((unused));
+const struct payload_event *unused_payload_event __attribute__((unused));
+const struct conn *unused_conn __attribute__((unused));
+const enum phase *unused_phase __attribute__((unused));
 const enum outcome *unused_outcome __attribute__((unused));
 const enum kind *unused_kind __attribute__((unused));
 const enum stat *unused_stat __attribute__((unused));
@@ -119,7 +171,8 @@ struct {
 } events SEC(".maps");
 
 /*
- * Connects whose outcome is not known yet, by socket cookie. Not an LRU:
+ * Connects whose outcome or first payloads are not known yet, by socket
+ * cookie. Not an LRU:
  * an eviction would lose an event without a trace, while a full map fails
  * the insert, which is counted. Every tracked socket reaches ESTABLISHED or
  * CLOSE, where its entry goes; user space sweeps what some other program
@@ -129,8 +182,16 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 32768); /* resized by the loader */
 	__type(key, __u64);
-	__type(value, struct caller);
+	__type(value, struct conn);
 } conns SEC(".maps");
+
+/* Where a payload record is put together before it goes to the ring. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct payload_event);
+} scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -295,11 +356,20 @@ static __always_inline int sock_err(struct bpf_sock_ops *skops)
 static __always_inline void report(struct bpf_sock_ops *skops, __u8 outcome, __s32 err)
 {
 	__u64 cookie = bpf_get_socket_cookie(skops);
-	struct caller *c = bpf_map_lookup_elem(&conns, &cookie);
+	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
 	if (!c)
 		return; /* not an outbound connect seen at TCP_CONNECT */
-	emit(skops, cookie, c, outcome, err);
-	bpf_map_delete_elem(&conns, &cookie);
+	if (c->phase != PHASE_CONNECTING) {
+		/* Closed while waiting for its first payloads: nothing to tell. */
+		if (outcome == OUTCOME_CLOSED)
+			bpf_map_delete_elem(&conns, &cookie);
+		return;
+	}
+	emit(skops, cookie, &c->caller, outcome, err);
+	if (outcome == OUTCOME_ESTABLISHED)
+		c->phase = PHASE_FIRST_FLIGHT; /* keep it for the ClientHello */
+	else
+		bpf_map_delete_elem(&conns, &cookie);
 }
 
 SEC("sockops")
@@ -316,9 +386,10 @@ int sock_ops(struct bpf_sock_ops *skops)
 		struct bpf_sock *sk = skops->sk;
 		if (!sk)
 			return 1;
-		struct caller c;
-		fill_caller(&c);
-		c.netns = sock_netns(sk);
+		struct conn c;
+		__builtin_memset(&c, 0, sizeof(c));
+		fill_caller(&c.caller);
+		c.caller.netns = sock_netns(sk);
 		__u64 cookie = bpf_get_socket_cookie(skops);
 		if (bpf_map_update_elem(&conns, &cookie, &c, BPF_ANY)) {
 			count(STAT_CONN_FULL);
@@ -405,4 +476,235 @@ int process_exit(void *ctx)
 	e->ts_ns = bpf_ktime_get_boot_ns();
 	submit(e);
 	return 0;
+}
+
+/* Packet parsing for the cgroup_skb programs: their data starts at L3. */
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IPPROTO_UDP 17
+#define DNS_PORT 53
+
+struct packet {
+	__u32 payload; /* offset of the transport payload */
+	__u32 len;     /* its length */
+	__u32 seq;     /* TCP sequence number of its first byte */
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u8 proto;
+	__u8 _pad;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p)
+{
+	__u32 l4;
+	__builtin_memset(p, 0, sizeof(*p));
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u8 h[20];
+		if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)))
+			return -1;
+		/* Only a datagram's first fragment holds its transport header. */
+		if (((h[6] & 0x1f) | h[7]) != 0)
+			return -1;
+		l4 = (h[0] & 0xf) * 4;
+		p->proto = h[9];
+		p->family = AF_INET;
+		__builtin_memcpy(p->saddr, &h[12], 4);
+		__builtin_memcpy(p->daddr, &h[16], 4);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		__u8 h[40];
+		if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)))
+			return -1;
+		l4 = 40; /* extension headers are not followed: rare on TCP and DNS */
+		p->proto = h[6];
+		p->family = AF_INET6;
+		__builtin_memcpy(p->saddr, &h[8], 16);
+		__builtin_memcpy(p->daddr, &h[24], 16);
+	} else {
+		return -1;
+	}
+	if (l4 < 20)
+		return -1;
+	if (p->proto == IPPROTO_TCP) {
+		__u8 t[14];
+		if (bpf_skb_load_bytes(skb, l4, t, sizeof(t)))
+			return -1;
+		p->sport = (t[0] << 8) | t[1];
+		p->dport = (t[2] << 8) | t[3];
+		p->seq = ((__u32)t[4] << 24) | ((__u32)t[5] << 16) | ((__u32)t[6] << 8) | t[7];
+		p->payload = l4 + (t[12] >> 4) * 4;
+	} else if (p->proto == IPPROTO_UDP) {
+		__u8 u[4];
+		if (bpf_skb_load_bytes(skb, l4, u, sizeof(u)))
+			return -1;
+		p->sport = (u[0] << 8) | u[1];
+		p->dport = (u[2] << 8) | u[3];
+		p->payload = l4 + 8;
+	} else {
+		return -1;
+	}
+	p->len = skb->len > p->payload ? skb->len - p->payload : 0;
+	return 0;
+}
+
+/*
+ * emit_payload copies n bytes of the packet from offset from into a payload
+ * record. The record goes through a per-CPU scratch buffer so that the ring
+ * holds only the bytes copied, not PAYLOAD_MAX for every record.
+ */
+static __always_inline void emit_payload(struct __sk_buff *skb, struct packet *p, __u8 kind, struct caller *c,
+					 __u64 cookie, __u32 n, __u16 offset, __u16 want, __u8 more)
+{
+	__u32 key = 0;
+	struct payload_event *e = bpf_map_lookup_elem(&scratch, &key);
+	if (!e)
+		return;
+	if (n > PAYLOAD_MAX)
+		n = PAYLOAD_MAX;
+	if (n == 0)
+		return;
+	/*
+	 * Restate 1 <= n <= PAYLOAD_MAX in a form the verifier follows: clang
+	 * tests a copy of n above, so the bound would not reach the call.
+	 */
+	__u64 len = n - 1;
+	asm volatile("%[len] &= %[mask]" : [len] "+r"(len) : [mask] "i"(PAYLOAD_MAX - 1));
+	len += 1;
+	if (bpf_skb_load_bytes(skb, p->payload, e->data, len))
+		return;
+
+	__builtin_memcpy(&e->ev.caller, c, sizeof(*c));
+	e->ev.cookie = cookie;
+	e->ev.ts_ns = bpf_ktime_get_boot_ns();
+	e->ev.kind = kind;
+	e->ev.outcome = 0;
+	e->ev.err = 0;
+	e->ev.family = p->family;
+	e->ev.sport = p->sport;
+	e->ev.dport = p->dport;
+	__builtin_memcpy(e->ev.saddr, p->saddr, sizeof(e->ev.saddr));
+	__builtin_memcpy(e->ev.daddr, p->daddr, sizeof(e->ev.daddr));
+	e->ev._pad = 0;
+	e->offset = offset;
+	e->len = len;
+	e->want = want;
+	e->more = more;
+	e->proto = p->proto;
+
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_output(&events, e, sizeof(*e) - PAYLOAD_MAX + len, flags))
+		count(STAT_PAYLOAD_LOST);
+}
+
+SEC("cgroup_skb/egress")
+int egress(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+	/* The fast path of bulk traffic: a connection not being inspected. */
+	if (!c || (c->phase != PHASE_FIRST_FLIGHT && c->phase != PHASE_CLIENT_HELLO))
+		return 1;
+
+	struct packet p;
+	if (parse_packet(skb, &p) || p.proto != IPPROTO_TCP || p.len == 0)
+		return 1;
+
+	if (c->phase == PHASE_FIRST_FLIGHT) {
+		__u8 h[5];
+		/* A TLS handshake record: type 22, version 3.x, then its length. */
+		if (p.len < sizeof(h) || bpf_skb_load_bytes(skb, p.payload, h, sizeof(h)) || h[0] != 0x16 || h[1] != 3) {
+			bpf_map_delete_elem(&conns, &cookie); /* not TLS: done with it */
+			return 1;
+		}
+		__u32 want = 5 + (((__u32)h[3] << 8) | h[4]);
+		__u8 more = 0;
+		if (want > PAYLOAD_MAX) {
+			want = PAYLOAD_MAX;
+			more = 1;
+		}
+		__u32 n = p.len < want ? p.len : want;
+		emit_payload(skb, &p, KIND_TLS_CLIENT, &c->caller, cookie, n, 0, want, more);
+		if (n < want) {
+			c->phase = PHASE_CLIENT_HELLO;
+			c->next_seq = p.seq + n;
+			c->want = want;
+			c->got = n;
+		} else {
+			c->phase = PHASE_SERVER_HELLO;
+		}
+		return 1;
+	}
+
+	/* PHASE_CLIENT_HELLO: the next segment of a ClientHello. */
+	if (p.seq != c->next_seq) {
+		if ((__s32)(p.seq - c->next_seq) < 0)
+			return 1; /* a retransmission of what was copied */
+		/* A gap: user space reports the hello as truncated. */
+		c->phase = PHASE_SERVER_HELLO;
+		return 1;
+	}
+	__u32 n = c->want > c->got ? c->want - c->got : 0;
+	if (n > p.len)
+		n = p.len;
+	emit_payload(skb, &p, KIND_TLS_CLIENT, &c->caller, cookie, n, c->got, c->want, 0);
+	c->got += n;
+	c->next_seq += n;
+	if (c->got >= c->want)
+		c->phase = PHASE_SERVER_HELLO;
+	return 1;
+}
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
+
+/* The loader sets a missing weak kfunc's address to 0 (libbpf's macro, which
+ * Debian's libbpf-dev may predate). */
+#ifndef bpf_ksym_exists
+#define bpf_ksym_exists(sym) (!!(sym))
+#endif
+
+/*
+ * skb_netns is the network namespace of the socket receiving skb: the
+ * namespace whose resolver asked. Kernels without bpf_cast_to_kern_ctx
+ * (before 6.3) give 0, and names are then shared across namespaces.
+ */
+static __always_inline __u32 skb_netns(struct __sk_buff *skb)
+{
+	if (!bpf_ksym_exists(bpf_cast_to_kern_ctx))
+		return 0;
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	return BPF_CORE_READ(kskb, sk, __sk_common.skc_net.net, ns.inum);
+}
+
+SEC("cgroup_skb/ingress")
+int ingress(struct __sk_buff *skb)
+{
+	struct packet p;
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+	if (c && c->phase != PHASE_CONNECTING) {
+		if (parse_packet(skb, &p) || p.proto != IPPROTO_TCP || p.len == 0)
+			return 1;
+		if (c->phase == PHASE_SERVER_HELLO)
+			emit_payload(skb, &p, KIND_TLS_SERVER, &c->caller, cookie,
+				     p.len < SERVER_HELLO_MAX ? p.len : SERVER_HELLO_MAX, 0, 0, 0);
+		/*
+		 * The server has spoken: its hello is read, or it spoke first and
+		 * no ClientHello will lead the connection. Either way, done.
+		 */
+		bpf_map_delete_elem(&conns, &cookie);
+		return 1;
+	}
+
+	if (parse_packet(skb, &p) || p.sport != DNS_PORT || p.len == 0)
+		return 1;
+	struct caller none;
+	__builtin_memset(&none, 0, sizeof(none));
+	none.netns = skb_netns(skb);
+	none.cgroup_id = bpf_skb_cgroup_id(skb);
+	emit_payload(skb, &p, KIND_DNS, &none, cookie, p.len, 0, 0, 0);
+	return 1;
 }

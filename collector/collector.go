@@ -6,6 +6,7 @@ package collector
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"sync"
@@ -42,7 +43,10 @@ type Config struct {
 	// QueueBatches is how many batches may wait for the pipeline before
 	// new ones are dropped and counted. Default 64.
 	QueueBatches int
-	Logger       *slog.Logger
+	// BPFStats has the kernel count each program's runs and run time, for
+	// Programs. It costs two clock reads per program run.
+	BPFStats bool
+	Logger   *slog.Logger
 }
 
 func (c *Config) defaults() error {
@@ -94,6 +98,7 @@ type Stats struct {
 	// ExitsLost counts process exits the kernel could not report: no event
 	// is lost, but the process's cache entry ages out instead of going.
 	ExitsLost uint64
+	Hellos    HelloStats
 }
 
 // Loss counts events lost at one stage for one reason.
@@ -104,14 +109,19 @@ type Loss struct {
 
 // Collector owns the loaded programs, their links and the reader.
 type Collector struct {
-	cfg    Config
-	log    *slog.Logger
-	objs   connectObjects
-	links  []link.Link
-	reader *ringbuf.Reader
-	out    chan *Batch
-	pool   sync.Pool
-	done   chan struct{}
+	cfg   Config
+	log   *slog.Logger
+	objs  connectObjects
+	links []link.Link
+	stats io.Closer // BPF stats switched on, when asked
+	// objsMu keeps Programs, called from the metrics server, off objects
+	// that Close frees.
+	objsMu   sync.RWMutex
+	released bool
+	reader   *ringbuf.Reader
+	out      chan *Batch
+	pool     sync.Pool
+	done     chan struct{}
 
 	closing   atomic.Bool
 	ready     atomic.Bool
@@ -124,6 +134,10 @@ type Collector struct {
 	unreported [numLossReasons]uint64      // losses not yet carried by a loss event
 	percpu     []uint64
 	lastSweep  time.Time
+	hellos     *assembler
+	batch      *Batch // being filled
+	payload    payload
+	helloStats atomic.Pointer[HelloStats] // a copy for Stats, taken at each flush
 
 	sweepNow  atomic.Bool // asks the read goroutine to sweep at its next pass
 	closeOnce sync.Once
@@ -159,6 +173,15 @@ func Start(cfg Config) (*Collector, error) {
 
 	if err := c.load(); err != nil {
 		return nil, err
+	}
+	if cfg.BPFStats {
+		st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+		if err != nil {
+			// Metrics lose the programs' run time; capture goes on.
+			c.log.Warn("kernel program statistics unavailable", "error", err)
+		} else {
+			c.stats = st
+		}
 	}
 	if err := c.attach(); err != nil {
 		c.release()
@@ -203,6 +226,8 @@ func (c *Collector) attach() error {
 		{"connect4", ebpf.AttachCGroupInet4Connect, c.objs.Connect4},
 		{"connect6", ebpf.AttachCGroupInet6Connect, c.objs.Connect6},
 		{"sock_ops", ebpf.AttachCGroupSockOps, c.objs.SockOps},
+		{"egress", ebpf.AttachCGroupInetEgress, c.objs.Egress},
+		{"ingress", ebpf.AttachCGroupInetIngress, c.objs.Ingress},
 	} {
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: c.cfg.CgroupRoot, Attach: a.typ, Program: a.prog})
 		if err != nil {
@@ -226,6 +251,43 @@ func (c *Collector) attach() error {
 	return nil
 }
 
+// ProgramStats is what the kernel counted of one program.
+type ProgramStats struct {
+	Name    string
+	Runs    uint64
+	RunTime time.Duration
+}
+
+// Programs returns the kernel's counts of each program's runs and run
+// time: zeros unless Config.BPFStats is set (or the kernel.bpf_stats_enabled
+// sysctl is on).
+func (c *Collector) Programs() []ProgramStats {
+	c.objsMu.RLock()
+	defer c.objsMu.RUnlock()
+	if c.released {
+		return nil
+	}
+	var out []ProgramStats
+	for _, p := range []struct {
+		name string
+		prog *ebpf.Program
+	}{
+		{"connect4", c.objs.Connect4}, {"connect6", c.objs.Connect6}, {"sock_ops", c.objs.SockOps},
+		{"egress", c.objs.Egress}, {"ingress", c.objs.Ingress},
+		{"connect_exit", c.objs.ConnectExit}, {"process_exit", c.objs.ProcessExit},
+	} {
+		if p.prog == nil {
+			continue
+		}
+		st, err := p.prog.Stats()
+		if err != nil {
+			continue
+		}
+		out = append(out, ProgramStats{Name: p.name, Runs: st.RunCount, RunTime: st.Runtime})
+	}
+	return out
+}
+
 // Batches delivers decoded events. It is closed after Close has drained
 // the ring buffer.
 func (c *Collector) Batches() <-chan *Batch { return c.out }
@@ -247,6 +309,9 @@ func (c *Collector) Stats() Stats {
 		s.Lost[i] = Loss{Stage: r.stage, Reason: r.reason, Count: c.lost[i].Load()}
 	}
 	s.ExitsLost = c.exitsLost.Load()
+	if h := c.helloStats.Load(); h != nil {
+		s.Hellos = *h
+	}
 	return s
 }
 
@@ -312,10 +377,17 @@ func (c *Collector) release() {
 		l.Close()
 	}
 	c.links = nil
+	if c.stats != nil {
+		c.stats.Close()
+		c.stats = nil
+	}
 	if c.reader != nil {
 		c.reader.Close()
 	}
+	c.objsMu.Lock()
+	c.released = true
 	c.objs.Close()
+	c.objsMu.Unlock()
 }
 
 // read is the only goroutine touching the ring buffer. It wakes when the
@@ -325,13 +397,24 @@ func (c *Collector) read() {
 	defer close(c.out)
 
 	var rec ringbuf.Record
-	batch := c.pool.Get().(*Batch)
+	c.batch = c.pool.Get().(*Batch)
+	c.hellos = newAssembler(c.push)
 	bootOffset := bootTimeOffset()
 	c.reader.SetDeadline(time.Now().Add(c.cfg.FlushInterval))
 
 	for {
 		err := c.reader.ReadInto(&rec)
 		if err == nil {
+			if isPayload(rec.RawSample) {
+				if derr := decodePayload(rec.RawSample, bootOffset, &c.payload); derr != nil {
+					c.lose(lossMalformed, 1)
+					c.log.Warn("dropping malformed ring buffer record", "error", derr)
+					continue
+				}
+				c.hellos.add(&c.payload, time.Now())
+				continue
+			}
+			batch := c.batch
 			batch.Events = batch.Events[:len(batch.Events)+1]
 			if derr := batch.Events[len(batch.Events)-1].Decode(rec.RawSample, bootOffset); derr != nil {
 				batch.Events = batch.Events[:len(batch.Events)-1]
@@ -340,7 +423,7 @@ func (c *Collector) read() {
 				continue
 			}
 			if len(batch.Events) == cap(batch.Events) {
-				batch = c.send(batch, false)
+				c.batch = c.send(batch, false)
 			}
 			continue
 		}
@@ -356,21 +439,33 @@ func (c *Collector) read() {
 			final = true
 		}
 		// The ring is drained: hand on what we have, with any losses.
+		c.hellos.expire(time.Now(), final)
+		hs := c.hellos.stats
+		c.helloStats.Store(&hs)
 		c.pollKernelLosses()
 		if c.sweepNow.Swap(false) || time.Since(c.lastSweep) > sweepEvery {
 			c.sweep()
 			c.lastSweep = time.Now()
 		}
-		if len(batch.Events) > 0 || c.hasUnreported() {
-			batch = c.send(batch, final)
+		if len(c.batch.Events) > 0 || c.hasUnreported() {
+			c.batch = c.send(c.batch, final)
 		}
 		c.ready.Store(true)
 		if final {
-			c.pool.Put(batch)
+			c.pool.Put(c.batch)
 			return
 		}
 		bootOffset = bootTimeOffset()
 		c.reader.SetDeadline(time.Now().Add(c.cfg.FlushInterval))
+	}
+}
+
+// push adds an event made outside Decode (a tls or dns event) to the
+// batch being filled.
+func (c *Collector) push(ev *Event) {
+	c.batch.Events = append(c.batch.Events, *ev)
+	if len(c.batch.Events) >= cap(c.batch.Events) {
+		c.batch = c.send(c.batch, false)
 	}
 }
 
@@ -393,9 +488,9 @@ func (c *Collector) hasUnreported() bool {
 // the batch is dropped and counted, and its loss events wait for the next.
 // The final batch waits for room: nothing new can arrive to be dropped.
 func (c *Collector) send(b *Batch, wait bool) *Batch {
-	n := uint64(0) // events, not process exits
+	n := uint64(0) // events, not process exits or DNS answers
 	for i := range b.Events {
-		if b.Events[i].Kind == KindConnect {
+		if k := b.Events[i].Kind; k == KindConnect || k == KindTLS {
 			n++
 		}
 	}
@@ -452,25 +547,35 @@ const (
 	// connExpiry outlasts the kernel's SYN retries by far (about 2 minutes
 	// by default): an entry this old will never get its outcome.
 	connExpiry = time.Hour
+	// helloExpiry ends the wait for the first payloads of an established
+	// connection: clients send their ClientHello at once, and an idle
+	// connection must not hold a slot that new connects need.
+	helloExpiry = 2 * time.Minute
 )
 
-// sweep removes connects whose outcome can no longer come: a socket that
-// some other program kept from reaching ESTABLISHED or CLOSE in our sight.
+// sweep removes connects whose outcome can no longer come (a socket that
+// some other program kept from reaching ESTABLISHED or CLOSE in our sight),
+// counted as lost, and established connections that sent nothing for
+// helloExpiry, which lose nothing: their connect was reported.
 func (c *Collector) sweep() {
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
 		return
 	}
-	cutoff := uint64(ts.Nano()) - uint64(connExpiry)
+	now := uint64(ts.Nano())
 	var (
-		cookie  uint64
-		caller  connectCaller
-		expired []uint64
+		cookie           uint64
+		conn             connectConn
+		expired, drained []uint64
 	)
 	it := c.objs.Conns.Iterate()
-	for it.Next(&cookie, &caller) {
-		if caller.StartNs < cutoff {
+	for it.Next(&cookie, &conn) {
+		age := now - conn.Caller.StartNs
+		switch {
+		case conn.Phase == uint8(connectPhasePHASE_CONNECTING) && age > uint64(connExpiry):
 			expired = append(expired, cookie)
+		case conn.Phase != uint8(connectPhasePHASE_CONNECTING) && age > uint64(helloExpiry):
+			drained = append(drained, cookie)
 		}
 	}
 	if err := it.Err(); err != nil {
@@ -484,6 +589,9 @@ func (c *Collector) sweep() {
 	}
 	if n > 0 {
 		c.lose(lossConnExpired, n)
+	}
+	for _, k := range drained {
+		c.objs.Conns.Delete(k)
 	}
 }
 

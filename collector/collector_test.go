@@ -27,9 +27,11 @@ func TestMain(m *testing.M) {
 
 // sink gathers what a collector hands on.
 type sink struct {
+	c      *collector.Collector
 	mu     sync.Mutex
 	events []collector.Event
 	exits  []collector.Event
+	dns    []collector.Event
 	lost   map[string]uint64
 	done   chan struct{}
 }
@@ -47,7 +49,7 @@ func startWith(t *testing.T, cfg collector.Config, delay time.Duration) (*collec
 		t.Fatalf("start collector: %+v", err)
 	}
 	t.Cleanup(func() { c.Close() })
-	s := &sink{lost: map[string]uint64{}, done: make(chan struct{})}
+	s := &sink{c: c, lost: map[string]uint64{}, done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		for b := range c.Batches() {
@@ -60,6 +62,9 @@ func startWith(t *testing.T, cfg collector.Config, delay time.Duration) (*collec
 					continue
 				case collector.KindExit:
 					s.exits = append(s.exits, e)
+					continue
+				case collector.KindDNS:
+					s.dns = append(s.dns, e)
 					continue
 				}
 				s.events = append(s.events, e)

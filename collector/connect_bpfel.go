@@ -27,6 +27,16 @@ type connectCaller struct {
 	Pad       uint32
 }
 
+type connectConn struct {
+	_       structs.HostLayout
+	Caller  connectCaller
+	NextSeq uint32
+	Want    uint16
+	Got     uint16
+	Phase   uint8
+	Pad     [7]uint8
+}
+
 type connectEvent struct {
 	_       structs.HostLayout
 	Cookie  uint64
@@ -46,8 +56,11 @@ type connectEvent struct {
 type connectKind uint32
 
 const (
-	connectKindKIND_CONNECT connectKind = 1
-	connectKindKIND_EXIT    connectKind = 2
+	connectKindKIND_CONNECT    connectKind = 1
+	connectKindKIND_EXIT       connectKind = 2
+	connectKindKIND_TLS_CLIENT connectKind = 3
+	connectKindKIND_TLS_SERVER connectKind = 4
+	connectKindKIND_DNS        connectKind = 5
 )
 
 type connectOutcome uint32
@@ -57,6 +70,17 @@ const (
 	connectOutcomeOUTCOME_CLOSED        connectOutcome = 2
 	connectOutcomeOUTCOME_SYSCALL_ERROR connectOutcome = 3
 )
+
+type connectPayloadEvent struct {
+	_      structs.HostLayout
+	Ev     connectEvent
+	Offset uint16
+	Len    uint16
+	Want   uint16
+	More   uint8
+	Proto  uint8
+	Data   [4096]uint8
+}
 
 type connectPending struct {
 	_      structs.HostLayout
@@ -69,6 +93,15 @@ type connectPending struct {
 	Pad    [7]uint8
 }
 
+type connectPhase uint32
+
+const (
+	connectPhasePHASE_CONNECTING   connectPhase = 0
+	connectPhasePHASE_FIRST_FLIGHT connectPhase = 1
+	connectPhasePHASE_CLIENT_HELLO connectPhase = 2
+	connectPhasePHASE_SERVER_HELLO connectPhase = 3
+)
+
 type connectStat uint32
 
 const (
@@ -76,27 +109,34 @@ const (
 	connectStatSTAT_CONN_FULL    connectStat = 1
 	connectStatSTAT_PENDING_FULL connectStat = 2
 	connectStatSTAT_EXIT_LOST    connectStat = 3
-	connectStatSTAT_MAX          connectStat = 4
+	connectStatSTAT_PAYLOAD_LOST connectStat = 4
+	connectStatSTAT_MAX          connectStat = 5
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	connectMapConns         = "conns"
-	connectMapEvents        = "events"
-	connectMapPendings      = "pendings"
-	connectMapStats         = "stats"
-	connectProgConnect4     = "connect4"
-	connectProgConnect6     = "connect6"
-	connectProgConnectExit  = "connect_exit"
-	connectProgProcessExit  = "process_exit"
-	connectProgSockOps      = "sock_ops"
-	connectVarUnusedEvent   = "unused_event"
-	connectVarUnusedKind    = "unused_kind"
-	connectVarUnusedOutcome = "unused_outcome"
-	connectVarUnusedStat    = "unused_stat"
-	connectVarWakeupBytes   = "wakeup_bytes"
+	connectMapConns              = "conns"
+	connectMapEvents             = "events"
+	connectMapPendings           = "pendings"
+	connectMapScratch            = "scratch"
+	connectMapStats              = "stats"
+	connectProgConnect4          = "connect4"
+	connectProgConnect6          = "connect6"
+	connectProgConnectExit       = "connect_exit"
+	connectProgEgress            = "egress"
+	connectProgIngress           = "ingress"
+	connectProgProcessExit       = "process_exit"
+	connectProgSockOps           = "sock_ops"
+	connectVarUnusedConn         = "unused_conn"
+	connectVarUnusedEvent        = "unused_event"
+	connectVarUnusedKind         = "unused_kind"
+	connectVarUnusedOutcome      = "unused_outcome"
+	connectVarUnusedPayloadEvent = "unused_payload_event"
+	connectVarUnusedPhase        = "unused_phase"
+	connectVarUnusedStat         = "unused_stat"
+	connectVarWakeupBytes        = "wakeup_bytes"
 )
 
 // loadConnect returns the embedded CollectionSpec for connect.
@@ -144,6 +184,8 @@ type connectProgramSpecs struct {
 	Connect4    *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6    *ebpf.ProgramSpec `ebpf:"connect6"`
 	ConnectExit *ebpf.ProgramSpec `ebpf:"connect_exit"`
+	Egress      *ebpf.ProgramSpec `ebpf:"egress"`
+	Ingress     *ebpf.ProgramSpec `ebpf:"ingress"`
 	ProcessExit *ebpf.ProgramSpec `ebpf:"process_exit"`
 	SockOps     *ebpf.ProgramSpec `ebpf:"sock_ops"`
 }
@@ -155,6 +197,7 @@ type connectMapSpecs struct {
 	Conns    *ebpf.MapSpec `ebpf:"conns"`
 	Events   *ebpf.MapSpec `ebpf:"events"`
 	Pendings *ebpf.MapSpec `ebpf:"pendings"`
+	Scratch  *ebpf.MapSpec `ebpf:"scratch"`
 	Stats    *ebpf.MapSpec `ebpf:"stats"`
 }
 
@@ -162,11 +205,14 @@ type connectMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectVariableSpecs struct {
-	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedKind    *ebpf.VariableSpec `ebpf:"unused_kind"`
-	UnusedOutcome *ebpf.VariableSpec `ebpf:"unused_outcome"`
-	UnusedStat    *ebpf.VariableSpec `ebpf:"unused_stat"`
-	WakeupBytes   *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	UnusedConn         *ebpf.VariableSpec `ebpf:"unused_conn"`
+	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedKind         *ebpf.VariableSpec `ebpf:"unused_kind"`
+	UnusedOutcome      *ebpf.VariableSpec `ebpf:"unused_outcome"`
+	UnusedPayloadEvent *ebpf.VariableSpec `ebpf:"unused_payload_event"`
+	UnusedPhase        *ebpf.VariableSpec `ebpf:"unused_phase"`
+	UnusedStat         *ebpf.VariableSpec `ebpf:"unused_stat"`
+	WakeupBytes        *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // connectObjects contains all objects after they have been loaded into the kernel.
@@ -192,6 +238,7 @@ type connectMaps struct {
 	Conns    *ebpf.Map `ebpf:"conns"`
 	Events   *ebpf.Map `ebpf:"events"`
 	Pendings *ebpf.Map `ebpf:"pendings"`
+	Scratch  *ebpf.Map `ebpf:"scratch"`
 	Stats    *ebpf.Map `ebpf:"stats"`
 }
 
@@ -200,6 +247,7 @@ func (m *connectMaps) Close() error {
 		m.Conns,
 		m.Events,
 		m.Pendings,
+		m.Scratch,
 		m.Stats,
 	)
 }
@@ -208,11 +256,14 @@ func (m *connectMaps) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectVariables struct {
-	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
-	UnusedKind    *ebpf.Variable `ebpf:"unused_kind"`
-	UnusedOutcome *ebpf.Variable `ebpf:"unused_outcome"`
-	UnusedStat    *ebpf.Variable `ebpf:"unused_stat"`
-	WakeupBytes   *ebpf.Variable `ebpf:"wakeup_bytes"`
+	UnusedConn         *ebpf.Variable `ebpf:"unused_conn"`
+	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
+	UnusedKind         *ebpf.Variable `ebpf:"unused_kind"`
+	UnusedOutcome      *ebpf.Variable `ebpf:"unused_outcome"`
+	UnusedPayloadEvent *ebpf.Variable `ebpf:"unused_payload_event"`
+	UnusedPhase        *ebpf.Variable `ebpf:"unused_phase"`
+	UnusedStat         *ebpf.Variable `ebpf:"unused_stat"`
+	WakeupBytes        *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // connectPrograms contains all programs after they have been loaded into the kernel.
@@ -222,6 +273,8 @@ type connectPrograms struct {
 	Connect4    *ebpf.Program `ebpf:"connect4"`
 	Connect6    *ebpf.Program `ebpf:"connect6"`
 	ConnectExit *ebpf.Program `ebpf:"connect_exit"`
+	Egress      *ebpf.Program `ebpf:"egress"`
+	Ingress     *ebpf.Program `ebpf:"ingress"`
 	ProcessExit *ebpf.Program `ebpf:"process_exit"`
 	SockOps     *ebpf.Program `ebpf:"sock_ops"`
 }
@@ -231,6 +284,8 @@ func (p *connectPrograms) Close() error {
 		p.Connect4,
 		p.Connect6,
 		p.ConnectExit,
+		p.Egress,
+		p.Ingress,
 		p.ProcessExit,
 		p.SockOps,
 	)

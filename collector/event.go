@@ -25,6 +25,9 @@ const (
 	// KindVerdict closes a pending scope verdict whose TLS server name
 	// never came. It is made by scope, not by the kernel.
 	KindVerdict
+	// KindDNS carries a DNS answer received on the node. Enrichment learns
+	// names from it; it is not written to the stream.
+	KindDNS
 )
 
 func (k Kind) String() string {
@@ -39,6 +42,8 @@ func (k Kind) String() string {
 		return "tls"
 	case KindVerdict:
 		return "verdict"
+	case KindDNS:
+		return "dns"
 	}
 	return "unknown"
 }
@@ -116,6 +121,12 @@ type Event struct {
 	// (nil otherwise). They are allocated per event and never reused.
 	Hello       *tlshello.ClientHello
 	ServerHello *tlshello.ServerHello
+
+	// For KindDNS: the answer's bytes (allocated per event), as carried by
+	// UDP, or by TCP with its length prefix; NetNS is the receiving
+	// socket's network namespace and CgroupID its cgroup.
+	DNS        []byte
+	DNSOverTCP bool
 
 	// For KindLoss.
 	Lost       uint64

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 	"unsafe"
@@ -106,7 +107,7 @@ func TestDecodeExit(t *testing.T) {
 	if err := e.Decode(record(t, rec), 1); err != nil {
 		t.Fatal(err)
 	}
-	if e != (Event{Kind: KindExit, Time: 8, PID: 4242, ProcStart: 1_230_000_000}) {
+	if !reflect.DeepEqual(e, Event{Kind: KindExit, Time: 8, PID: 4242, ProcStart: 1_230_000_000}) {
 		t.Errorf("got %+v", e)
 	}
 }

@@ -30,7 +30,7 @@ var RecordSize = recordSize
 // AddStaleConn puts into the in-flight map a connect that started long
 // before any sweep's cutoff, as if its socket never reached an outcome.
 func (c *Collector) AddStaleConn(cookie uint64) error {
-	return c.objs.Conns.Put(cookie, connectCaller{StartNs: 1})
+	return c.objs.Conns.Put(cookie, connectConn{Caller: connectCaller{StartNs: 1}})
 }
 
 // Sweep runs the in-flight sweep now instead of at its next tick.

@@ -33,6 +33,10 @@ struct sock {
 	int sk_err;
 };
 
+struct sk_buff {
+	struct sock *sk;
+};
+
 typedef struct {
 	int counter;
 } atomic_t;

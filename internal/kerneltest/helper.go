@@ -19,10 +19,18 @@ const helperEnv = "CALLSCOPE_TEST_HELPER"
 // MaybeRunHelper turns the test binary into a helper process when it was
 // started by Connector. Call it first in TestMain.
 func MaybeRunHelper() {
-	if os.Getenv(helperEnv) != "connect" {
+	var err error
+	switch os.Getenv(helperEnv) {
+	case "connect":
+		err = connectMain(os.Args[1:])
+	case "tls":
+		err = tlsMain()
+	case "resolve":
+		err = resolveMain()
+	default:
 		return
 	}
-	if err := connectMain(os.Args[1:]); err != nil {
+	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}

@@ -1,0 +1,235 @@
+package collector
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"time"
+	"unsafe"
+
+	"github.com/callscope/callscope/collector/tlshello"
+)
+
+// Payload records are a struct event followed by a few fields and the
+// bytes copied from a packet.
+var (
+	payloadHeaderSize = int(unsafe.Offsetof(connectPayloadEvent{}.Data))
+	offPayloadOffset  = unsafe.Offsetof(connectPayloadEvent{}.Offset)
+	offPayloadLen     = unsafe.Offsetof(connectPayloadEvent{}.Len)
+	offPayloadWant    = unsafe.Offsetof(connectPayloadEvent{}.Want)
+	offPayloadMore    = unsafe.Offsetof(connectPayloadEvent{}.More)
+	offPayloadProto   = unsafe.Offsetof(connectPayloadEvent{}.Proto)
+	payloadMax        = len(connectPayloadEvent{}.Data)
+)
+
+const ipprotoTCP = 6
+
+// payload is a decoded payload record; data points into the ring buffer
+// and is valid only until the next read.
+type payload struct {
+	kind        connectKind
+	head        Event // the caller and addresses, as for a connect
+	offset, got int
+	want        int
+	more        bool
+	tcp         bool
+	data        []byte
+}
+
+func isPayload(b []byte) bool {
+	if len(b) < recordSize {
+		return false
+	}
+	switch connectKind(b[offKind]) {
+	case connectKindKIND_TLS_CLIENT, connectKindKIND_TLS_SERVER, connectKindKIND_DNS:
+		return true
+	}
+	return false
+}
+
+func decodePayload(b []byte, bootOffset int64, p *payload) error {
+	if len(b) < payloadHeaderSize {
+		return fmt.Errorf("%w: payload record of %d bytes", ErrMalformed, len(b))
+	}
+	ne := binary.NativeEndian
+	n := int(ne.Uint16(b[offPayloadLen:]))
+	if n == 0 || n > payloadMax || payloadHeaderSize+n > len(b) {
+		return fmt.Errorf("%w: payload of %d bytes in a record of %d", ErrMalformed, n, len(b))
+	}
+	p.kind = connectKind(b[offKind])
+	p.offset = int(ne.Uint16(b[offPayloadOffset:]))
+	p.want = int(ne.Uint16(b[offPayloadWant:]))
+	p.more = b[offPayloadMore] != 0
+	p.tcp = b[offPayloadProto] == ipprotoTCP
+	p.data = b[payloadHeaderSize : payloadHeaderSize+n]
+
+	family := ne.Uint16(b[offFamily:])
+	var src, dst netip.Addr
+	switch family {
+	case afInet:
+		src = netip.AddrFrom4([4]byte(b[offSaddr : offSaddr+4]))
+		dst = netip.AddrFrom4([4]byte(b[offDaddr : offDaddr+4]))
+	case afInet6:
+		src = netip.AddrFrom16([16]byte(b[offSaddr : offSaddr+16])).Unmap()
+		dst = netip.AddrFrom16([16]byte(b[offDaddr : offDaddr+16])).Unmap()
+	default:
+		return fmt.Errorf("%w: address family %d", ErrMalformed, family)
+	}
+	p.head = Event{
+		Time:      int64(ne.Uint64(b[offTs:])) + bootOffset,
+		Cookie:    ne.Uint64(b[offCookie:]),
+		Src:       netip.AddrPortFrom(src, ne.Uint16(b[offSport:])),
+		Dst:       netip.AddrPortFrom(dst, ne.Uint16(b[offDport:])),
+		PID:       ne.Uint32(b[offTgid:]),
+		TID:       ne.Uint32(b[offTid:]),
+		UID:       ne.Uint32(b[offUID:]),
+		GID:       ne.Uint32(b[offGID:]),
+		CgroupID:  ne.Uint64(b[offCgroup:]),
+		ProcStart: ne.Uint64(b[offTaskStart:]),
+		NetNS:     ne.Uint32(b[offNetns:]),
+	}
+	copy(p.head.Comm[:], b[offComm:offComm+16])
+	return nil
+}
+
+// HelloStats counts the TLS handshakes and DNS answers the kernel passed up.
+type HelloStats struct {
+	ClientHellos uint64 // tls events made
+	Truncated    uint64 // of them, ClientHellos cut short (too long, or a gap in what was seen)
+	Unparsable   uint64 // first flights that looked like TLS and did not parse: no tls event
+	ServerHellos uint64 // ServerHellos joined to their tls event
+	Dropped      uint64 // handshakes not followed because too many were being put together
+	DNSAnswers   uint64 // DNS payloads handed on
+}
+
+// helloWait bounds how long a ClientHello waits for its remaining segments
+// or for the server's answer before its tls event goes without them.
+const helloWait = time.Second
+
+// maxAssembling bounds the handshakes put together at once: each holds a
+// few KiB at most.
+const maxAssembling = 8192
+
+type assembly struct {
+	ev       Event // the tls event being made: caller, addresses, time
+	buf      []byte
+	want     int
+	gap      bool // bytes are missing: the hello is cut where they start
+	hello    *tlshello.ClientHello
+	deadline time.Time
+}
+
+// assembler joins the pieces of each connection's ClientHello and its
+// ServerHello into one tls event. It belongs to the read goroutine.
+type assembler struct {
+	conns map[uint64]*assembly
+	stats HelloStats
+	emit  func(*Event)
+}
+
+func newAssembler(emit func(*Event)) *assembler {
+	return &assembler{conns: make(map[uint64]*assembly), emit: emit}
+}
+
+func (a *assembler) add(p *payload, now time.Time) {
+	switch p.kind {
+	case connectKindKIND_DNS:
+		ev := p.head
+		ev.Kind = KindDNS
+		ev.DNS = append([]byte(nil), p.data...)
+		ev.DNSOverTCP = p.tcp
+		a.stats.DNSAnswers++
+		a.emit(&ev)
+	case connectKindKIND_TLS_CLIENT:
+		a.client(p, now)
+	case connectKindKIND_TLS_SERVER:
+		as, ok := a.conns[p.head.Cookie]
+		if !ok {
+			return // its ClientHello was not followed, or was unparsable
+		}
+		if as.hello == nil {
+			a.finishClient(p.head.Cookie, as)
+			if as.hello == nil {
+				return
+			}
+		}
+		if sh, err := tlshello.ParseServerHello(p.data); err == nil {
+			as.ev.ServerHello = sh
+			a.stats.ServerHellos++
+		}
+		a.send(p.head.Cookie, as)
+	}
+}
+
+func (a *assembler) client(p *payload, now time.Time) {
+	cookie := p.head.Cookie
+	as, ok := a.conns[cookie]
+	if p.offset == 0 {
+		if ok {
+			return // a copy of what was seen: the kernel starts each connection once
+		}
+		if len(a.conns) >= maxAssembling {
+			a.stats.Dropped++
+			return
+		}
+		want := max(p.want, len(p.data))
+		as = &assembly{ev: p.head, want: want, buf: make([]byte, 0, want), deadline: now.Add(helloWait)}
+		as.ev.Kind = KindTLS
+		as.gap = p.more
+		a.conns[cookie] = as
+	} else if !ok || as.hello != nil {
+		return
+	} else if p.offset != len(as.buf) {
+		as.gap = true
+		a.finishClient(cookie, as)
+		return
+	}
+	as.buf = append(as.buf, p.data[:min(len(p.data), as.want-len(as.buf))]...)
+	if len(as.buf) >= as.want {
+		a.finishClient(cookie, as)
+	}
+}
+
+// finishClient parses a ClientHello whose bytes are all in, or will not
+// come, and leaves it to wait for the server's answer.
+func (a *assembler) finishClient(cookie uint64, as *assembly) {
+	h, err := tlshello.ParseClientHello(as.buf)
+	if err != nil {
+		a.stats.Unparsable++
+		delete(a.conns, cookie)
+		return
+	}
+	if as.gap && !h.Truncated {
+		// Bytes went missing after the hello: what was parsed is whole,
+		// but say the capture was cut, and give no fingerprint of it.
+		h.Truncated, h.JA4 = true, ""
+	}
+	as.hello, as.ev.Hello, as.buf = h, h, nil
+}
+
+func (a *assembler) send(cookie uint64, as *assembly) {
+	delete(a.conns, cookie)
+	a.stats.ClientHellos++
+	if as.hello.Truncated {
+		a.stats.Truncated++
+	}
+	a.emit(&as.ev)
+}
+
+// expire sends what waited past its deadline, or everything when all is
+// set (the collector is closing).
+func (a *assembler) expire(now time.Time, all bool) {
+	for cookie, as := range a.conns {
+		if !all && now.Before(as.deadline) {
+			continue
+		}
+		if as.hello == nil {
+			as.gap = as.gap || len(as.buf) < as.want
+			a.finishClient(cookie, as)
+			if as.hello == nil {
+				continue
+			}
+		}
+		a.send(cookie, as)
+	}
+}

@@ -1,0 +1,151 @@
+package collector_test
+
+import (
+	"fmt"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/callscope/callscope/collector"
+	"github.com/callscope/callscope/internal/kerneltest"
+)
+
+// tlsOf returns the connect and tls events of pid once both are in.
+func (s *sink) connectAndTLS(t *testing.T, pid int) (connect, hello collector.Event) {
+	t.Helper()
+	evs := s.await(t, 2, 5*time.Second, pid)
+	for _, e := range evs {
+		switch e.Kind {
+		case collector.KindConnect:
+			connect = e
+		case collector.KindTLS:
+			hello = e
+		}
+	}
+	if connect.Kind == 0 || hello.Kind == 0 {
+		t.Fatalf("want a connect and a tls event from pid %d, got %+v", pid, evs)
+	}
+	if hello.Cookie != connect.Cookie || hello.Src != connect.Src || hello.Dst != connect.Dst ||
+		hello.PID != connect.PID || hello.CgroupID != connect.CgroupID || hello.ProcStart != connect.ProcStart || hello.NetNS != connect.NetNS {
+		t.Errorf("tls event does not match its connect:\n connect %+v\n tls     %+v", connect, hello)
+	}
+	if hello.Hello == nil {
+		t.Fatalf("tls event without a ClientHello: %+v", hello)
+	}
+	return connect, hello
+}
+
+func TestTLSClientHello(t *testing.T) {
+	_, s := start(t)
+	cg := kerneltest.NewCgroup(t, "tls")
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
+		srv := kerneltest.NewTLSServer(t, addr)
+		opensslAddr := srv.Addr.String()
+
+		type want struct {
+			sni        string
+			alpn       []string
+			pq         bool
+			serverName bool
+		}
+		for _, c := range []struct {
+			name string
+			run  func() int
+			want want
+		}{
+			{"go", func() int {
+				return kerneltest.TLSClient{Addr: srv.Addr, ServerName: "api.example.test", ALPN: []string{"h2", "http/1.1"}, Cgroup: cg}.Run(t)
+			}, want{sni: "api.example.test", alpn: []string{"h2", "http/1.1"}, pq: true}},
+			{"go/segments", func() int {
+				// Small segments: the post-quantum hello spans several.
+				return kerneltest.TLSClient{Addr: srv.Addr, ServerName: "segments.example.test", MSS: 536, Cgroup: cg}.Run(t)
+			}, want{sni: "segments.example.test", pq: true}},
+			{"openssl", func() int {
+				return run(t, cg, "openssl", "s_client", "-connect", opensslAddr, "-servername", "ssl.example.test", "-alpn", "h2,http/1.1")
+			}, want{sni: "ssl.example.test", alpn: []string{"h2", "http/1.1"}}},
+			{"openssl/no-sni", func() int {
+				return run(t, cg, "openssl", "s_client", "-connect", opensslAddr, "-noservername")
+			}, want{}},
+			{"curl", func() int {
+				return run(t, cg, "curl", "-sSk", "--http2", "--resolve", fmt.Sprintf("web.example.test:%d:%s", srv.Addr.Port(), srv.Addr.Addr()),
+					fmt.Sprintf("https://web.example.test:%d/", srv.Addr.Port()))
+			}, want{sni: "web.example.test", alpn: []string{"h2", "http/1.1"}}},
+		} {
+			t.Run(strings.Trim(addr, "[]:0")+"/"+c.name, func(t *testing.T) {
+				pid := c.run()
+				_, ev := s.connectAndTLS(t, pid)
+				h := ev.Hello
+				if h.SNI != c.want.sni {
+					t.Errorf("SNI %q, want %q", h.SNI, c.want.sni)
+				}
+				if c.want.alpn != nil && !slices.Equal(h.ALPN, c.want.alpn) {
+					t.Errorf("ALPN %q, want %q", h.ALPN, c.want.alpn)
+				}
+				if len(h.Versions) == 0 || h.Versions[0] != 0x0304 || !slices.Contains(h.Versions, 0x0303) {
+					t.Errorf("versions %#x, want TLS 1.3 first and 1.2", h.Versions)
+				}
+				if h.PostQuantum != c.want.pq {
+					t.Errorf("post-quantum %v, want %v", h.PostQuantum, c.want.pq)
+				}
+				if h.Truncated {
+					t.Errorf("hello reported truncated")
+				}
+				if h.CipherSuites == 0 || h.JA4 == "" {
+					t.Errorf("cipher suites %d, JA4 %q: want both", h.CipherSuites, h.JA4)
+				}
+				if ev.ServerHello == nil || ev.ServerHello.Version != 0x0304 {
+					t.Errorf("server hello %+v, want TLS 1.3", ev.ServerHello)
+				}
+				select {
+				case sni := <-srv.Hellos:
+					if sni != c.want.sni {
+						t.Errorf("the server read SNI %q, the capture %q", sni, h.SNI)
+					}
+				case <-time.After(time.Second):
+					t.Errorf("the server saw no ClientHello")
+				}
+			})
+		}
+	}
+	if st := collectorStats(t, s); st.Unparsable != 0 || st.Dropped != 0 {
+		t.Errorf("hello stats %+v: want nothing unparsable or dropped", st)
+	}
+}
+
+// TestPlainConnectHasNoTLS: a connection whose first bytes are not a TLS
+// handshake gets no tls event.
+func TestPlainConnectHasNoTLS(t *testing.T) {
+	_, s := start(t)
+	addr, _ := listen(t, "tcp", "127.0.0.1:0")
+	cg := kerneltest.NewCgroup(t, "plain")
+	pid := run(t, cg, "curl", "-s", "-o", "/dev/null", "--max-time", "2", fmt.Sprintf("http://%s/", addr))
+	evs := s.await(t, 1, 5*time.Second, pid)
+	if evs[0].Kind != collector.KindConnect {
+		t.Errorf("got %+v, want one connect", evs[0])
+	}
+}
+
+func collectorStats(t *testing.T, s *sink) collector.HelloStats {
+	t.Helper()
+	if s.c == nil {
+		t.Fatal("sink has no collector")
+	}
+	time.Sleep(100 * time.Millisecond) // a flush pass publishes the counts
+	return s.c.Stats().Hellos
+}
+
+// run runs a command in cg and returns its pid once it exited; its
+// failure (other than a refused HTTP request) fails the test.
+func run(t *testing.T, cg *kerneltest.Cgroup, name string, args ...string) int {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	kerneltest.InCgroup(cmd, cg)
+	cmd.Stdin = nil
+	out, err := cmd.CombinedOutput()
+	if err != nil && name != "curl" {
+		t.Fatalf("%s: %v\n%s", name, err, out)
+	}
+	return cmd.Process.Pid
+}

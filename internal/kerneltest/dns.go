@@ -1,0 +1,118 @@
+package kerneltest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+)
+
+// DNSServer answers A and AAAA queries over UDP from a fixed table, on
+// port 53 of a loopback address, where the kernel capture looks for
+// answers.
+type DNSServer struct {
+	Addr netip.AddrPort
+}
+
+// NewDNSServer serves names (lowercase, without the trailing dot) on
+// ip:53 until the test ends.
+func NewDNSServer(t testing.TB, ip string, names map[string]netip.Addr) *DNSServer {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, "53"))
+	if err != nil {
+		t.Fatalf("dns server: %v", err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if resp, err := answer(buf[:n], names); err == nil {
+				pc.WriteTo(resp, from)
+			}
+		}
+	}()
+	return &DNSServer{Addr: pc.LocalAddr().(*net.UDPAddr).AddrPort()}
+}
+
+func answer(query []byte, names map[string]netip.Addr) ([]byte, error) {
+	var p dnsmessage.Parser
+	h, err := p.Start(query)
+	if err != nil {
+		return nil, err
+	}
+	q, err := p.Question()
+	if err != nil {
+		return nil, err
+	}
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired})
+	b.StartQuestions()
+	b.Question(q)
+	b.StartAnswers()
+	addr, ok := names[strings.TrimSuffix(strings.ToLower(q.Name.String()), ".")]
+	rh := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}
+	switch {
+	case ok && q.Type == dnsmessage.TypeA && addr.Is4():
+		b.AResource(rh, dnsmessage.AResource{A: addr.As4()})
+	case ok && q.Type == dnsmessage.TypeAAAA && addr.Is6():
+		b.AAAAResource(rh, dnsmessage.AAAAResource{AAAA: addr.As16()})
+	}
+	return b.Finish()
+}
+
+// Resolve describes a helper process that resolves Name through Server,
+// as a program's resolver would, and connects to the first answer on Port.
+type Resolve struct {
+	Server netip.AddrPort
+	Name   string
+	Port   uint16
+	Cgroup *Cgroup
+}
+
+// Run runs the helper and returns its pid once it is done.
+func (r Resolve) Run(t testing.TB) int {
+	t.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"=resolve",
+		"CALLSCOPE_TEST_DNS="+r.Server.String(),
+		"CALLSCOPE_TEST_NAME="+r.Name,
+		fmt.Sprintf("CALLSCOPE_TEST_PORT=%d", r.Port))
+	InCgroup(cmd, r.Cgroup)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("resolve helper: %v: %s", err, out)
+	}
+	return cmd.Process.Pid
+}
+
+func resolveMain() error {
+	server := os.Getenv("CALLSCOPE_TEST_DNS")
+	res := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", server)
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	addrs, err := res.LookupNetIP(ctx, "ip4", os.Getenv("CALLSCOPE_TEST_NAME"))
+	if err != nil {
+		return err
+	}
+	if len(addrs) == 0 {
+		return errors.New("no address")
+	}
+	conn, err := net.DialTimeout("tcp", net.JoinHostPort(addrs[0].String(), os.Getenv("CALLSCOPE_TEST_PORT")), 5*time.Second)
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
