@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/callscope/callscope/collector"
+	"github.com/callscope/callscope/enrich/dnsnames"
 	"github.com/callscope/callscope/internal/gencache"
 )
 
@@ -35,7 +36,9 @@ type Config struct {
 	// MaxWaiting bounds the events held back for their pod; beyond it the
 	// oldest goes on without pod facts. Default 4096.
 	MaxWaiting int
-	Logger     *slog.Logger
+	// Names configures the map of DNS answers that names destinations.
+	Names  dnsnames.Config
+	Logger *slog.Logger
 }
 
 // Stats counts cache use and lookups that found nothing.
@@ -46,6 +49,8 @@ type Stats struct {
 	CgroupGone                 uint64 // cgroup removed before its path was resolved
 	PodWaits                   uint64 // events held back for a pod the index did not know yet
 	PodUnknown                 uint64 // events that went on without their pod's facts
+	DNS                        dnsnames.Stats
+	Names                      int // addresses the DNS map names now
 }
 
 // Enricher resolves callers. It is meant for one pipeline goroutine; Stats
@@ -55,6 +60,7 @@ type Enricher struct {
 	procs   *procCache
 	cgroups *cgroupResolver
 	spiffe  *spiffeCache
+	names   *dnsnames.Map
 	waiting []waitingEvent // FIFO, oldest first
 	log     *slog.Logger
 
@@ -105,6 +111,7 @@ func New(cfg Config) (*Enricher, error) {
 		procs:   newProcCache(cfg.ProcRoot, cfg.MaxProcesses),
 		cgroups: cg,
 		spiffe:  newSpiffeCache(cfg.TrustDomain, 4096),
+		names:   dnsnames.NewMap(cfg.Names),
 		log:     log,
 	}, nil
 }
@@ -118,6 +125,7 @@ func (e *Enricher) Stats() Stats {
 		ProcessHits: e.procHits.Load(), ProcessMisses: e.procMisses.Load(), ProcessGone: e.procGone.Load(),
 		CgroupHits: e.cgHits.Load(), CgroupMisses: e.cgMisses.Load(), CgroupGone: e.cgGone.Load(),
 		PodWaits: e.podWaits.Load(), PodUnknown: e.podUnknown.Load(),
+		DNS: e.names.Stats(), Names: e.names.Len(),
 	}
 }
 
@@ -133,8 +141,20 @@ func (e *Enricher) Enrich(in *collector.Event, out *Event) (wait bool) {
 
 func (e *Enricher) enrich(in *collector.Event, out *Event) (proc *cachedProcess, unitID string, wait bool) {
 	*out = Event{Event: *in}
-	if in.Kind != collector.KindConnect {
+	switch in.Kind {
+	case collector.KindConnect:
+		out.DstName = e.dnsName(in)
+	case collector.KindTLS:
+		if in.Hello != nil && in.Hello.SNI != "" {
+			out.DstName, out.NameSource = in.Hello.SNI, NameSourceSNI
+		} else {
+			out.DstName = e.dnsName(in)
+		}
+	default:
 		return nil, "", false
+	}
+	if out.DstName != "" && out.NameSource == "" {
+		out.NameSource = NameSourceDNS
 	}
 
 	p, hit := e.procs.get(in.PID, in.ProcStart, in.UID)
@@ -195,8 +215,12 @@ func (e *Enricher) setIdentity(out *Event, p *cachedProcess, unitID string) {
 func (e *Enricher) EnrichBatch(in []collector.Event, out []Event, now time.Time) []Event {
 	out = e.Release(out[:0], now, false)
 	for i := range in {
-		if in[i].Kind == collector.KindExit {
+		switch in[i].Kind {
+		case collector.KindExit:
 			e.procs.forget(in[i].PID, in[i].ProcStart)
+			continue
+		case collector.KindDNS:
+			e.observeDNS(&in[i])
 			continue
 		}
 		out = append(out, Event{})
@@ -215,6 +239,31 @@ func (e *Enricher) EnrichBatch(in []collector.Event, out []Event, now time.Time)
 		e.waiting = append(e.waiting, w)
 	}
 	return out
+}
+
+// dnsName is a name the caller's network namespace resolved to the
+// destination. Answers whose namespace the kernel could not tell are kept
+// under namespace 0 and serve every namespace.
+func (e *Enricher) dnsName(in *collector.Event) string {
+	now := time.Unix(0, in.Time)
+	addr := in.Dst.Addr()
+	if name, ok := e.names.Lookup(in.NetNS, addr, now); ok {
+		return name
+	}
+	if name, ok := e.names.Lookup(0, addr, now); ok {
+		return name
+	}
+	return ""
+}
+
+// observeDNS learns the names of an answer. A malformed one is counted by
+// the map; it names nothing.
+func (e *Enricher) observeDNS(in *collector.Event) {
+	if in.DNSOverTCP {
+		e.names.ObserveTCP(in.NetNS, in.DNS, time.Unix(0, in.Time))
+	} else {
+		e.names.ObserveUDP(in.NetNS, in.DNS, time.Unix(0, in.Time))
+	}
 }
 
 // Waiting reports how many events are held back for their pod.

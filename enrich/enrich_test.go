@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"testing"
@@ -215,7 +216,7 @@ func TestEnrich(t *testing.T) {
 	if out.Process == nil || out.Process.Exe != exe || out.CgroupPath != cg.Rel || out.Identity != "exe:"+exe+" uid:0" {
 		t.Fatalf("got %+v", out)
 	}
-	if out.Event != *in {
+	if !reflect.DeepEqual(out.Event, *in) {
 		t.Error("kernel facts changed")
 	}
 	if n := testing.AllocsPerRun(100, func() { e.Enrich(in, &out) }); n != 0 {
