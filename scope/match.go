@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/callscope/callscope/enrich"
 	"github.com/callscope/callscope/internal/gencache"
@@ -46,14 +47,44 @@ type Names struct {
 	SNIFinal bool
 }
 
+// Via says which kind of destination let a rule allow a call.
+type Via uint8
+
+const (
+	ViaCIDR Via = iota + 1 // the address is in a cidr
+	ViaDNS                 // a name the caller resolved matches a dns pattern
+	ViaSNI                 // the TLS server name matches an sni pattern
+)
+
+func (v Via) String() string {
+	switch v {
+	case ViaCIDR:
+		return "cidr"
+	case ViaDNS:
+		return "dns"
+	case ViaSNI:
+		return "sni"
+	}
+	return ""
+}
+
 // Judgement is the verdict on one call, and what it rests on. It holds no
-// memory of its own: strings point into the compiled policies.
+// memory of its own: strings point into the compiled policies and the
+// event's names.
 type Judgement struct {
 	Verdict Verdict
 	// Scopes names the CallScopes binding the caller, comma-separated.
 	Scopes string
 	// Rule names the rule that allowed the call: "billing-egress/egress[0]".
 	Rule string
+	// Via says what the rule matched, for Allowed.
+	Via Via
+	// Names are the destination names the verdict considered.
+	Names Names
+	// Cause and Wait are set by a Stage that gives a final verdict without
+	// waiting any longer for a call's TLS server name; see Cause.
+	Cause Cause
+	Wait  time.Duration
 }
 
 // Matcher judges calls against a set of policies, compiled once. It is
@@ -123,7 +154,7 @@ func (m *Matcher) Len() int { return len(m.policies) }
 // Judge judges ev's call. On a cached caller it does not allocate.
 func (m *Matcher) Judge(ev *enrich.Event, names Names, j *Judgement) {
 	b := m.bind(ev)
-	*j = Judgement{Scopes: b.scopes}
+	*j = Judgement{Scopes: b.scopes, Names: names}
 	if len(b.scopes) == 0 {
 		j.Verdict = Unscoped
 		return
@@ -136,17 +167,17 @@ func (m *Matcher) Judge(ev *enrich.Event, names Names, j *Judgement) {
 		}
 		for _, p := range r.prefixes {
 			if p.Contains(dst) {
-				j.Verdict, j.Rule = Allowed, r.name
+				j.Verdict, j.Rule, j.Via = Allowed, r.name, ViaCIDR
 				return
 			}
 		}
 		if names.DNS != "" && anyHostMatches(r.dns, names.DNS) {
-			j.Verdict, j.Rule = Allowed, r.name
+			j.Verdict, j.Rule, j.Via = Allowed, r.name, ViaDNS
 			return
 		}
 		if len(r.sni) > 0 {
 			if names.SNI != "" && anyHostMatches(r.sni, names.SNI) {
-				j.Verdict, j.Rule = Allowed, r.name
+				j.Verdict, j.Rule, j.Via = Allowed, r.name, ViaSNI
 				return
 			}
 			if names.SNI == "" && !names.SNIFinal {

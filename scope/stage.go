@@ -1,0 +1,356 @@
+package scope
+
+import (
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/callscope/callscope/collector"
+	"github.com/callscope/callscope/enrich"
+)
+
+// StageConfig tunes a Stage; zero values pick defaults.
+type StageConfig struct {
+	// Policies gives the matcher of each batch. Nil judges nothing: events
+	// go on with a zero verdict.
+	Policies *Policies
+	// PendingTimeout is how long a pending call waits for its TLS
+	// ClientHello before it is judged a violation. Default 10s.
+	PendingTimeout time.Duration
+	// MaxPending bounds the pending calls remembered; past it the oldest
+	// is judged without waiting any longer. Default 65536.
+	MaxPending int
+	Logger     *slog.Logger
+}
+
+// StageStats counts what a Stage did.
+type StageStats struct {
+	// Verdicts given, by verdict, including those of verdict events.
+	Allowed, Violation, Unscoped, Pending uint64
+	// Pending calls closed by a verdict event: no ClientHello came in time
+	// (or the socket connected again), the agent stopped, or too many calls
+	// were pending to keep waiting.
+	TimedOut, Stopped, TrackingFull uint64
+	// PendingNow is the number of calls awaiting their ClientHello.
+	PendingNow uint64
+}
+
+// Stage gives every event its verdict. A call that only a TLS server name
+// can allow is pending on its connect; the stage remembers it by socket
+// cookie until its tls event brings the final verdict, or, when no
+// ClientHello comes in time, closes it with a verdict event of its own.
+//
+// JudgeBatch and Expire are for one goroutine, the pipeline's; Stats may
+// be called from any.
+type Stage struct {
+	cfg StageConfig
+	log *slog.Logger
+
+	// pending holds the calls awaiting their ClientHello in a list ordered
+	// by when they began to wait, so that the oldest are found first both
+	// to expire and to make room. Its slots are reused: steady state does
+	// not allocate.
+	pending    map[uint64]int32 // cookie to slot
+	slots      []pendingCall
+	head, tail int32 // oldest and newest slot; -1 when none
+	free       int32 // first free slot, linked through next; -1 when none
+
+	// dnsAllowed remembers the DNS names that allowed connects: their tls
+	// events name the server by SNI only, and must not turn a call a dns
+	// rule allowed into a violation.
+	dnsAllowed recentNames
+
+	warnedFull bool
+
+	allowed, violation, unscoped, pendingVerdicts atomic.Uint64
+	timedOut, stopped, trackingFull               atomic.Uint64
+	pendingNow                                    atomic.Int64
+}
+
+type pendingCall struct {
+	ev         enrich.Event // the connect, copied into its verdict event
+	judgement  Judgement
+	since      time.Time
+	prev, next int32
+}
+
+// NewStage returns a Stage.
+func NewStage(cfg StageConfig) *Stage {
+	if cfg.PendingTimeout <= 0 {
+		cfg.PendingTimeout = 10 * time.Second
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 65536
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Stage{
+		cfg:        cfg,
+		log:        cfg.Logger.With("component", "policy"),
+		pending:    make(map[uint64]int32),
+		head:       -1,
+		tail:       -1,
+		free:       -1,
+		dnsAllowed: newRecentNames(cfg.MaxPending),
+	}
+}
+
+// Stats returns the counts so far.
+func (s *Stage) Stats() StageStats {
+	return StageStats{
+		Allowed:      s.allowed.Load(),
+		Violation:    s.violation.Load(),
+		Unscoped:     s.unscoped.Load(),
+		Pending:      s.pendingVerdicts.Load(),
+		TimedOut:     s.timedOut.Load(),
+		Stopped:      s.stopped.Load(),
+		TrackingFull: s.trackingFull.Load(),
+		PendingNow:   uint64(max(s.pendingNow.Load(), 0)),
+	}
+}
+
+// JudgeBatch appends to out one Event per event of in, with its verdict,
+// and a verdict event for each pending call it had to close to make room.
+// now is when the batch is judged; pending calls wait from then. It takes
+// the policies in force once per batch, so a reload applies from the next
+// batch on. Once warm it does not allocate.
+func (s *Stage) JudgeBatch(in []enrich.Event, out []Event, now time.Time) []Event {
+	m := s.cfg.Policies.Current()
+	for i := range in {
+		out = append(out, Event{Event: in[i]})
+		if m == nil {
+			continue
+		}
+		switch in[i].Kind {
+		case collector.KindConnect:
+			out = s.connect(m, out, now)
+		case collector.KindTLS:
+			s.tls(m, &out[len(out)-1])
+		}
+	}
+	return out
+}
+
+// connect judges the last event of out.
+func (s *Stage) connect(m *Matcher, out []Event, now time.Time) []Event {
+	ev := &out[len(out)-1]
+	// A connect that was not established sends no ClientHello: a call only
+	// an sni rule could allow is a violation at once.
+	names := Names{SNIFinal: ev.Outcome != collector.OutcomeEstablished}
+	if ev.NameSource == enrich.NameSourceDNS {
+		names.DNS = ev.DstName
+	}
+	m.Judge(&ev.Event, names, &ev.Scope)
+	s.count(ev.Scope.Verdict)
+	switch ev.Scope.Verdict {
+	case Allowed:
+		if ev.Scope.Via == ViaDNS {
+			s.dnsAllowed.put(ev.Cookie, names.DNS)
+		}
+	case Pending:
+		return s.await(out, len(out)-1, now)
+	}
+	return out
+}
+
+// tls judges a ClientHello with every name known of its connection: a call
+// allowed by a cidr or dns rule on its connect stays allowed, since rules
+// are ORed and the tls event carries the same destination.
+func (s *Stage) tls(m *Matcher, ev *Event) {
+	names := Names{SNIFinal: true}
+	switch {
+	case ev.Hello != nil:
+		names.SNI = ev.Hello.SNI
+	case ev.NameSource == enrich.NameSourceSNI:
+		names.SNI = ev.DstName
+	}
+	if ev.NameSource == enrich.NameSourceDNS {
+		names.DNS = ev.DstName
+	}
+	if slot, ok := s.pending[ev.Cookie]; ok {
+		if dns := s.slots[slot].judgement.Names.DNS; dns != "" {
+			names.DNS = dns
+		}
+		s.forget(slot)
+	} else if dns, ok := s.dnsAllowed.get(ev.Cookie); ok {
+		// Kept, not deleted: a retried handshake sends a second ClientHello.
+		names.DNS = dns
+	}
+	m.Judge(&ev.Event, names, &ev.Scope)
+	s.count(ev.Scope.Verdict)
+}
+
+// await remembers the pending connect out[i] until its ClientHello comes.
+func (s *Stage) await(out []Event, i int, now time.Time) []Event {
+	cookie := out[i].Cookie
+	if slot, ok := s.pending[cookie]; ok {
+		// The socket connected again, so its earlier connection ended
+		// without the ClientHello that would have settled it.
+		out = s.close(out, slot, now, CauseNoHello, now.Sub(s.slots[slot].since))
+		s.timedOut.Add(1)
+	} else if len(s.pending) >= s.cfg.MaxPending {
+		// The oldest call is the least likely to send a ClientHello still:
+		// most send it within a round trip of the connect.
+		if !s.warnedFull {
+			s.warnedFull = true
+			s.log.Warn("too many calls await their TLS ClientHello; judging the oldest without it",
+				"max_pending", s.cfg.MaxPending)
+		}
+		out = s.close(out, s.head, now, CauseTrackingFull, now.Sub(s.slots[s.head].since))
+		s.trackingFull.Add(1)
+	}
+
+	slot := s.alloc()
+	c := &s.slots[slot]
+	c.ev = out[i].Event
+	c.judgement = out[i].Scope
+	c.since = now
+	c.prev, c.next = s.tail, -1
+	if s.tail >= 0 {
+		s.slots[s.tail].next = slot
+	} else {
+		s.head = slot
+	}
+	s.tail = slot
+	s.pending[cookie] = slot
+	s.pendingNow.Add(1)
+	return out
+}
+
+// Expire closes the calls pending for PendingTimeout or longer with a
+// verdict event each, a violation, appended to out; with all, it closes
+// every pending call, as the agent stops. Call it every second or so.
+func (s *Stage) Expire(out []Event, now time.Time, all bool) []Event {
+	for s.head >= 0 {
+		waited := now.Sub(s.slots[s.head].since)
+		switch {
+		case waited >= s.cfg.PendingTimeout:
+			out = s.close(out, s.head, now, CauseNoHello, s.cfg.PendingTimeout)
+			s.timedOut.Add(1)
+		case all:
+			out = s.close(out, s.head, now, CauseStopped, waited)
+			s.stopped.Add(1)
+		default:
+			// The list is ordered by since: the rest are younger.
+			s.rearmWarning()
+			return out
+		}
+	}
+	s.rearmWarning()
+	return out
+}
+
+// rearmWarning lets the next time tracking fills be logged again, once it
+// has drained well below full.
+func (s *Stage) rearmWarning() {
+	if s.warnedFull && len(s.pending) < s.cfg.MaxPending/2 {
+		s.warnedFull = false
+	}
+}
+
+// close judges a pending call a violation in a verdict event that stands
+// for its connect, and forgets it.
+func (s *Stage) close(out []Event, slot int32, now time.Time, cause Cause, wait time.Duration) []Event {
+	c := &s.slots[slot]
+	out = append(out, Event{Event: c.ev})
+	ev := &out[len(out)-1]
+	ev.Kind = collector.KindVerdict
+	ev.Time = now.UnixNano()
+	ev.Scope = Judgement{
+		Verdict: Violation,
+		Scopes:  c.judgement.Scopes,
+		Names:   Names{DNS: c.judgement.Names.DNS, SNIFinal: true},
+		Cause:   cause,
+		Wait:    wait,
+	}
+	s.count(Violation)
+	s.forget(slot)
+	return out
+}
+
+// forget unlinks a pending call and frees its slot.
+func (s *Stage) forget(slot int32) {
+	c := &s.slots[slot]
+	delete(s.pending, c.ev.Cookie)
+	if c.prev >= 0 {
+		s.slots[c.prev].next = c.next
+	} else {
+		s.head = c.next
+	}
+	if c.next >= 0 {
+		s.slots[c.next].prev = c.prev
+	} else {
+		s.tail = c.prev
+	}
+	// Drop the references to the process and pod, which may be gone.
+	*c = pendingCall{next: s.free}
+	s.free = slot
+	s.pendingNow.Add(-1)
+}
+
+func (s *Stage) alloc() int32 {
+	if s.free >= 0 {
+		slot := s.free
+		s.free = s.slots[slot].next
+		return slot
+	}
+	s.slots = append(s.slots, pendingCall{})
+	return int32(len(s.slots) - 1)
+}
+
+func (s *Stage) count(v Verdict) {
+	switch v {
+	case Allowed:
+		s.allowed.Add(1)
+	case Violation:
+		s.violation.Add(1)
+	case Unscoped:
+		s.unscoped.Add(1)
+	case Pending:
+		s.pendingVerdicts.Add(1)
+	}
+}
+
+// recentNames maps the last n cookies put to their names. The oldest goes
+// first: a ClientHello follows its connect within a round trip, so a name
+// is needed only briefly. Unlike a cache that turns over generations, it
+// allocates nothing once full.
+type recentNames struct {
+	index map[uint64]int32
+	ring  []cookieName
+	next  int32
+	size  int32
+}
+
+type cookieName struct {
+	cookie uint64
+	name   string
+}
+
+func newRecentNames(n int) recentNames {
+	return recentNames{index: make(map[uint64]int32), size: int32(n)}
+}
+
+func (r *recentNames) put(cookie uint64, name string) {
+	if i, ok := r.index[cookie]; ok {
+		r.ring[i].name = name
+		return
+	}
+	if int32(len(r.ring)) < r.size {
+		r.ring = append(r.ring, cookieName{})
+	} else {
+		delete(r.index, r.ring[r.next].cookie)
+	}
+	r.ring[r.next] = cookieName{cookie, name}
+	r.index[cookie] = r.next
+	r.next = (r.next + 1) % r.size
+}
+
+func (r *recentNames) get(cookie uint64) (string, bool) {
+	i, ok := r.index[cookie]
+	if !ok {
+		return "", false
+	}
+	return r.ring[i].name, true
+}
