@@ -1,0 +1,199 @@
+package deploy
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// contractMetrics are the metric names the contract fixes, which alerts
+// may rely on.
+var contractMetrics = []string{
+	"callscope_events_total",
+	"callscope_verdicts_total",
+	"callscope_events_lost_total",
+	"callscope_kafka_messages_delivered_total",
+	"callscope_kafka_delivery_failures_total",
+	"callscope_spool_bytes",
+	"callscope_policy_reloads_total",
+}
+
+// agentMetrics are the metric names the agent serves: those of the
+// contract, and every "callscope_..." literal in its Go sources. An alert
+// on any other name would never fire.
+func agentMetrics(t *testing.T) []string {
+	t.Helper()
+	names := slices.Clone(contractMetrics)
+	literal := regexp.MustCompile(`"(callscope_[a-z_]+)"`)
+	root := repoRoot(t)
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "deploy" || d.Name() == "testdata" || strings.HasPrefix(d.Name(), ".")) && path != root {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range literal.FindAllSubmatch(b, -1) {
+			names = append(names, string(m[1]))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+// field walks an unstructured object; it fails the test where the path
+// does not lead to a value of type T.
+func field[T any](t *testing.T, obj any, what string, path ...string) T {
+	t.Helper()
+	cur := obj
+	for _, p := range path {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			t.Fatalf("%s: %s is not a mapping", what, p)
+		}
+		if cur, ok = m[p]; !ok {
+			t.Fatalf("%s: missing %s", what, strings.Join(path, "."))
+		}
+	}
+	v, ok := cur.(T)
+	if !ok {
+		var zero T
+		t.Fatalf("%s: %s is %T, want %T", what, strings.Join(path, "."), cur, zero)
+	}
+	return v
+}
+
+func TestPrometheusServiceMonitor(t *testing.T) {
+	ms := manifests(t)
+	sm := find(t, ms, "ServiceMonitor")
+	svc := decodeStrict[*corev1.Service](t, find(t, ms, "Service"))
+
+	selector := field[map[string]any](t, sm.obj, sm.String(), "spec", "selector", "matchLabels")
+	for k, v := range selector {
+		if svc.Labels[k] != v {
+			t.Errorf("%s selects %s=%v, which the Service does not carry", sm, k, v)
+		}
+	}
+	names := field[[]any](t, sm.obj, sm.String(), "spec", "namespaceSelector", "matchNames")
+	if !slices.Contains(names, any(namespace)) {
+		t.Errorf("%s: namespaceSelector does not name %s", sm, namespace)
+	}
+	endpoints := field[[]any](t, sm.obj, sm.String(), "spec", "endpoints")
+	if len(endpoints) == 0 {
+		t.Fatalf("%s: no endpoints", sm)
+	}
+	for _, e := range endpoints {
+		port := field[string](t, e, sm.String(), "port")
+		if !slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == port }) {
+			t.Errorf("%s: endpoint port %q is not a port of the Service", sm, port)
+		}
+		if path, ok := e.(map[string]any)["path"]; ok && path != "/metrics" {
+			t.Errorf("%s: endpoint path %v, want /metrics", sm, path)
+		}
+	}
+	if allowed := []string{"apiVersion", "kind", "metadata", "spec"}; !onlyKeys(sm.obj, allowed) {
+		t.Errorf("%s: top-level fields other than %v", sm, allowed)
+	}
+}
+
+func TestPrometheusRules(t *testing.T) {
+	ms := manifests(t)
+	pr := find(t, ms, "PrometheusRule")
+	svc := decodeStrict[*corev1.Service](t, find(t, ms, "Service"))
+	what := pr.String()
+
+	served := agentMetrics(t)
+	metricName := regexp.MustCompile(`\bcallscope_[a-z_]+`)
+	seen := map[string]bool{}
+	var exprs []string
+	for _, g := range field[[]any](t, pr.obj, what, "spec", "groups") {
+		field[string](t, g, what, "name")
+		for _, r := range field[[]any](t, g, what, "rules") {
+			alert := field[string](t, r, what, "alert")
+			if seen[alert] {
+				t.Errorf("%s: alert %s given twice", what, alert)
+			}
+			seen[alert] = true
+			expr := field[string](t, r, what, "expr")
+			exprs = append(exprs, expr)
+			if sev := field[string](t, r, what, "labels", "severity"); sev != "warning" && sev != "critical" {
+				t.Errorf("%s: %s: severity %q", what, alert, sev)
+			}
+			field[string](t, r, what, "annotations", "summary")
+			if !balanced(expr) {
+				t.Errorf("%s: %s: unbalanced brackets in %q", what, alert, expr)
+			}
+			for _, name := range metricName.FindAllString(expr, -1) {
+				if !slices.Contains(served, name) {
+					t.Errorf("%s: %s: the agent serves no metric %s", what, alert, name)
+				}
+			}
+			// The ServiceMonitor's job label is the Service's name.
+			if strings.Contains(expr, "job=") && !strings.Contains(expr, `job="`+svc.Name+`"`) {
+				t.Errorf("%s: %s: want job=%q in %q", what, alert, svc.Name, expr)
+			}
+		}
+	}
+
+	all := strings.Join(exprs, "\n")
+	for _, want := range []struct{ about, re string }{
+		{"scope violations", `rate\(callscope_verdicts_total\{[^}]*verdict="violation"`},
+		{"lost events", `increase\(callscope_events_lost_total`},
+		{"failing Kafka delivery", `callscope_kafka_delivery_failures_total`},
+		{"a growing spool", `deriv\(callscope_spool_bytes`},
+		{"an agent down", `up\{[^}]*\}\s*==\s*0`},
+		{"no agent at all", `absent\(up\{`},
+	} {
+		if !regexp.MustCompile(want.re).MatchString(all) {
+			t.Errorf("%s: no alert on %s (no expression matches %s)", what, want.about, want.re)
+		}
+	}
+}
+
+// balanced checks (), {} and [] pair up outside strings: a cheap guard
+// against the commonest PromQL typos.
+func balanced(expr string) bool {
+	var stack []rune
+	inString := false
+	for _, r := range expr {
+		switch {
+		case r == '"':
+			inString = !inString
+		case inString:
+		case r == '(' || r == '{' || r == '[':
+			stack = append(stack, r)
+		case r == ')' || r == '}' || r == ']':
+			open := map[rune]rune{')': '(', '}': '{', ']': '['}[r]
+			if len(stack) == 0 || stack[len(stack)-1] != open {
+				return false
+			}
+			stack = stack[:len(stack)-1]
+		}
+	}
+	return len(stack) == 0 && !inString
+}
+
+func onlyKeys(m map[string]any, allowed []string) bool {
+	for k := range m {
+		if !slices.Contains(allowed, k) {
+			return false
+		}
+	}
+	return true
+}
