@@ -5,7 +5,11 @@
 package enrich
 
 import (
+	"errors"
+	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -105,6 +109,11 @@ func New(cfg Config) (*Enricher, error) {
 	cg, err := newCgroupResolver(cfg.CgroupRoot, cfg.MaxCgroups, log)
 	if err != nil {
 		return nil, err
+	}
+	// Without CAP_SYS_PTRACE the exe of every process holding privileges
+	// the agent lacks is unreadable: say so once, not per event.
+	if _, err := os.Readlink(filepath.Join(cfg.ProcRoot, "1", "exe")); errors.Is(err, fs.ErrPermission) {
+		log.Warn("cannot read /proc/1/exe: the executables, and so the identities, of processes with other privileges will be unknown; grant CAP_SYS_PTRACE")
 	}
 	return &Enricher{
 		cfg:     cfg,
