@@ -54,6 +54,7 @@ enum kind {
 	KIND_TLS_CLIENT = 3, /* bytes of the client's first flight (struct payload_event) */
 	KIND_TLS_SERVER = 4, /* the server's first bytes (struct payload_event) */
 	KIND_DNS = 5,        /* a DNS answer's payload (struct payload_event) */
+	KIND_EXEC = 6,       /* a process ran execve: its path and arguments (struct payload_event) */
 };
 
 /* What a tracked connection waits for. */
@@ -79,7 +80,8 @@ enum stat {
 	STAT_PENDING_FULL = 2, /* no task storage for the record: a syscall failure would go unseen */
 	STAT_EXIT_LOST = 3,    /* no room for a process exit: its cache entry ages out instead */
 	STAT_PAYLOAD_LOST = 4, /* a TLS or DNS payload record lost: the ring buffer was full */
-	STAT_MAX = 5,
+	STAT_EXEC_LOST = 5,    /* an execve not reported: a short-lived process may go without exe */
+	STAT_MAX = 6,
 };
 
 /* Identity of the caller, captured inside connect(2). */
@@ -108,7 +110,7 @@ struct event {
 	__u8 kind;
 	__u8 outcome;
 	__s32 err;
-	__u32 _pad;
+	__u32 aux; /* by kind: for KIND_EXEC, the parent's tgid */
 };
 
 /* Bytes copied from one packet at most, and of one ClientHello in all. */
@@ -333,7 +335,7 @@ static __always_inline void emit(struct bpf_sock_ops *skops, __u64 cookie, struc
 		d[2] = skops->remote_ip6[2];
 		d[3] = skops->remote_ip6[3];
 	}
-	e->_pad = 0;
+	e->aux = 0;
 	submit(e);
 }
 
@@ -446,7 +448,7 @@ int connect_exit(struct sys_exit_ctx *ctx)
 	e->dport = p->dport;
 	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
 	__builtin_memcpy(e->daddr, p->daddr, sizeof(e->daddr));
-	e->_pad = 0;
+	e->aux = 0;
 	submit(e);
 	return 0;
 }
@@ -586,7 +588,7 @@ static __always_inline void emit_payload(struct __sk_buff *skb, struct packet *p
 	e->ev.dport = p->dport;
 	__builtin_memcpy(e->ev.saddr, p->saddr, sizeof(e->ev.saddr));
 	__builtin_memcpy(e->ev.daddr, p->daddr, sizeof(e->ev.daddr));
-	e->ev._pad = 0;
+	e->ev.aux = 0;
 	e->offset = offset;
 	e->len = len;
 	e->want = want;
@@ -707,4 +709,68 @@ int ingress(struct __sk_buff *skb)
 	none.cgroup_id = bpf_skb_cgroup_id(skb);
 	emit_payload(skb, &p, KIND_DNS, &none, cookie, p.len, 0, 0, 0);
 	return 1;
+}
+
+/* tracefs: events/sched/sched_process_exec/format */
+struct exec_ctx {
+	__u64 common;
+	__u32 filename; /* __data_loc: offset in the low 16 bits, length in the high */
+	__s32 pid;
+	__s32 old_pid;
+};
+
+#define EXEC_PATH_MAX 256
+#define EXEC_ARGS_MAX 1024
+
+/*
+ * A process ran execve: send its path and arguments, so that a process
+ * gone before user space could read /proc still has an executable and a
+ * command line. The record holds the path (NUL-terminated) at data[0] and
+ * the arguments at data[EXEC_PATH_MAX]; offset and want give their lengths.
+ */
+SEC("tracepoint/sched/sched_process_exec")
+int process_exec(struct exec_ctx *ctx)
+{
+	__u32 key = 0;
+	struct payload_event *e = bpf_map_lookup_elem(&scratch, &key);
+	if (!e)
+		return 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	__builtin_memset(&e->ev, 0, sizeof(e->ev));
+	fill_caller(&e->ev.caller);
+	e->ev.ts_ns = e->ev.caller.start_ns;
+	e->ev.kind = KIND_EXEC;
+	e->ev.aux = BPF_CORE_READ(task, real_parent, tgid);
+
+	long n = bpf_probe_read_kernel_str(e->data, EXEC_PATH_MAX, (void *)ctx + (ctx->filename & 0xffff));
+	e->offset = n > 0 ? n : 0;
+
+	unsigned long start = BPF_CORE_READ(task, mm, arg_start);
+	unsigned long end = BPF_CORE_READ(task, mm, arg_end);
+	__u64 args = end > start ? end - start : 0;
+	e->more = args > EXEC_ARGS_MAX;
+	if (args > EXEC_ARGS_MAX)
+		args = EXEC_ARGS_MAX;
+	e->want = 0;
+	if (args > 0) {
+		/* Restated for the verifier, as in emit_payload. */
+		__u64 len = args - 1;
+		asm volatile("%[len] &= %[mask]" : [len] "+r"(len) : [mask] "i"(EXEC_ARGS_MAX - 1));
+		len += 1;
+		if (bpf_probe_read_user(e->data + EXEC_PATH_MAX, len, (void *)start) == 0)
+			e->want = len;
+	}
+	e->len = EXEC_PATH_MAX + e->want;
+	e->proto = 0;
+
+	__u64 size = sizeof(*e) - PAYLOAD_MAX + EXEC_PATH_MAX + e->want;
+	if (size > sizeof(*e))
+		return 0;
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_output(&events, e, size, flags))
+		count(STAT_EXEC_LOST);
+	return 0;
 }

@@ -98,6 +98,9 @@ type Stats struct {
 	// ExitsLost counts process exits the kernel could not report: no event
 	// is lost, but the process's cache entry ages out instead of going.
 	ExitsLost uint64
+	// ExecsLost counts execve calls the kernel could not report: a process
+	// that is gone before /proc is read then has no exe.
+	ExecsLost uint64
 	Hellos    HelloStats
 }
 
@@ -128,6 +131,7 @@ type Collector struct {
 	events    atomic.Uint64
 	lost      [numLossReasons]atomic.Uint64 // cumulative, for metrics
 	exitsLost atomic.Uint64
+	execsLost atomic.Uint64
 
 	// Owned by the read goroutine.
 	kernelSeen [connectStatSTAT_MAX]uint64 // last sums read from the stats map
@@ -241,6 +245,7 @@ func (c *Collector) attach() error {
 	}{
 		{"syscalls", "sys_exit_connect", c.objs.ConnectExit},
 		{"sched", "sched_process_exit", c.objs.ProcessExit},
+		{"sched", "sched_process_exec", c.objs.ProcessExec},
 	} {
 		l, err := link.Tracepoint(tp.group, tp.name, tp.prog, nil)
 		if err != nil {
@@ -274,7 +279,7 @@ func (c *Collector) Programs() []ProgramStats {
 	}{
 		{"connect4", c.objs.Connect4}, {"connect6", c.objs.Connect6}, {"sock_ops", c.objs.SockOps},
 		{"egress", c.objs.Egress}, {"ingress", c.objs.Ingress},
-		{"connect_exit", c.objs.ConnectExit}, {"process_exit", c.objs.ProcessExit},
+		{"connect_exit", c.objs.ConnectExit}, {"process_exit", c.objs.ProcessExit}, {"process_exec", c.objs.ProcessExec},
 	} {
 		if p.prog == nil {
 			continue
@@ -309,6 +314,7 @@ func (c *Collector) Stats() Stats {
 		s.Lost[i] = Loss{Stage: r.stage, Reason: r.reason, Count: c.lost[i].Load()}
 	}
 	s.ExitsLost = c.exitsLost.Load()
+	s.ExecsLost = c.execsLost.Load()
 	if h := c.helloStats.Load(); h != nil {
 		s.Hellos = *h
 	}
@@ -343,6 +349,8 @@ var kernelLoss = [connectStatSTAT_MAX]lossReason{
 	connectStatSTAT_CONN_FULL:    lossConnFull,
 	connectStatSTAT_PENDING_FULL: lossPending,
 	connectStatSTAT_EXIT_LOST:    noLoss,
+	connectStatSTAT_PAYLOAD_LOST: lossRingBuffer,
+	connectStatSTAT_EXEC_LOST:    noLoss,
 }
 
 const noLoss lossReason = -1
@@ -532,7 +540,9 @@ func (c *Collector) pollKernelLosses() {
 			sum += v
 		}
 		if sum > c.kernelSeen[i] {
-			if r := kernelLoss[i]; r == noLoss {
+			if r := kernelLoss[i]; r == noLoss && i == connectStatSTAT_EXEC_LOST {
+				c.execsLost.Add(sum - c.kernelSeen[i])
+			} else if r == noLoss {
 				c.exitsLost.Add(sum - c.kernelSeen[i])
 			} else {
 				c.lose(r, sum-c.kernelSeen[i])

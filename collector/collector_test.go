@@ -32,6 +32,7 @@ type sink struct {
 	events []collector.Event
 	exits  []collector.Event
 	dns    []collector.Event
+	execs  []collector.Event
 	lost   map[string]uint64
 	done   chan struct{}
 }
@@ -65,6 +66,9 @@ func startWith(t *testing.T, cfg collector.Config, delay time.Duration) (*collec
 					continue
 				case collector.KindDNS:
 					s.dns = append(s.dns, e)
+					continue
+				case collector.KindExec:
+					s.execs = append(s.execs, e)
 					continue
 				}
 				s.events = append(s.events, e)

@@ -50,7 +50,7 @@ type connectEvent struct {
 	Kind    uint8
 	Outcome uint8
 	Err     int32
-	Pad     uint32
+	Aux     uint32
 }
 
 type connectKind uint32
@@ -61,6 +61,7 @@ const (
 	connectKindKIND_TLS_CLIENT connectKind = 3
 	connectKindKIND_TLS_SERVER connectKind = 4
 	connectKindKIND_DNS        connectKind = 5
+	connectKindKIND_EXEC       connectKind = 6
 )
 
 type connectOutcome uint32
@@ -110,7 +111,8 @@ const (
 	connectStatSTAT_PENDING_FULL connectStat = 2
 	connectStatSTAT_EXIT_LOST    connectStat = 3
 	connectStatSTAT_PAYLOAD_LOST connectStat = 4
-	connectStatSTAT_MAX          connectStat = 5
+	connectStatSTAT_EXEC_LOST    connectStat = 5
+	connectStatSTAT_MAX          connectStat = 6
 )
 
 // Names of all BPF objects in the ELF.
@@ -127,6 +129,7 @@ const (
 	connectProgConnectExit       = "connect_exit"
 	connectProgEgress            = "egress"
 	connectProgIngress           = "ingress"
+	connectProgProcessExec       = "process_exec"
 	connectProgProcessExit       = "process_exit"
 	connectProgSockOps           = "sock_ops"
 	connectVarUnusedConn         = "unused_conn"
@@ -186,6 +189,7 @@ type connectProgramSpecs struct {
 	ConnectExit *ebpf.ProgramSpec `ebpf:"connect_exit"`
 	Egress      *ebpf.ProgramSpec `ebpf:"egress"`
 	Ingress     *ebpf.ProgramSpec `ebpf:"ingress"`
+	ProcessExec *ebpf.ProgramSpec `ebpf:"process_exec"`
 	ProcessExit *ebpf.ProgramSpec `ebpf:"process_exit"`
 	SockOps     *ebpf.ProgramSpec `ebpf:"sock_ops"`
 }
@@ -275,6 +279,7 @@ type connectPrograms struct {
 	ConnectExit *ebpf.Program `ebpf:"connect_exit"`
 	Egress      *ebpf.Program `ebpf:"egress"`
 	Ingress     *ebpf.Program `ebpf:"ingress"`
+	ProcessExec *ebpf.Program `ebpf:"process_exec"`
 	ProcessExit *ebpf.Program `ebpf:"process_exit"`
 	SockOps     *ebpf.Program `ebpf:"sock_ops"`
 }
@@ -286,6 +291,7 @@ func (p *connectPrograms) Close() error {
 		p.ConnectExit,
 		p.Egress,
 		p.Ingress,
+		p.ProcessExec,
 		p.ProcessExit,
 		p.SockOps,
 	)

@@ -28,6 +28,9 @@ const (
 	// KindDNS carries a DNS answer received on the node. Enrichment learns
 	// names from it; it is not written to the stream.
 	KindDNS
+	// KindExec says a process ran execve (Exec is set). Enrichment keeps it
+	// for a process gone before /proc is read; it is not written.
+	KindExec
 )
 
 func (k Kind) String() string {
@@ -44,6 +47,8 @@ func (k Kind) String() string {
 		return "verdict"
 	case KindDNS:
 		return "dns"
+	case KindExec:
+		return "exec"
 	}
 	return "unknown"
 }
@@ -127,6 +132,9 @@ type Event struct {
 	// socket's network namespace and CgroupID its cgroup.
 	DNS        []byte
 	DNSOverTCP bool
+
+	// For KindExec.
+	Exec *Exec
 
 	// For KindLoss.
 	Lost       uint64

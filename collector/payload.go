@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -41,7 +42,7 @@ func isPayload(b []byte) bool {
 		return false
 	}
 	switch connectKind(b[offKind]) {
-	case connectKindKIND_TLS_CLIENT, connectKindKIND_TLS_SERVER, connectKindKIND_DNS:
+	case connectKindKIND_TLS_CLIENT, connectKindKIND_TLS_SERVER, connectKindKIND_DNS, connectKindKIND_EXEC:
 		return true
 	}
 	return false
@@ -53,7 +54,7 @@ func decodePayload(b []byte, bootOffset int64, p *payload) error {
 	}
 	ne := binary.NativeEndian
 	n := int(ne.Uint16(b[offPayloadLen:]))
-	if n == 0 || n > payloadMax || payloadHeaderSize+n > len(b) {
+	if (n == 0 && connectKind(b[offKind]) != connectKindKIND_EXEC) || n > payloadMax || payloadHeaderSize+n > len(b) {
 		return fmt.Errorf("%w: payload of %d bytes in a record of %d", ErrMalformed, n, len(b))
 	}
 	p.kind = connectKind(b[offKind])
@@ -62,6 +63,22 @@ func decodePayload(b []byte, bootOffset int64, p *payload) error {
 	p.more = b[offPayloadMore] != 0
 	p.tcp = b[offPayloadProto] == ipprotoTCP
 	p.data = b[payloadHeaderSize : payloadHeaderSize+n]
+
+	if p.kind == connectKindKIND_EXEC {
+		p.head = Event{
+			Kind:      KindExec,
+			Time:      int64(ne.Uint64(b[offTs:])) + bootOffset,
+			PID:       ne.Uint32(b[offTgid:]),
+			TID:       ne.Uint32(b[offTid:]),
+			UID:       ne.Uint32(b[offUID:]),
+			GID:       ne.Uint32(b[offGID:]),
+			CgroupID:  ne.Uint64(b[offCgroup:]),
+			ProcStart: ne.Uint64(b[offTaskStart:]),
+		}
+		copy(p.head.Comm[:], b[offComm:offComm+16])
+		p.head.Exec = decodeExec(p.data, p.offset, p.want, p.more, ne.Uint32(b[offAux:]))
+		return nil
+	}
 
 	family := ne.Uint16(b[offFamily:])
 	var src, dst netip.Addr
@@ -140,6 +157,8 @@ func (a *assembler) add(p *payload, now time.Time) {
 		ev.DNSOverTCP = p.tcp
 		a.stats.DNSAnswers++
 		a.emit(&ev)
+	case connectKindKIND_EXEC:
+		a.emit(&p.head)
 	case connectKindKIND_TLS_CLIENT:
 		a.client(p, now)
 	case connectKindKIND_TLS_SERVER:
@@ -232,4 +251,39 @@ func (a *assembler) expire(now time.Time, all bool) {
 		}
 		a.send(cookie, as)
 	}
+}
+
+// Exec is what execve told of a process: the facts a process that is gone
+// before /proc is read keeps.
+type Exec struct {
+	// Path is the file as execve was given it: not resolved, and relative
+	// to the caller's working directory when it does not start with '/'.
+	Path string
+	Args []string
+	// ArgsTruncated says the arguments went on past what was copied.
+	ArgsTruncated bool
+	PPID          uint32
+}
+
+// Where the kernel puts an exec's path and arguments in a payload record.
+const (
+	execPathMax = 256
+)
+
+var offAux = unsafe.Offsetof(connectEvent{}.Aux)
+
+func decodeExec(data []byte, pathLen, argsLen int, more bool, ppid uint32) *Exec {
+	x := &Exec{PPID: ppid, ArgsTruncated: more}
+	if pathLen > 0 && pathLen <= execPathMax && pathLen <= len(data) {
+		x.Path = string(bytes.TrimRight(data[:pathLen], "\x00"))
+	}
+	if argsLen > 0 && execPathMax+argsLen <= len(data) {
+		args := bytes.TrimRight(data[execPathMax:execPathMax+argsLen], "\x00")
+		if len(args) > 0 {
+			for a := range bytes.SplitSeq(args, []byte{0}) {
+				x.Args = append(x.Args, string(a))
+			}
+		}
+	}
+	return x
 }

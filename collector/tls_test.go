@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -178,4 +179,31 @@ func TestDNSAnswers(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("no DNS answer for answer.example.test among %d", len(s.dns))
+}
+
+// TestExec: execve is reported with the path as given, the arguments, the
+// parent, and the start time that connects of the process will carry.
+func TestExec(t *testing.T) {
+	_, s := start(t)
+	cg := kerneltest.NewCgroup(t, "exec")
+	addr, _ := listen(t, "tcp", "127.0.0.1:0")
+	pid, _ := kerneltest.Connect{Addrs: []netip.AddrPort{addr}, Cgroup: cg}.Run(t)
+	connect := s.await(t, 1, 5*time.Second, pid)[0]
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.execs {
+		if int(e.PID) != pid {
+			continue
+		}
+		x := e.Exec
+		if x == nil || x.Path != os.Args[0] || len(x.Args) != 2 || x.Args[0] != os.Args[0] || x.Args[1] != addr.String() || int(x.PPID) != os.Getpid() {
+			t.Errorf("exec %+v, want %s %s from parent %d", x, os.Args[0], addr, os.Getpid())
+		}
+		if e.ProcStart != connect.ProcStart || e.CgroupID != cg.ID {
+			t.Errorf("exec start %d cgroup %d; connect start %d, cgroup %d", e.ProcStart, e.CgroupID, connect.ProcStart, cg.ID)
+		}
+		return
+	}
+	t.Fatalf("no exec of pid %d among %d", pid, len(s.execs))
 }

@@ -231,6 +231,9 @@ func (e *Enricher) EnrichBatch(in []collector.Event, out []Event, now time.Time)
 		case collector.KindDNS:
 			e.observeDNS(&in[i])
 			continue
+		case collector.KindExec:
+			e.procs.execed(in[i].PID, in[i].ProcStart, in[i].Exec)
+			continue
 		}
 		out = append(out, Event{})
 		ev := &out[len(out)-1]

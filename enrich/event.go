@@ -8,6 +8,9 @@ type Process struct {
 	Exe     string   // resolved /proc/<pid>/exe; "" when unreadable
 	Cmdline []string // nil when unreadable or empty (kernel threads)
 	PPID    uint32
+	// FromExec says the process was gone before /proc could be read: Exe
+	// is the path execve was given, not resolved, and Cmdline may be cut.
+	FromExec bool
 }
 
 // Event is a kernel event with what is known of its caller. Fields that

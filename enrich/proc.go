@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/internal/gencache"
 )
 
@@ -24,10 +25,25 @@ type procKey struct {
 type procCache struct {
 	root    string
 	entries *gencache.Cache[procKey, *cachedProcess]
+	// execs keeps what execve told of recent processes, for one that is
+	// gone before its /proc could be read: a short-lived caller such as
+	// curl in a CI job would otherwise go without exe or identity.
+	execs *gencache.Cache[procKey, *collector.Exec]
 }
 
 func newProcCache(root string, size int) *procCache {
-	return &procCache{root: root, entries: gencache.New[procKey, *cachedProcess](size)}
+	return &procCache{
+		root:    root,
+		entries: gencache.New[procKey, *cachedProcess](size),
+		execs:   gencache.New[procKey, *collector.Exec](size),
+	}
+}
+
+// execed remembers an execve, until the process is read or exits.
+func (c *procCache) execed(pid uint32, startNS uint64, x *collector.Exec) {
+	if x != nil {
+		c.execs.Put(procKey{pid, startNS / (1e9 / userHZ)}, x)
+	}
 }
 
 // get returns the process, or nil when it is gone. hit says whether /proc
@@ -40,9 +56,14 @@ func (c *procCache) get(pid uint32, startNS uint64, uid uint32) (p *cachedProces
 	p, err := readProcess(c.root, k)
 	if err != nil {
 		p = nil
-	} else if p.Exe != "" {
+		if x, ok := c.execs.Get(k); ok {
+			p = &cachedProcess{Process: Process{Exe: x.Path, Cmdline: x.Args, PPID: x.PPID, FromExec: true}}
+		}
+	}
+	if p != nil && p.Exe != "" {
 		p.uid, p.id = uid, exeIdentity(p.Exe, uid)
 	}
+	c.execs.Delete(k)
 	c.entries.Put(k, p)
 	return p, false
 }
@@ -50,7 +71,9 @@ func (c *procCache) get(pid uint32, startNS uint64, uid uint32) (p *cachedProces
 // forget drops a process that exited: its facts are of no further use, and
 // its PID may soon name another.
 func (c *procCache) forget(pid uint32, startNS uint64) {
-	c.entries.Delete(procKey{pid, startNS / (1e9 / userHZ)})
+	k := procKey{pid, startNS / (1e9 / userHZ)}
+	c.entries.Delete(k)
+	c.execs.Delete(k)
 }
 
 var errGone = errors.New("process gone")
