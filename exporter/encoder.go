@@ -7,11 +7,14 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/callscope/callscope/collector"
+	"github.com/callscope/callscope/collector/tlshello"
 	"github.com/callscope/callscope/enrich"
+	"github.com/callscope/callscope/scope"
 )
 
 // Schema is the value of every event's "schema" key.
@@ -27,6 +30,7 @@ type Encoder struct {
 	node     string
 	instance string
 	seq      uint64
+	reason   []byte // scratch for a verdict's reason, escaped on its way out
 }
 
 // NewEncoder returns an Encoder for events of node. instance is an id of
@@ -39,13 +43,14 @@ func NewEncoder(node, instance string) *Encoder {
 // Seq returns the last seq assigned (0 before any).
 func (e *Encoder) Seq() uint64 { return e.seq }
 
-// Append appends ev as one JSON object followed by '\n' to dst, assigns the
-// next seq, and returns the extended slice. It does not allocate when dst
-// has room for the line.
+// Append appends ev, with its verdict, as one JSON object followed by '\n'
+// to dst, assigns the next seq, and returns the extended slice. It does not allocate when dst has room for
+// the line.
 //
 // A fact that is unknown (zero) is left out rather than written as a zero
 // value a consumer could mistake for a real one.
-func (e *Encoder) Append(dst []byte, ev *enrich.Event) []byte {
+func (e *Encoder) Append(dst []byte, sev *scope.Event) []byte {
+	ev := &sev.Event
 	e.seq++
 	dst = append(dst, `{"schema":"`+Schema+`","id":"`...)
 	dst = appendEscaped(dst, e.instance)
@@ -65,8 +70,11 @@ func (e *Encoder) Append(dst []byte, ev *enrich.Event) []byte {
 	dst = append(dst, '"')
 
 	switch ev.Kind {
-	case collector.KindConnect:
-		dst = appendConnect(dst, ev)
+	case collector.KindConnect, collector.KindTLS, collector.KindVerdict:
+		dst = appendCall(dst, ev)
+		if sev.Scope.Verdict != 0 {
+			dst = e.appendScope(dst, sev)
+		}
 	case collector.KindLoss:
 		dst = append(dst, `,"loss":{"stage":`...)
 		dst = appendString(dst, ev.LossStage)
@@ -79,7 +87,26 @@ func (e *Encoder) Append(dst []byte, ev *enrich.Event) []byte {
 	return append(dst, '}', '\n')
 }
 
-func appendConnect(dst []byte, ev *enrich.Event) []byte {
+// appendScope writes the verdict; policy names the scopes that bind the
+// caller, rule the one that allowed the call.
+func (e *Encoder) appendScope(dst []byte, ev *scope.Event) []byte {
+	j := &ev.Scope
+	dst = append(dst, `,"scope":{"verdict":"`...)
+	dst = append(dst, j.Verdict.String()...)
+	dst = append(dst, '"')
+	dst = appendOptional(dst, `,"policy":`, j.Scopes)
+	dst = appendOptional(dst, `,"rule":`, j.Rule)
+	e.reason = scope.AppendReason(e.reason[:0], ev)
+	if len(e.reason) > 0 {
+		dst = append(dst, `,"reason":`...)
+		dst = appendString(dst, unsafe.String(&e.reason[0], len(e.reason)))
+	}
+	return append(dst, '}')
+}
+
+// appendCall writes what connect, tls and verdict events share: the
+// connection, its caller and, by kind, its outcome or its TLS hello.
+func appendCall(dst []byte, ev *enrich.Event) []byte {
 	// Socket cookies start at 1: 0 means the kernel gave none.
 	if ev.Cookie != 0 {
 		dst = append(dst, `,"conn":"`...)
@@ -106,8 +133,19 @@ func appendConnect(dst []byte, ev *enrich.Event) []byte {
 	if ev.Dst.Addr().IsValid() {
 		dst = append(dst, `,"dst":`...)
 		dst = appendAddrPort(dst, ev.Dst)
+		if ev.DstName != "" {
+			// Reopen the object: the name belongs with the address.
+			dst = dst[:len(dst)-1]
+			dst = append(dst, `,"name":`...)
+			dst = appendString(dst, ev.DstName)
+			dst = appendOptional(dst, `,"name_source":`, ev.NameSource)
+			dst = append(dst, '}')
+		}
 	}
-	if ev.Outcome != collector.OutcomeUnknown {
+	if ev.Kind == collector.KindTLS && ev.Hello != nil {
+		dst = appendTLS(dst, ev)
+	}
+	if ev.Outcome != collector.OutcomeUnknown && ev.Kind == collector.KindConnect {
 		dst = append(dst, `,"outcome":"`...)
 		dst = append(dst, ev.Outcome.String()...)
 		dst = append(dst, '"')
@@ -150,6 +188,66 @@ func appendConnect(dst []byte, ev *enrich.Event) []byte {
 		dst = appendString(dst, ev.Identity)
 	}
 	return dst
+}
+
+// appendTLS writes the hello. Versions are named as the contract names
+// them ("1.3"); cipher suites are counted, not listed, as JA4 already
+// fingerprints them.
+func appendTLS(dst []byte, ev *enrich.Event) []byte {
+	h := ev.Hello
+	dst = append(dst, `,"tls":{`...)
+	first := len(dst)
+	dst = appendOptional(dst, `,"sni":`, h.SNI)
+	if len(h.ALPN) > 0 {
+		dst = append(dst, `,"alpn":[`...)
+		for i, p := range h.ALPN {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendString(dst, p)
+		}
+		dst = append(dst, ']')
+	}
+	if len(h.Versions) > 0 {
+		dst = append(dst, `,"versions":[`...)
+		for i, v := range h.Versions {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendString(dst, tlshello.VersionName(v))
+		}
+		dst = append(dst, ']')
+	}
+	if h.LegacyVersion != 0 {
+		dst = append(dst, `,"legacy_version":`...)
+		dst = appendString(dst, tlshello.VersionName(h.LegacyVersion))
+	}
+	if h.CipherSuites > 0 {
+		dst = append(dst, `,"cipher_suites":`...)
+		dst = strconv.AppendInt(dst, int64(h.CipherSuites), 10)
+	}
+	dst = append(dst, `,"ech":`...)
+	dst = strconv.AppendBool(dst, h.ECH)
+	dst = append(dst, `,"post_quantum":`...)
+	dst = strconv.AppendBool(dst, h.PostQuantum)
+	dst = appendOptional(dst, `,"ja4":`, h.JA4)
+	if h.Truncated {
+		dst = append(dst, `,"truncated":true`...)
+	}
+	if sh := ev.ServerHello; sh != nil {
+		dst = append(dst, `,"server":{"version":`...)
+		dst = appendString(dst, tlshello.VersionName(sh.Version))
+		dst = append(dst, `,"cipher":`...)
+		dst = appendString(dst, tlshello.CipherSuiteName(sh.CipherSuite))
+		if sh.HelloRetry {
+			dst = append(dst, `,"hello_retry":true`...)
+		}
+		dst = append(dst, '}')
+	}
+	if len(dst) > first {
+		dst = append(dst[:first], dst[first+1:]...) // the first field's comma
+	}
+	return append(dst, '}')
 }
 
 // appendK8s writes the pod: its UID from the cgroup path even when the

@@ -14,6 +14,7 @@ import (
 
 	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/enrich"
+	"github.com/callscope/callscope/scope"
 )
 
 var eventTime = time.Date(2026, 11, 27, 4, 32, 4, 123456789, time.UTC).UnixNano()
@@ -248,7 +249,7 @@ func TestEncoderAppend(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ev := tt.ev()
 			prefix := []byte("previous line\n")
-			out := enc.Append(bytes.Clone(prefix), &ev)
+			out := enc.Append(bytes.Clone(prefix), &scope.Event{Event: ev})
 			if !bytes.HasPrefix(out, prefix) {
 				t.Fatalf("Append overwrote dst: %q", out)
 			}
@@ -267,7 +268,7 @@ func TestEncoderAppend(t *testing.T) {
 func TestEncoderKeyOrder(t *testing.T) {
 	ev := connectEvent()
 	ev.Errno = unix.ECONNRESET
-	out := NewEncoder("n", "i").Append(nil, &ev)
+	out := NewEncoder("n", "i").Append(nil, &scope.Event{Event: ev})
 	keys := []string{`"schema"`, `"id"`, `"seq"`, `"time"`, `"node"`, `"kind"`, `"conn"`, `"proto"`,
 		`"family"`, `"netns"`, `"src"`, `"dst"`, `"outcome"`, `"error"`, `"process"`, `"pid"`, `"tid"`,
 		`"comm"`, `"exe"`, `"cmdline"`, `"uid"`, `"gid"`, `"ppid"`, `"cgroup"`, `"id"`, `"path"`, `"identity"`}
@@ -283,7 +284,7 @@ func TestEncoderKeyOrder(t *testing.T) {
 
 func TestEncoderNoNode(t *testing.T) {
 	ev := connectEvent()
-	m := decodeLine(t, NewEncoder("", "x").Append(nil, &ev))
+	m := decodeLine(t, NewEncoder("", "x").Append(nil, &scope.Event{Event: ev}))
 	if _, ok := m["node"]; ok {
 		t.Errorf("node written although unknown: %v", m["node"])
 	}
@@ -293,7 +294,7 @@ func TestEncoderTime(t *testing.T) {
 	for _, ns := range []int64{0, 1, eventTime, -1, 1 << 62} {
 		ev := connectEvent()
 		ev.Time = ns
-		m := decodeLine(t, NewEncoder("", "x").Append(nil, &ev))
+		m := decodeLine(t, NewEncoder("", "x").Append(nil, &scope.Event{Event: ev}))
 		got, err := time.Parse(time.RFC3339Nano, m["time"].(string))
 		if err != nil || got.UnixNano() != ns {
 			t.Errorf("time %d written as %q (%v)", ns, m["time"], err)
@@ -358,7 +359,7 @@ func TestEncoderEscaping(t *testing.T) {
 		ev.CgroupPath = s
 		ev.Identity = s
 		ev.Src = netip.AddrPortFrom(netip.MustParseAddr("fe80::1").WithZone(s), 1)
-		line := NewEncoder(s, s).Append(nil, &ev)
+		line := NewEncoder(s, s).Append(nil, &scope.Event{Event: ev})
 		m := decodeLine(t, line)
 
 		want := func(s string) string { return viaEncodingJSON(t, s) }
@@ -397,14 +398,14 @@ func TestEncoderAllocs(t *testing.T) {
 	enc := NewEncoder("worker-1", "inst")
 	buf := make([]byte, 0, 4096)
 	allocs := testing.AllocsPerRun(1000, func() {
-		buf = enc.Append(buf[:0], &ev)
+		buf = enc.Append(buf[:0], &scope.Event{Event: ev})
 	})
 	if allocs != 0 {
 		t.Errorf("Append allocates %v times per event, want 0", allocs)
 	}
 	loss := enrich.Event{Event: collector.Event{Kind: collector.KindLoss, Lost: 1,
 		LossStage: collector.StageQueue, LossReason: collector.ReasonQueueFull}}
-	if allocs := testing.AllocsPerRun(1000, func() { buf = enc.Append(buf[:0], &loss) }); allocs != 0 {
+	if allocs := testing.AllocsPerRun(1000, func() { buf = enc.Append(buf[:0], &scope.Event{Event: loss}) }); allocs != 0 {
 		t.Errorf("Append of a loss event allocates %v times, want 0", allocs)
 	}
 }
@@ -412,11 +413,11 @@ func TestEncoderAllocs(t *testing.T) {
 func BenchmarkEncode(b *testing.B) {
 	ev := connectEvent()
 	enc := NewEncoder("worker-1", "3f2a9c")
-	buf := enc.Append(make([]byte, 0, 4096), &ev)
+	buf := enc.Append(make([]byte, 0, 4096), &scope.Event{Event: ev})
 	b.SetBytes(int64(len(buf)))
 	b.ReportAllocs()
 	for b.Loop() {
-		buf = enc.Append(buf[:0], &ev)
+		buf = enc.Append(buf[:0], &scope.Event{Event: ev})
 	}
 }
 
@@ -425,7 +426,7 @@ func TestEncoderTimeFixedWidth(t *testing.T) {
 	ev := &enrich.Event{}
 	ev.Kind = collector.KindLoss
 	ev.Time = time.Date(2026, 11, 27, 4, 32, 4, 100_000_000, time.UTC).UnixNano()
-	line := string(enc.Append(nil, ev))
+	line := string(enc.Append(nil, &scope.Event{Event: *ev}))
 	if !strings.Contains(line, `"time":"2026-11-27T04:32:04.100000000Z"`) {
 		t.Errorf("time not in fixed-width RFC 3339: %s", line)
 	}
@@ -462,7 +463,7 @@ func TestEncoderWorkload(t *testing.T) {
 		{"host service", host, nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			line := NewEncoder("n", "i").Append(nil, &tc.ev)
+			line := NewEncoder("n", "i").Append(nil, &scope.Event{Event: tc.ev})
 			var m map[string]any
 			if err := json.Unmarshal(line, &m); err != nil {
 				t.Fatalf("%v: %s", err, line)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/enrich"
+	"github.com/callscope/callscope/scope"
 )
 
 // FuzzEncoder checks that any event encodes as one valid JSON line whose
@@ -60,7 +61,7 @@ func FuzzEncoder(f *testing.F) {
 		copy(ev.Comm[:], comm)
 
 		enc := NewEncoder(node, instance)
-		line := enc.Append(nil, &ev)
+		line := enc.Append(nil, &scope.Event{Event: ev})
 		m := decodeLine(t, line)
 
 		want := func(s string) string { return viaEncodingJSON(t, s) }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/enrich"
+	"github.com/callscope/callscope/scope"
 )
 
 // Metrics holds the agent's Prometheus metrics. Counts kept by other stages
@@ -15,8 +16,7 @@ import (
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	connects     prometheus.Counter
-	losses       prometheus.Counter
+	events       [collector.KindDNS + 1]prometheus.Counter // by kind
 	sinkFailures *prometheus.CounterVec
 }
 
@@ -24,6 +24,10 @@ type Metrics struct {
 type Sources struct {
 	Collector func() collector.Stats
 	Enrich    func() enrich.Stats
+	Scope     func() scope.StageStats
+	// Reloads counts policy loads by result; nil when no policy is given.
+	Reloads  func() (ok, failed uint64)
+	Programs func() []collector.ProgramStats
 }
 
 // NewMetrics registers the metrics, with the Go runtime and process ones.
@@ -35,12 +39,13 @@ func NewMetrics(src Sources) *Metrics {
 	}, []string{"kind"})
 	m := &Metrics{
 		Registry: reg,
-		connects: events.WithLabelValues(collector.KindConnect.String()),
-		losses:   events.WithLabelValues(collector.KindLoss.String()),
 		sinkFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "callscope_sink_write_failures_total",
 			Help: "Batches of events a sink failed to write, by sink.",
 		}, []string{"sink"}),
+	}
+	for _, k := range []collector.Kind{collector.KindConnect, collector.KindTLS, collector.KindVerdict, collector.KindLoss} {
+		m.events[k] = events.WithLabelValues(k.String())
 	}
 	reg.MustRegister(events, m.sinkFailures,
 		collectors.NewGoCollector(),
@@ -50,17 +55,18 @@ func NewMetrics(src Sources) *Metrics {
 }
 
 // Written counts events that reached the stream.
-func (m *Metrics) Written(events []enrich.Event) {
-	losses := 0
+func (m *Metrics) Written(events []scope.Event) {
+	var n [collector.KindDNS + 1]int
 	for i := range events {
-		if events[i].Kind == collector.KindLoss {
-			losses++
+		if k := events[i].Kind; int(k) < len(n) {
+			n[k]++
 		}
 	}
-	// Two atomic adds per batch rather than one per event.
-	m.connects.Add(float64(len(events) - losses))
-	if losses > 0 {
-		m.losses.Add(float64(losses))
+	// An atomic add per kind and batch rather than one per event.
+	for k, c := range n {
+		if c > 0 && m.events[k] != nil {
+			m.events[k].Add(float64(c))
+		}
 	}
 }
 
@@ -72,6 +78,8 @@ var (
 		"Events lost before they reached the stream, by stage and reason.", []string{"stage", "reason"}, nil)
 	exitsLostDesc = prometheus.NewDesc("callscope_process_exits_lost_total",
 		"Process exits the kernel could not report (ring buffer full): no event is lost, the process's cache entry ages out instead.", nil, nil)
+	execsLostDesc = prometheus.NewDesc("callscope_process_execs_lost_total",
+		"execve calls the kernel could not report (ring buffer full): a process gone before /proc is read then has no exe.", nil, nil)
 	receivedDesc = prometheus.NewDesc("callscope_kernel_events_total",
 		"Events read from the kernel ring buffer and handed to the pipeline.", nil, nil)
 	unresolvedDesc = prometheus.NewDesc("callscope_identity_unresolved_total",
@@ -79,6 +87,29 @@ var (
 		[]string{"kind"}, nil)
 	podWaitsDesc = prometheus.NewDesc("callscope_identity_pod_waits_total",
 		"Events held back because their pod was not known to the Kubernetes API yet.", nil, nil)
+	verdictsDesc = prometheus.NewDesc("callscope_verdicts_total",
+		"Verdicts given on calls, by verdict: allowed, violation, unscoped, pending. A pending call gets a second, final verdict.", []string{"verdict"}, nil)
+	violationsDesc = prometheus.NewDesc("callscope_violations_total",
+		"Calls outside the scope of the CallScopes binding their caller.", nil, nil)
+	pendingClosedDesc = prometheus.NewDesc("callscope_pending_closed_total",
+		"Pending calls closed without their TLS server name, by cause: timeout, stopped, tracking_full.", []string{"cause"}, nil)
+	pendingDesc = prometheus.NewDesc("callscope_pending_calls",
+		"Calls awaiting their TLS ClientHello for a final verdict.", nil, nil)
+	reloadsDesc = prometheus.NewDesc("callscope_policy_reloads_total",
+		"Policy loads, by result: ok, or error (the policy in force stays).", []string{"result"}, nil)
+	helloDesc = prometheus.NewDesc("callscope_tls_client_hellos_total",
+		"TLS ClientHellos seen on outbound connections, by result: ok, truncated (parsed from a cut capture), unparsable (no tls event), dropped (too many handshakes in flight).",
+		[]string{"result"}, nil)
+	serverHelloDesc = prometheus.NewDesc("callscope_tls_server_hellos_total",
+		"TLS ServerHellos joined to their tls event.", nil, nil)
+	dnsDesc = prometheus.NewDesc("callscope_dns_answers_total",
+		"DNS answers received on the node, by result: parsed or malformed.", []string{"result"}, nil)
+	namesDesc = prometheus.NewDesc("callscope_dns_names",
+		"Addresses the map of DNS answers names now.", nil, nil)
+	progRunsDesc = prometheus.NewDesc("callscope_bpf_program_runs_total",
+		"Runs of each kernel program, while the kernel counts them (--bpf-stats).", []string{"program"}, nil)
+	progTimeDesc = prometheus.NewDesc("callscope_bpf_program_run_seconds_total",
+		"Time spent in each kernel program, while the kernel counts it (--bpf-stats).", []string{"program"}, nil)
 	cacheDesc = prometheus.NewDesc("callscope_identity_cache_lookups_total",
 		"Identity cache lookups, by what was looked up and whether the cache answered.", []string{"kind", "result"}, nil)
 )
@@ -89,9 +120,14 @@ func (s *stageCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- lostDesc
 	ch <- receivedDesc
 	ch <- exitsLostDesc
+	ch <- execsLostDesc
 	ch <- unresolvedDesc
 	ch <- cacheDesc
 	ch <- podWaitsDesc
+	for _, d := range []*prometheus.Desc{verdictsDesc, violationsDesc, pendingClosedDesc, pendingDesc, reloadsDesc,
+		helloDesc, serverHelloDesc, dnsDesc, namesDesc, progRunsDesc, progTimeDesc} {
+		ch <- d
+	}
 }
 
 func (s *stageCollector) Collect(ch chan<- prometheus.Metric) {
@@ -102,6 +138,40 @@ func (s *stageCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(l.Count), l.Stage, l.Reason)
 		}
 		ch <- prometheus.MustNewConstMetric(exitsLostDesc, prometheus.CounterValue, float64(st.ExitsLost))
+		ch <- prometheus.MustNewConstMetric(execsLostDesc, prometheus.CounterValue, float64(st.ExecsLost))
+		h := st.Hellos
+		for _, c := range []struct {
+			result string
+			n      uint64
+		}{{"ok", h.ClientHellos - h.Truncated}, {"truncated", h.Truncated}, {"unparsable", h.Unparsable}, {"dropped", h.Dropped}} {
+			ch <- prometheus.MustNewConstMetric(helloDesc, prometheus.CounterValue, float64(c.n), c.result)
+		}
+		ch <- prometheus.MustNewConstMetric(serverHelloDesc, prometheus.CounterValue, float64(h.ServerHellos))
+	}
+	if s.src.Scope != nil {
+		st := s.src.Scope()
+		for _, c := range []struct {
+			verdict string
+			n       uint64
+		}{{"allowed", st.Allowed}, {"violation", st.Violation}, {"unscoped", st.Unscoped}, {"pending", st.Pending}} {
+			ch <- prometheus.MustNewConstMetric(verdictsDesc, prometheus.CounterValue, float64(c.n), c.verdict)
+		}
+		ch <- prometheus.MustNewConstMetric(violationsDesc, prometheus.CounterValue, float64(st.Violation))
+		ch <- prometheus.MustNewConstMetric(pendingClosedDesc, prometheus.CounterValue, float64(st.TimedOut), "timeout")
+		ch <- prometheus.MustNewConstMetric(pendingClosedDesc, prometheus.CounterValue, float64(st.Stopped), "stopped")
+		ch <- prometheus.MustNewConstMetric(pendingClosedDesc, prometheus.CounterValue, float64(st.TrackingFull), "tracking_full")
+		ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(st.PendingNow))
+	}
+	if s.src.Reloads != nil {
+		ok, failed := s.src.Reloads()
+		ch <- prometheus.MustNewConstMetric(reloadsDesc, prometheus.CounterValue, float64(ok), "ok")
+		ch <- prometheus.MustNewConstMetric(reloadsDesc, prometheus.CounterValue, float64(failed), "error")
+	}
+	if s.src.Programs != nil {
+		for _, p := range s.src.Programs() {
+			ch <- prometheus.MustNewConstMetric(progRunsDesc, prometheus.CounterValue, float64(p.Runs), p.Name)
+			ch <- prometheus.MustNewConstMetric(progTimeDesc, prometheus.CounterValue, p.RunTime.Seconds(), p.Name)
+		}
 	}
 	if s.src.Enrich != nil {
 		st := s.src.Enrich()
@@ -109,6 +179,9 @@ func (s *stageCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(unresolvedDesc, prometheus.CounterValue, float64(st.CgroupGone), "cgroup")
 		ch <- prometheus.MustNewConstMetric(unresolvedDesc, prometheus.CounterValue, float64(st.PodUnknown), "pod")
 		ch <- prometheus.MustNewConstMetric(podWaitsDesc, prometheus.CounterValue, float64(st.PodWaits))
+		ch <- prometheus.MustNewConstMetric(dnsDesc, prometheus.CounterValue, float64(st.DNS.Responses), "parsed")
+		ch <- prometheus.MustNewConstMetric(dnsDesc, prometheus.CounterValue, float64(st.DNS.Malformed), "malformed")
+		ch <- prometheus.MustNewConstMetric(namesDesc, prometheus.GaugeValue, float64(st.Names))
 		for _, c := range []struct {
 			kind, result string
 			n            uint64

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/callscope/callscope/enrich"
+	"github.com/callscope/callscope/scope"
 )
 
 // writeRecorder keeps every Write it gets, separately.
@@ -26,13 +26,20 @@ func (w *writeRecorder) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func batch(n int) []enrich.Event {
-	events := make([]enrich.Event, n)
+func batch(n int) []scope.Event {
+	events := make([]scope.Event, n)
 	for i := range events {
-		events[i] = connectEvent()
+		events[i].Event = connectEvent()
 	}
 	return events
 }
+
+// jsonLines is a Stream writing to stdout only.
+type jsonLines struct{ s *Stream }
+
+func NewJSONLines(w io.Writer, enc *Encoder) jsonLines { return jsonLines{NewStream(enc, w, nil, nil)} }
+
+func (j jsonLines) Write(events []scope.Event) error { return j.s.Write(events) }
 
 func TestJSONLinesWrite(t *testing.T) {
 	var w writeRecorder
@@ -139,7 +146,7 @@ func BenchmarkJSONLinesWrite(b *testing.B) {
 	if err := j.Write(events); err != nil {
 		b.Fatal(err)
 	}
-	b.SetBytes(int64(len(j.buf)))
+	b.SetBytes(int64(len(j.s.buf)))
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := j.Write(events); err != nil {
