@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/enrich"
 	"github.com/callscope/callscope/exporter"
+	"github.com/callscope/callscope/scope"
 )
 
 func newLogger(cfg *runConfig, w io.Writer) (*slog.Logger, error) {
@@ -61,6 +63,30 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	var policies *scope.Policies
+	if len(cfg.policies) > 0 {
+		policies, err = scope.Watch(ctx, cfg.policies, log, nil)
+		if err != nil {
+			return fmt.Errorf("load policies: %w", err)
+		}
+		log.Info("policies loaded", "scopes", policies.Len(), "paths", []string(cfg.policies))
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+					// Watch logs and counts the result.
+					policies.Reload()
+				}
+			}
+		}()
+	}
+	stage := scope.NewStage(scope.StageConfig{Policies: policies, Logger: log})
+
 	pods, err := startPodIndex(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -71,13 +97,22 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	}
 	defer enr.Close()
 
-	coll, err := collector.Start(collector.Config{CgroupRoot: cfg.cgroupRoot, Logger: log})
+	coll, err := collector.Start(collector.Config{CgroupRoot: cfg.cgroupRoot, BPFStats: cfg.bpfStats, Logger: log})
 	if err != nil {
 		return err
 	}
 	defer coll.Close()
 
-	metrics := exporter.NewMetrics(exporter.Sources{Collector: coll.Stats, Enrich: enr.Stats})
+	src := exporter.Sources{Collector: coll.Stats, Enrich: enr.Stats, Scope: stage.Stats, Programs: coll.Programs}
+	if policies != nil {
+		src.Reloads = policies.Reloads
+	}
+	metrics := exporter.NewMetrics(src)
+
+	kafka, err := startKafka(cfg, metrics)
+	if err != nil {
+		return err
+	}
 	var pipelineDone = make(chan struct{})
 	if cfg.metricsAddr != "" {
 		srv, err := serveMetrics(cfg.metricsAddr, metrics, coll, pipelineDone, log)
@@ -87,14 +122,21 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 		defer srv.Shutdown(context.Background())
 	}
 
-	var sink *exporter.JSONLines
+	var out io.Writer
 	if cfg.stdout {
-		sink = exporter.NewJSONLines(stdout, exporter.NewEncoder(cfg.nodeName, instance))
-	} else {
+		out = stdout
+	}
+	var msgs exporter.MessageSink
+	if kafka != nil {
+		msgs = kafka
+	}
+	if out == nil && msgs == nil {
 		log.Warn("no event sink is enabled: events are counted in metrics only")
 	}
-	log.Info("capturing outbound TCP connects", "node", cfg.nodeName, "instance", instance,
-		"cgroup_root", cfg.cgroupRoot, "metrics", cfg.metricsAddr, "stdout", cfg.stdout, "kubernetes", pods != nil)
+	stream := exporter.NewStream(exporter.NewEncoder(cfg.nodeName, instance), out, msgs, metrics)
+	log.Info("capturing outbound TCP connects, TLS hellos and DNS answers", "node", cfg.nodeName, "instance", instance,
+		"cgroup_root", cfg.cgroupRoot, "metrics", cfg.metricsAddr, "stdout", cfg.stdout, "kafka", kafka != nil,
+		"kubernetes", pods != nil, "policies", policies != nil)
 
 	go func() {
 		<-ctx.Done()
@@ -104,8 +146,16 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 		}
 	}()
 
-	pipeline(coll, enr, sink, metrics, log)
+	pipeline(coll, enr, stage, stream, log)
 	close(pipelineDone)
+	if kafka != nil {
+		// Deliver what is in flight, or leave it in the spool for the next run.
+		cctx, cancel := context.WithTimeout(context.Background(), kafkaCloseTimeout)
+		if err := kafka.Close(cctx); err != nil {
+			log.Error("stop kafka", "error", err)
+		}
+		cancel()
+	}
 	if ctx.Err() == nil {
 		return errors.New("the collector stopped reading events; see the log above")
 	}
@@ -133,51 +183,50 @@ func startPodIndex(ctx context.Context, cfg *runConfig, log *slog.Logger) (*enri
 }
 
 const (
-	podSyncTimeout = 30 * time.Second
+	podSyncTimeout    = 30 * time.Second
+	kafkaCloseTimeout = 10 * time.Second
 	// releaseEvery lets events held back for their pod go on when no new
 	// batch arrives to carry them.
 	releaseEvery = 250 * time.Millisecond
 )
 
 // pipeline runs until the collector closes its batches, then lets go of any
-// events still held back for their pod. One goroutine owns enrichment and
-// encoding, so neither needs locks.
-func pipeline(coll *collector.Collector, enr *enrich.Enricher, sink *exporter.JSONLines, m *exporter.Metrics, log *slog.Logger) {
-	var out []enrich.Event
-	var lastErr time.Time
-	write := func(events []enrich.Event) {
-		if len(events) == 0 {
-			return
+// events still held back for their pod and closes pending verdicts. One
+// goroutine owns enrichment, verdicts and encoding, so none needs locks.
+func pipeline(coll *collector.Collector, enr *enrich.Enricher, stage *scope.Stage, stream *exporter.Stream, log *slog.Logger) {
+	var (
+		enriched []enrich.Event
+		judged   []scope.Event
+		lastErr  time.Time
+	)
+	write := func(events []scope.Event) {
+		if err := stream.Write(events); err != nil && time.Since(lastErr) > time.Minute {
+			log.Error("events not written", "error", err, "events", len(events))
+			lastErr = time.Now()
 		}
-		if sink != nil {
-			if err := sink.Write(events); err != nil {
-				m.SinkFailed("stdout")
-				if time.Since(lastErr) > time.Minute {
-					log.Error("events not written", "error", err, "events", len(events))
-					lastErr = time.Now()
-				}
-				return
-			}
-		}
-		m.Written(events)
 	}
 	tick := time.NewTicker(releaseEvery)
 	defer tick.Stop()
 	for {
 		select {
 		case b, ok := <-coll.Batches():
+			now := time.Now()
 			if !ok {
-				write(enr.Release(out[:0], time.Now(), true))
+				enriched = enr.Release(enriched[:0], now, true)
+				judged = stage.JudgeBatch(enriched, judged[:0], now)
+				write(stage.Expire(judged, now, true))
 				return
 			}
-			out = enr.EnrichBatch(b.Events, out, time.Now())
+			enriched = enr.EnrichBatch(b.Events, enriched, now)
 			coll.Release(b)
-			write(out)
+			write(stage.JudgeBatch(enriched, judged[:0], now))
 		case now := <-tick.C:
+			enriched = enriched[:0]
 			if enr.Waiting() > 0 {
-				out = enr.Release(out[:0], now, false)
-				write(out)
+				enriched = enr.Release(enriched, now, false)
 			}
+			judged = stage.JudgeBatch(enriched, judged[:0], now)
+			write(stage.Expire(judged, now, false))
 		}
 	}
 }

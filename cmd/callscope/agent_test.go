@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"io"
 	"net"
@@ -78,6 +79,7 @@ type agent struct {
 	metrics string
 	mu      sync.Mutex
 	events  []event
+	raw     [][]byte // the lines of events, as written
 	bad     []string
 	done    chan struct{}
 }
@@ -160,6 +162,7 @@ func startAgent(t *testing.T, args ...string) *agent {
 				a.bad = append(a.bad, sc.Text())
 			} else {
 				a.events = append(a.events, e)
+				a.raw = append(a.raw, bytes.Clone(sc.Bytes()))
 			}
 			a.mu.Unlock()
 		}
@@ -211,6 +214,19 @@ func (a *agent) await(t *testing.T, pid, n int) []event {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// lines returns the lines of pid's events so far.
+func (a *agent) lines(pid int) [][]byte {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out [][]byte
+	for i, e := range a.events {
+		if e.Process.PID == pid {
+			out = append(out, a.raw[i])
+		}
+	}
+	return out
 }
 
 type testLog struct {
@@ -320,6 +336,10 @@ func TestAgentReportsConnects(t *testing.T) {
 		e := a.await(t, cmd.Process.Pid, 1)[0]
 		if e.Process.Comm != "curl" || e.Outcome != "established" || e.Dst.Port != dst4.Port() {
 			t.Errorf("curl's event: %+v", e)
+		}
+		// curl is gone before its /proc can be read: its execve tells.
+		if e.Process.Exe != curl || e.Identity != "exe:"+curl+" uid:0" || len(e.Process.Cmdline) != 5 {
+			t.Errorf("short-lived curl: process %+v identity %q, want exe %s", e.Process, e.Identity, curl)
 		}
 	}
 

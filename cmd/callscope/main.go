@@ -20,6 +20,7 @@ const usage = `callscope: which machine identity called what, and was it allowed
 Usage:
   callscope run [flags]             run the agent (callscope run -h lists the flags)
   callscope policy check PATH...    validate CallScope files or folders; exit 0 or 1
+  callscope tail [flags]            read the Kafka stream back, human friendly (callscope tail -h lists the flags)
   callscope version                 print the version
 `
 
@@ -46,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runAgent(cfg, stdout, stderr)
 	case "policy":
 		return policyCommand(args[1:], stdout, stderr)
+	case "tail":
+		return tailCommand(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "callscope %s (%s, %s/%s)\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -8,15 +9,18 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/enrich"
 	"github.com/callscope/callscope/exporter"
+	"github.com/callscope/callscope/scope"
 )
 
 // BenchmarkPipeline measures the user-space cost per event after decoding:
-// enrichment on a cache hit and JSON encoding, written in batches of 256 as
-// the agent does. Decoding is measured by collector's BenchmarkDecode.
+// enrichment on a cache hit, a verdict against 1,000 CallScopes and JSON
+// encoding, in batches of 256 as the agent does. Decoding is measured by
+// collector's BenchmarkDecode.
 func BenchmarkPipeline(b *testing.B) {
 	root, err := collector.Cgroup2Mount()
 	if err != nil {
@@ -40,17 +44,34 @@ func BenchmarkPipeline(b *testing.B) {
 		}
 		copy(batch[i].Comm[:], "billing")
 	}
-	sink := exporter.NewJSONLines(io.Discard, exporter.NewEncoder("worker-1", "0123456789abcdef"))
-	out := make([]enrich.Event, len(batch))
+	exe, _ := os.Executable()
+	var policies strings.Builder
+	for i := range 999 {
+		fmt.Fprintf(&policies, "---\napiVersion: callscope.dev/v1alpha1\nkind: CallScope\nmetadata: {name: team-%d}\nspec:\n  subject: {namespace: ns-%d}\n  egress: [{to: [{cidr: 10.%d.0.0/16}], ports: [443]}]\n", i, i, i%256)
+	}
+	fmt.Fprintf(&policies, "---\napiVersion: callscope.dev/v1alpha1\nkind: CallScope\nmetadata: {name: bench}\nspec:\n  subject: {exe: %q}\n  egress: [{to: [{cidr: 10.96.0.0/12}], ports: [443]}]\n", exe)
+	parsed, err := scope.Parse("bench.yaml", []byte(policies.String()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	stage := scope.NewStage(scope.StageConfig{Policies: scope.NewPolicies(scope.Compile(parsed))})
+	stream := exporter.NewStream(exporter.NewEncoder("worker-1", "0123456789abcdef"), io.Discard, nil, nil)
+	var (
+		enriched []enrich.Event
+		judged   []scope.Event
+	)
+	now := time.Now()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		for i := range batch {
-			enr.Enrich(&batch[i], &out[i])
-		}
-		if err := sink.Write(out); err != nil {
+		enriched = enr.EnrichBatch(batch, enriched, now)
+		judged = stage.JudgeBatch(enriched, judged[:0], now)
+		if err := stream.Write(judged); err != nil {
 			b.Fatal(err)
 		}
+	}
+	if judged[0].Scope.Verdict != scope.Allowed {
+		b.Fatalf("verdict %v, want allowed: the benchmark would not judge as the agent does", judged[0].Scope.Verdict)
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch)), "ns/event")
 	b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "events/s")

@@ -1,0 +1,528 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/callscope/callscope/exporter"
+)
+
+// tailConfig is what `callscope tail` is told.
+type tailConfig struct {
+	brokers          string
+	topic            string
+	violationsTopic  string
+	violations       bool
+	json             bool
+	fromBeginning    bool
+	tls              bool
+	caFile           string
+	certFile         string
+	keyFile          string
+	saslMechanism    string
+	saslUsername     string
+	saslPasswordFile string
+
+	// gapGrace is how long a missing seq may take to arrive from another
+	// partition before it is reported as a gap.
+	gapGrace time.Duration
+}
+
+// tailFlags declares the flags of `callscope tail`; the Kafka ones are
+// named as run's, and like them may be set as CALLSCOPE_<NAME>.
+func tailFlags(cfg *tailConfig) *flag.FlagSet {
+	fs := flag.NewFlagSet("callscope tail", flag.ContinueOnError)
+	fs.StringVar(&cfg.brokers, "kafka-brokers", "", "Kafka brokers as `host:port,...`")
+	fs.StringVar(&cfg.topic, "kafka-topic", "callscope.events", "Kafka `topic` of every event")
+	fs.StringVar(&cfg.violationsTopic, "kafka-violations-topic", "callscope.violations", "Kafka `topic` of violations")
+	fs.BoolVar(&cfg.violations, "violations", false, "read the violations topic rather than every event")
+	fs.BoolVar(&cfg.json, "json", false, "print each event's JSON as it is")
+	fs.BoolVar(&cfg.fromBeginning, "from-beginning", false, "start from the oldest event Kafka keeps rather than from now")
+	fs.BoolVar(&cfg.tls, "kafka-tls", false, "connect to the brokers over TLS")
+	fs.StringVar(&cfg.caFile, "kafka-ca-file", "", "PEM `file` of the CAs that sign the brokers' certificates (default the system's)")
+	fs.StringVar(&cfg.certFile, "kafka-cert-file", "", "PEM client certificate `file` for TLS to the brokers")
+	fs.StringVar(&cfg.keyFile, "kafka-key-file", "", "PEM client key `file` for TLS to the brokers")
+	fs.StringVar(&cfg.saslMechanism, "kafka-sasl-mechanism", "", "SASL `mechanism`: plain, scram-sha-256 or scram-sha-512; empty turns SASL off")
+	fs.StringVar(&cfg.saslUsername, "kafka-sasl-username", "", "SASL user `name`")
+	fs.StringVar(&cfg.saslPasswordFile, "kafka-sasl-password-file", "", "`file` holding the SASL password")
+	return fs
+}
+
+// tailCommand runs `callscope tail` until SIGINT or SIGTERM.
+func tailCommand(args []string, stdout, stderr io.Writer) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return runTail(ctx, args, os.Getenv, stdout, stderr)
+}
+
+func parseTailConfig(args []string, getenv func(string) string, stderr io.Writer) (*tailConfig, error) {
+	cfg := &tailConfig{gapGrace: 3 * time.Second}
+	fs := tailFlags(cfg)
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v := getenv(envName(f.Name)); v != "" && !set[f.Name] && err == nil {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = fmt.Errorf("%s: invalid value %q for --%s", envName(f.Name), v, f.Name)
+			}
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.brokers == "" {
+		return nil, errors.New("tail: --kafka-brokers (or CALLSCOPE_KAFKA_BROKERS) is needed")
+	}
+	return cfg, nil
+}
+
+func (cfg *tailConfig) dialer() (*kafka.Dialer, error) {
+	d := &kafka.Dialer{Timeout: 10 * time.Second, ClientID: "callscope-tail"}
+	if cfg.tls || cfg.caFile != "" || cfg.certFile != "" {
+		tc, err := exporter.KafkaTLSConfig(cfg.caFile, cfg.certFile, cfg.keyFile)
+		if err != nil {
+			return nil, err
+		}
+		d.TLS = tc
+	}
+	var password string
+	if cfg.saslPasswordFile != "" {
+		b, err := os.ReadFile(cfg.saslPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("--kafka-sasl-password-file: %w", err)
+		}
+		password = strings.TrimRight(string(b), "\r\n")
+	}
+	mech, err := exporter.KafkaSASL(cfg.saslMechanism, cfg.saslUsername, password)
+	if err != nil {
+		return nil, err
+	}
+	d.SASLMechanism = mech
+	return d, nil
+}
+
+// runTail reads the topic, from every partition, and prints its events
+// until ctx is done.
+func runTail(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseTailConfig(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	dialer, err := cfg.dialer()
+	if err != nil {
+		return err
+	}
+	topic := cfg.topic
+	if cfg.violations {
+		topic = cfg.violationsTopic
+	}
+	brokers := splitList(cfg.brokers)
+	partitions, err := lookupPartitions(ctx, dialer, brokers, topic)
+	if err != nil {
+		// Brokers answer bad credentials with an error, or just hang up.
+		if dialer.SASLMechanism != nil && (errors.Is(err, kafka.SASLAuthenticationFailed) ||
+			errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+			return fmt.Errorf("%w: Kafka authentication failed? check --kafka-sasl-mechanism, --kafka-sasl-username and the password file", err)
+		}
+		return err
+	}
+
+	// Cancelled on return, so that no reader is left behind.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	msgs := make(chan kafka.Message, 256)
+	var wg sync.WaitGroup
+	readers := make([]*kafka.Reader, 0, len(partitions))
+	defer func() {
+		for _, r := range readers {
+			r.Close()
+		}
+	}()
+	for _, p := range partitions {
+		r := kafka.NewReader(kafka.ReaderConfig{
+			Brokers:   brokers,
+			Topic:     topic,
+			Partition: p.ID,
+			Dialer:    dialer,
+			MaxWait:   500 * time.Millisecond,
+			ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+				fmt.Fprintf(stderr, "kafka: "+msg+"\n", args...)
+			}),
+		})
+		offset := kafka.LastOffset
+		if cfg.fromBeginning {
+			offset = kafka.FirstOffset
+		}
+		if err := r.SetOffset(offset); err != nil {
+			r.Close()
+			return fmt.Errorf("partition %d: %w", p.ID, err)
+		}
+		readers = append(readers, r)
+		wg.Go(func() {
+			for {
+				m, err := r.ReadMessage(ctx)
+				if err != nil {
+					return // ctx is done, or the reader was closed
+				}
+				select {
+				case msgs <- m:
+				case <-ctx.Done():
+					return
+				}
+			}
+		})
+	}
+	go func() {
+		wg.Wait()
+		close(msgs)
+	}()
+
+	p := &tailPrinter{out: stdout, json: cfg.json, color: isTerminal(stdout) && getenv("NO_COLOR") == ""}
+	// Gaps only mean something where every event goes: the violations
+	// topic has gaps by design. One partition keeps order, so a gap there
+	// is a gap at once.
+	var gaps *seqTracker
+	if !cfg.violations {
+		grace := cfg.gapGrace
+		if len(partitions) == 1 {
+			grace = 0
+		}
+		gaps = newSeqTracker(grace, func(g gap) {
+			fmt.Fprintf(stderr, "gap: instance %s seq %d..%d missing (%d events)\n", g.instance, g.from, g.to, g.to-g.from+1)
+		})
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				return nil
+			}
+			ev := p.print(m.Value)
+			if gaps != nil && ev != nil {
+				if instance, seq, ok := ev.instanceSeq(); ok {
+					gaps.see(instance, seq, time.Now())
+				}
+			}
+		case now := <-tick.C:
+			if gaps != nil {
+				gaps.flush(now)
+			}
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// lookupPartitions asks the brokers in turn for the topic's partitions.
+func lookupPartitions(ctx context.Context, d *kafka.Dialer, brokers []string, topic string) ([]kafka.Partition, error) {
+	var errs []error
+	for _, b := range brokers {
+		ps, err := d.LookupPartitions(ctx, "tcp", b, topic)
+		if err == nil && len(ps) > 0 {
+			slices.SortFunc(ps, func(a, b kafka.Partition) int { return a.ID - b.ID })
+			return ps, nil
+		}
+		if err == nil {
+			err = errors.New("no partitions")
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", b, err))
+		if errors.Is(err, kafka.UnknownTopicOrPartition) || errors.Is(err, kafka.SASLAuthenticationFailed) {
+			break // every broker would say the same
+		}
+	}
+	return nil, fmt.Errorf("topic %s: %w", topic, errors.Join(errs...))
+}
+
+// isTerminal says whether w is a terminal, where colour helps.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// tailEvent is the part of an event tail prints.
+type tailEvent struct {
+	ID       string    `json:"id"`
+	Seq      uint64    `json:"seq"`
+	Time     time.Time `json:"time"`
+	Kind     string    `json:"kind"`
+	Outcome  string    `json:"outcome"`
+	Identity string    `json:"identity"`
+	Dst      *struct {
+		IP   string `json:"ip"`
+		Port uint16 `json:"port"`
+		Name string `json:"name"`
+	} `json:"dst"`
+	TLS *struct {
+		SNI string `json:"sni"`
+	} `json:"tls"`
+	Process *struct {
+		PID  int    `json:"pid"`
+		Comm string `json:"comm"`
+	} `json:"process"`
+	Scope *struct {
+		Verdict string `json:"verdict"`
+		Policy  string `json:"policy"`
+		Reason  string `json:"reason"`
+	} `json:"scope"`
+	Loss *struct {
+		Stage  string `json:"stage"`
+		Reason string `json:"reason"`
+		Count  uint64 `json:"count"`
+	} `json:"loss"`
+}
+
+// instanceSeq returns the agent instance of the event (its id is
+// "<instance>-<seq>") and its seq.
+func (ev *tailEvent) instanceSeq() (string, uint64, bool) {
+	i := strings.LastIndexByte(ev.ID, '-')
+	if i <= 0 || ev.Seq == 0 {
+		return "", 0, false
+	}
+	return ev.ID[:i], ev.Seq, true
+}
+
+const (
+	ansiRed    = "\x1b[31m"
+	ansiGreen  = "\x1b[32m"
+	ansiYellow = "\x1b[33m"
+	ansiDim    = "\x1b[2m"
+	ansiReset  = "\x1b[0m"
+)
+
+type tailPrinter struct {
+	out   io.Writer
+	json  bool
+	color bool
+	line  []byte
+}
+
+// print writes one line for the event in value and returns the event, or
+// nil when value is not one.
+func (p *tailPrinter) print(value []byte) *tailEvent {
+	var ev tailEvent
+	err := json.Unmarshal(value, &ev)
+	if p.json {
+		p.line = append(append(p.line[:0], value...), '\n')
+		p.out.Write(p.line)
+	}
+	if err != nil {
+		if !p.json {
+			fmt.Fprintf(p.out, "not an event: %q\n", value)
+		}
+		return nil
+	}
+	if !p.json {
+		p.line = p.format(p.line[:0], &ev)
+		p.out.Write(p.line)
+	}
+	return &ev
+}
+
+// format renders ev as: time, identity → destination, kind, outcome, verdict.
+func (p *tailPrinter) format(b []byte, ev *tailEvent) []byte {
+	b = ev.Time.UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z")
+	b = append(b, ' ')
+	if ev.Kind == "loss" && ev.Loss != nil {
+		b = p.paint(b, ansiYellow, fmt.Sprintf("loss: %d events lost at %s (%s)", ev.Loss.Count, ev.Loss.Stage, ev.Loss.Reason))
+		if instance, _, ok := ev.instanceSeq(); ok {
+			b = append(b, " instance "...)
+			b = append(b, instance...)
+		}
+		return append(b, '\n')
+	}
+	switch {
+	case ev.Identity != "":
+		b = append(b, ev.Identity...)
+	case ev.Process != nil:
+		b = fmt.Appendf(b, "pid %d (%s)", ev.Process.PID, ev.Process.Comm)
+	default:
+		b = append(b, '?')
+	}
+	b = append(b, " → "...)
+	b = appendDestination(b, ev)
+	b = append(b, ' ')
+	b = append(b, ev.Kind...)
+	if ev.Outcome != "" {
+		b = append(b, ' ')
+		b = append(b, ev.Outcome...)
+	}
+	if s := ev.Scope; s != nil && s.Verdict != "" {
+		b = append(b, ' ')
+		switch s.Verdict {
+		case "violation":
+			v := s.Verdict
+			if s.Policy != "" || s.Reason != "" {
+				v += " (" + strings.TrimPrefix(s.Policy+": "+s.Reason, ": ") + ")"
+			}
+			b = p.paint(b, ansiRed, v)
+		case "allowed":
+			b = p.paint(b, ansiGreen, s.Verdict)
+		case "pending":
+			b = p.paint(b, ansiYellow, s.Verdict)
+		default:
+			b = p.paint(b, ansiDim, s.Verdict)
+		}
+	}
+	return append(b, '\n')
+}
+
+func (p *tailPrinter) paint(b []byte, color, s string) []byte {
+	if !p.color {
+		return append(b, s...)
+	}
+	b = append(b, color...)
+	b = append(b, s...)
+	return append(b, ansiReset...)
+}
+
+// appendDestination writes the name called when known, else the address.
+func appendDestination(b []byte, ev *tailEvent) []byte {
+	name := ""
+	if ev.TLS != nil {
+		name = ev.TLS.SNI
+	}
+	if ev.Dst != nil && ev.Dst.Name != "" {
+		name = ev.Dst.Name
+	}
+	switch {
+	case ev.Dst == nil && name == "":
+		return append(b, '?')
+	case ev.Dst == nil:
+		return append(b, name...)
+	case name != "":
+		return append(b, net.JoinHostPort(name, strconv.Itoa(int(ev.Dst.Port)))...)
+	}
+	return append(b, net.JoinHostPort(ev.Dst.IP, strconv.Itoa(int(ev.Dst.Port)))...)
+}
+
+// seqTracker finds the seqs of each agent instance that never came. Events
+// of one instance are spread over partitions, which Kafka does not order
+// among themselves: a seq ahead of the next expected waits grace for those
+// before it before they are reported missing. Duplicates (delivery is at
+// least once) and events older than the first seen are ignored.
+type seqTracker struct {
+	grace     time.Duration
+	report    func(gap)
+	instances map[string]*instanceSeqs
+}
+
+type gap struct {
+	instance string
+	from, to uint64 // inclusive
+}
+
+type instanceSeqs struct {
+	next  uint64               // lowest seq not seen yet
+	ahead map[uint64]time.Time // seen, above next, and when
+	since time.Time            // when the oldest of ahead came
+}
+
+// maxAhead bounds the seqs held per instance while a gap waits.
+const maxAhead = 1 << 16
+
+func newSeqTracker(grace time.Duration, report func(gap)) *seqTracker {
+	return &seqTracker{grace: grace, report: report, instances: map[string]*instanceSeqs{}}
+}
+
+func (t *seqTracker) see(instance string, seq uint64, now time.Time) {
+	in := t.instances[instance]
+	if in == nil {
+		t.instances[instance] = &instanceSeqs{next: seq + 1, ahead: map[uint64]time.Time{}}
+		return
+	}
+	switch {
+	case seq < in.next:
+		return
+	case seq == in.next:
+		in.next++
+		in.advance()
+	default:
+		if len(in.ahead) == 0 {
+			in.since = now
+		}
+		if _, dup := in.ahead[seq]; !dup {
+			in.ahead[seq] = now
+		}
+	}
+	t.skip(instance, in, now)
+}
+
+// flush reports the gaps that waited long enough.
+func (t *seqTracker) flush(now time.Time) {
+	for instance, in := range t.instances {
+		t.skip(instance, in, now)
+	}
+}
+
+// skip reports the gaps before the seqs seen ahead that waited long
+// enough, and moves on past them.
+func (t *seqTracker) skip(instance string, in *instanceSeqs, now time.Time) {
+	for len(in.ahead) > 0 && (now.Sub(in.since) >= t.grace || len(in.ahead) > maxAhead) {
+		low := uint64(0)
+		for s := range in.ahead {
+			if low == 0 || s < low {
+				low = s
+			}
+		}
+		t.report(gap{instance: instance, from: in.next, to: low - 1})
+		in.next = low
+		in.advance()
+		in.since = now
+		for _, at := range in.ahead {
+			if at.Before(in.since) {
+				in.since = at
+			}
+		}
+	}
+}
+
+// advance moves next past the seqs already seen ahead.
+func (in *instanceSeqs) advance() {
+	for {
+		if _, ok := in.ahead[in.next]; !ok {
+			return
+		}
+		delete(in.ahead, in.next)
+		in.next++
+	}
+}
