@@ -56,8 +56,16 @@ func (c *procCache) get(pid uint32, startNS uint64, uid uint32) (p *cachedProces
 	p, err := readProcess(c.root, k)
 	if err != nil {
 		p = nil
+	}
+	// A process gone, or a zombie whose exe and cmdline are already
+	// unreadable, keeps what its execve told.
+	if p == nil || p.Exe == "" {
 		if x, ok := c.execs.Get(k); ok {
-			p = &cachedProcess{Process: Process{Exe: x.Path, Cmdline: x.Args, PPID: x.PPID, FromExec: true}}
+			ppid := x.PPID
+			if p != nil && p.PPID != 0 {
+				ppid = p.PPID
+			}
+			p = &cachedProcess{Process: Process{Exe: x.Path, Cmdline: x.Args, PPID: ppid, FromExec: true}}
 		}
 	}
 	if p != nil && p.Exe != "" {
