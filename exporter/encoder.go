@@ -31,6 +31,34 @@ type Encoder struct {
 	instance string
 	seq      uint64
 	reason   []byte // scratch for a verdict's reason, escaped on its way out
+	// The formatted second of the last event: events come in bursts of
+	// the same second, and formatting a date costs more than the rest of
+	// the timestamp.
+	sec    int64
+	secFmt []byte
+	// facts holds each process's exe and cmdline, encoded. The key keeps
+	// the Process alive, so an address is never reused while it is here.
+	facts map[*enrich.Process][]byte
+}
+
+// appendTime appends t (Unix nanoseconds) in timeLayout.
+func (e *Encoder) appendTime(dst []byte, t int64) []byte {
+	if t < 0 {
+		return time.Unix(0, t).UTC().AppendFormat(dst, timeLayout)
+	}
+	sec, nsec := t/1e9, t%1e9
+	if sec != e.sec || e.secFmt == nil {
+		e.sec = sec
+		e.secFmt = time.Unix(sec, 0).UTC().AppendFormat(e.secFmt[:0], "2006-01-02T15:04:05.")
+	}
+	dst = append(dst, e.secFmt...)
+	var frac [9]byte
+	for i := len(frac) - 1; i >= 0; i-- {
+		frac[i] = byte('0' + nsec%10)
+		nsec /= 10
+	}
+	dst = append(dst, frac[:]...)
+	return append(dst, 'Z')
 }
 
 // NewEncoder returns an Encoder for events of node. instance is an id of
@@ -59,7 +87,7 @@ func (e *Encoder) Append(dst []byte, sev *scope.Event) []byte {
 	dst = append(dst, `","seq":`...)
 	dst = strconv.AppendUint(dst, e.seq, 10)
 	dst = append(dst, `,"time":"`...)
-	dst = time.Unix(0, ev.Time).UTC().AppendFormat(dst, timeLayout)
+	dst = e.appendTime(dst, ev.Time)
 	dst = append(dst, '"')
 	if e.node != "" {
 		dst = append(dst, `,"node":`...)
@@ -71,7 +99,7 @@ func (e *Encoder) Append(dst []byte, sev *scope.Event) []byte {
 
 	switch ev.Kind {
 	case collector.KindConnect, collector.KindTLS, collector.KindVerdict:
-		dst = appendCall(dst, ev)
+		dst = e.appendCall(dst, ev)
 		if sev.Scope.Verdict != 0 {
 			dst = e.appendScope(dst, sev)
 		}
@@ -106,7 +134,7 @@ func (e *Encoder) appendScope(dst []byte, ev *scope.Event) []byte {
 
 // appendCall writes what connect, tls and verdict events share: the
 // connection, its caller and, by kind, its outcome or its TLS hello.
-func appendCall(dst []byte, ev *enrich.Event) []byte {
+func (e *Encoder) appendCall(dst []byte, ev *enrich.Event) []byte {
 	// Socket cookies start at 1: 0 means the kernel gave none.
 	if ev.Cookie != 0 {
 		dst = append(dst, `,"conn":"`...)
@@ -160,7 +188,7 @@ func appendCall(dst []byte, ev *enrich.Event) []byte {
 		}
 		dst = append(dst, '"')
 	}
-	dst = appendProcess(dst, ev)
+	dst = e.appendProcess(dst, ev)
 	if ev.CgroupID != 0 || ev.CgroupPath != "" {
 		dst = append(dst, `,"cgroup":{`...)
 		sep := ""
@@ -289,7 +317,7 @@ func appendOptional(dst []byte, key, v string) []byte {
 // appendProcess writes the caller. pid, tid, uid and gid come from the
 // kernel with every event, and 0 is a real uid (root), so they are always
 // written; what /proc told is written only while it was readable.
-func appendProcess(dst []byte, ev *enrich.Event) []byte {
+func (e *Encoder) appendProcess(dst []byte, ev *enrich.Event) []byte {
 	dst = append(dst, `,"process":{"pid":`...)
 	dst = strconv.AppendUint(dst, uint64(ev.PID), 10)
 	dst = append(dst, `,"tid":`...)
@@ -300,30 +328,53 @@ func appendProcess(dst []byte, ev *enrich.Event) []byte {
 		dst = append(dst, `,"comm":`...)
 		dst = appendString(dst, comm)
 	}
-	p := ev.Process
-	if p != nil && p.Exe != "" {
-		dst = append(dst, `,"exe":`...)
-		dst = appendString(dst, p.Exe)
-	}
-	if p != nil && len(p.Cmdline) > 0 {
-		dst = append(dst, `,"cmdline":[`...)
-		for i, arg := range p.Cmdline {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			dst = appendString(dst, arg)
-		}
-		dst = append(dst, ']')
+	if p := ev.Process; p != nil {
+		dst = append(dst, e.processFacts(p)...)
 	}
 	dst = append(dst, `,"uid":`...)
 	dst = strconv.AppendUint(dst, uint64(ev.UID), 10)
 	dst = append(dst, `,"gid":`...)
 	dst = strconv.AppendUint(dst, uint64(ev.GID), 10)
-	if p != nil && p.PPID != 0 {
+	if p := ev.Process; p != nil && p.PPID != 0 {
 		dst = append(dst, `,"ppid":`...)
 		dst = strconv.AppendUint(dst, uint64(p.PPID), 10)
 	}
 	return append(dst, '}')
+}
+
+// maxFacts bounds the processes whose encoded facts are kept.
+const maxFacts = 4096
+
+// processFacts returns p's exe and cmdline as JSON members. A process's
+// facts never change once cached, and its events come in runs, so they
+// are escaped once per process rather than once per event: escaping a
+// command line is most of the cost of an event.
+func (e *Encoder) processFacts(p *enrich.Process) []byte {
+	if f, ok := e.facts[p]; ok {
+		return f
+	}
+	var f []byte
+	if p.Exe != "" {
+		f = append(f, `,"exe":`...)
+		f = appendString(f, p.Exe)
+	}
+	if len(p.Cmdline) > 0 {
+		f = append(f, `,"cmdline":[`...)
+		for i, arg := range p.Cmdline {
+			if i > 0 {
+				f = append(f, ',')
+			}
+			f = appendString(f, arg)
+		}
+		f = append(f, ']')
+	}
+	if e.facts == nil || len(e.facts) >= maxFacts {
+		// Dropping them all is simpler than an LRU and as good: the
+		// processes that are still calling are encoded again at once.
+		e.facts = make(map[*enrich.Process][]byte, maxFacts)
+	}
+	e.facts[p] = f
+	return f
 }
 
 func appendAddrPort(dst []byte, ap netip.AddrPort) []byte {

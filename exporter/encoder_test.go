@@ -474,3 +474,16 @@ func TestEncoderWorkload(t *testing.T) {
 		})
 	}
 }
+
+// TestAppendTime: the cached second gives what time.Format gives, across
+// second, day and year boundaries.
+func TestAppendTime(t *testing.T) {
+	e := NewEncoder("", "")
+	base := time.Date(2026, 12, 31, 23, 59, 58, 999_999_999, time.UTC).UnixNano()
+	for _, ts := range []int64{0, 1, 999_999_999, 1e9, base, base + 1, base + 1e9, base + 1e9 + 1, base + 2e9, base - 5e9, -1} {
+		got := string(e.appendTime(nil, ts))
+		if want := time.Unix(0, ts).UTC().Format(timeLayout); got != want {
+			t.Errorf("%d: %s, want %s", ts, got, want)
+		}
+	}
+}
