@@ -411,15 +411,27 @@ func appendString(dst []byte, s string) []byte {
 // caller made them) come out as valid JSON that decodes to what
 // encoding/json would give. The HTML escapes of <, > and & are left out:
 // nothing reading these lines renders them as HTML.
+// jsonPlain marks the bytes that stand for themselves in a JSON string:
+// printable ASCII but '"' and '\\'.
+var jsonPlain = func() (t [256]bool) {
+	for b := 0x20; b < utf8.RuneSelf; b++ {
+		t[b] = b != '"' && b != '\\'
+	}
+	return t
+}()
+
 func appendEscaped(dst []byte, s string) []byte {
 	start := 0
 	for i := 0; i < len(s); {
+		// Most strings are plain ASCII: skip runs of it a table load a byte.
+		for i < len(s) && jsonPlain[s[i]] {
+			i++
+		}
+		if i == len(s) {
+			break
+		}
 		b := s[i]
 		if b < utf8.RuneSelf {
-			if b >= 0x20 && b != '"' && b != '\\' {
-				i++
-				continue
-			}
 			dst = append(dst, s[start:i]...)
 			switch b {
 			case '"', '\\':
