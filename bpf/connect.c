@@ -20,8 +20,8 @@
  * A hash map rather than socket storage: allocating socket storage on every
  * connect cost several times more than the rest of the path together.
  *
- * After its outcome, an established connect stays in the map until its
- * first payload: cgroup_skb/egress copies the client's first flight when it
+ * After its outcome, an established connect moves to a second map (an LRU)
+ * until its first payloads: cgroup_skb/egress copies the client's first flight when it
  * is a TLS handshake record (the ClientHello, also when it spans segments),
  * and cgroup_skb/ingress the server's first bytes (the ServerHello). Each
  * packet of other traffic costs one hash lookup that misses. The same
@@ -187,13 +187,38 @@ struct {
 	__type(value, struct conn);
 } conns SEC(".maps");
 
-/* Where a payload record is put together before it goes to the ring. */
+/*
+ * Established connects waiting for their first payloads, by socket cookie.
+ * Apart from conns, so that idle connections can never take the room that
+ * connects need to report their outcome; an LRU, as what an eviction loses
+ * is one connection's TLS hello, not an event.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768); /* resized by the loader */
+	__type(key, __u64);
+	__type(value, struct conn);
+} hellos SEC(".maps");
+
+/*
+ * Where a payload record is put together before it goes to the ring: one
+ * slot per nesting level, as a softirq can run ingress on a CPU whose
+ * egress or exec program it interrupted.
+ */
+#define SCRATCH_SLOTS 3
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SCRATCH_SLOTS);
+	__type(key, __u32);
+	__type(value, struct payload_event);
+} scratch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct payload_event);
-} scratch SEC(".maps");
+	__type(value, __u32);
+} scratch_depth SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -359,19 +384,21 @@ static __always_inline void report(struct bpf_sock_ops *skops, __u8 outcome, __s
 {
 	__u64 cookie = bpf_get_socket_cookie(skops);
 	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
-	if (!c)
-		return; /* not an outbound connect seen at TCP_CONNECT */
-	if (c->phase != PHASE_CONNECTING) {
-		/* Closed while waiting for its first payloads: nothing to tell. */
+	if (!c) {
+		/* Not an outbound connect awaiting its outcome; if it was one
+		 * waiting for its first payloads, it closed: nothing to tell. */
 		if (outcome == OUTCOME_CLOSED)
-			bpf_map_delete_elem(&conns, &cookie);
+			bpf_map_delete_elem(&hellos, &cookie);
 		return;
 	}
 	emit(skops, cookie, &c->caller, outcome, err);
-	if (outcome == OUTCOME_ESTABLISHED)
-		c->phase = PHASE_FIRST_FLIGHT; /* keep it for the ClientHello */
-	else
-		bpf_map_delete_elem(&conns, &cookie);
+	if (outcome == OUTCOME_ESTABLISHED) {
+		/* Keep the caller for the ClientHello. */
+		struct conn h = *c;
+		h.phase = PHASE_FIRST_FLIGHT;
+		bpf_map_update_elem(&hellos, &cookie, &h, BPF_ANY);
+	}
+	bpf_map_delete_elem(&conns, &cookie);
 }
 
 SEC("sockops")
@@ -556,17 +583,51 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p)
  * record. The record goes through a per-CPU scratch buffer so that the ring
  * holds only the bytes copied, not PAYLOAD_MAX for every record.
  */
+static __always_inline struct payload_event *scratch_enter(void)
+{
+	__u32 zero = 0;
+	__u32 *depth = bpf_map_lookup_elem(&scratch_depth, &zero);
+	if (!depth)
+		return NULL;
+	__u32 slot = *depth;
+	if (slot >= SCRATCH_SLOTS) {
+		count(STAT_PAYLOAD_LOST);
+		return NULL;
+	}
+	struct payload_event *e = bpf_map_lookup_elem(&scratch, &slot);
+	if (e)
+		*depth = slot + 1;
+	return e;
+}
+
+static __always_inline void scratch_exit(void)
+{
+	__u32 zero = 0;
+	__u32 *depth = bpf_map_lookup_elem(&scratch_depth, &zero);
+	if (depth && *depth > 0)
+		*depth -= 1;
+}
+
+static __always_inline void fill_payload(struct __sk_buff *skb, struct packet *p, struct payload_event *e, __u8 kind,
+					 struct caller *c, __u64 cookie, __u32 n, __u16 offset, __u16 want, __u8 more);
+
 static __always_inline void emit_payload(struct __sk_buff *skb, struct packet *p, __u8 kind, struct caller *c,
 					 __u64 cookie, __u32 n, __u16 offset, __u16 want, __u8 more)
 {
-	__u32 key = 0;
-	struct payload_event *e = bpf_map_lookup_elem(&scratch, &key);
-	if (!e)
-		return;
 	if (n > PAYLOAD_MAX)
 		n = PAYLOAD_MAX;
 	if (n == 0)
 		return;
+	struct payload_event *e = scratch_enter();
+	if (!e)
+		return;
+	fill_payload(skb, p, e, kind, c, cookie, n, offset, want, more);
+	scratch_exit();
+}
+
+static __always_inline void fill_payload(struct __sk_buff *skb, struct packet *p, struct payload_event *e, __u8 kind,
+					 struct caller *c, __u64 cookie, __u32 n, __u16 offset, __u16 want, __u8 more)
+{
 	/*
 	 * Restate 1 <= n <= PAYLOAD_MAX in a form the verifier follows: clang
 	 * tests a copy of n above, so the bound would not reach the call.
@@ -606,7 +667,7 @@ SEC("cgroup_skb/egress")
 int egress(struct __sk_buff *skb)
 {
 	__u64 cookie = bpf_get_socket_cookie(skb);
-	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+	struct conn *c = bpf_map_lookup_elem(&hellos, &cookie);
 	/* The fast path of bulk traffic: a connection not being inspected. */
 	if (!c || (c->phase != PHASE_FIRST_FLIGHT && c->phase != PHASE_CLIENT_HELLO))
 		return 1;
@@ -619,7 +680,7 @@ int egress(struct __sk_buff *skb)
 		__u8 h[5];
 		/* A TLS handshake record: type 22, version 3.x, then its length. */
 		if (p.len < sizeof(h) || bpf_skb_load_bytes(skb, p.payload, h, sizeof(h)) || h[0] != 0x16 || h[1] != 3) {
-			bpf_map_delete_elem(&conns, &cookie); /* not TLS: done with it */
+			bpf_map_delete_elem(&hellos, &cookie); /* not TLS: done with it */
 			return 1;
 		}
 		__u32 want = 5 + (((__u32)h[3] << 8) | h[4]);
@@ -643,11 +704,17 @@ int egress(struct __sk_buff *skb)
 
 	/* PHASE_CLIENT_HELLO: the next segment of a ClientHello. */
 	if (p.seq != c->next_seq) {
-		if ((__s32)(p.seq - c->next_seq) < 0)
+		__s32 seen = (__s32)(c->next_seq - p.seq);
+		if (seen <= 0) {
+			/* A gap: user space reports the hello as truncated. */
+			c->phase = PHASE_SERVER_HELLO;
+			return 1;
+		}
+		if ((__u32)seen >= p.len)
 			return 1; /* a retransmission of what was copied */
-		/* A gap: user space reports the hello as truncated. */
-		c->phase = PHASE_SERVER_HELLO;
-		return 1;
+		/* A retransmission merged with new bytes: take the new ones. */
+		p.payload += seen;
+		p.len -= seen;
 	}
 	__u32 n = c->want > c->got ? c->want - c->got : 0;
 	if (n > p.len)
@@ -686,8 +753,8 @@ int ingress(struct __sk_buff *skb)
 {
 	struct packet p;
 	__u64 cookie = bpf_get_socket_cookie(skb);
-	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
-	if (c && c->phase != PHASE_CONNECTING) {
+	struct conn *c = bpf_map_lookup_elem(&hellos, &cookie);
+	if (c) {
 		if (parse_packet(skb, &p) || p.proto != IPPROTO_TCP || p.len == 0)
 			return 1;
 		if (c->phase == PHASE_SERVER_HELLO)
@@ -697,7 +764,7 @@ int ingress(struct __sk_buff *skb)
 		 * The server has spoken: its hello is read, or it spoke first and
 		 * no ClientHello will lead the connection. Either way, done.
 		 */
-		bpf_map_delete_elem(&conns, &cookie);
+		bpf_map_delete_elem(&hellos, &cookie);
 		return 1;
 	}
 
@@ -728,13 +795,23 @@ struct exec_ctx {
  * command line. The record holds the path (NUL-terminated) at data[0] and
  * the arguments at data[EXEC_PATH_MAX]; offset and want give their lengths.
  */
+static __always_inline void fill_exec(struct exec_ctx *ctx, struct payload_event *e);
+
 SEC("tracepoint/sched/sched_process_exec")
 int process_exec(struct exec_ctx *ctx)
 {
-	__u32 key = 0;
-	struct payload_event *e = bpf_map_lookup_elem(&scratch, &key);
-	if (!e)
+	struct payload_event *e = scratch_enter();
+	if (!e) {
+		count(STAT_EXEC_LOST);
 		return 0;
+	}
+	fill_exec(ctx, e);
+	scratch_exit();
+	return 0;
+}
+
+static __always_inline void fill_exec(struct exec_ctx *ctx, struct payload_event *e)
+{
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 
 	__builtin_memset(&e->ev, 0, sizeof(e->ev));
@@ -766,11 +843,10 @@ int process_exec(struct exec_ctx *ctx)
 
 	__u64 size = sizeof(*e) - PAYLOAD_MAX + EXEC_PATH_MAX + e->want;
 	if (size > sizeof(*e))
-		return 0;
+		return;
 	__u64 flags = BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
 		flags = BPF_RB_FORCE_WAKEUP;
 	if (bpf_ringbuf_output(&events, e, size, flags))
 		count(STAT_EXEC_LOST);
-	return 0;
 }

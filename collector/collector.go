@@ -208,6 +208,7 @@ func (c *Collector) load() error {
 	}
 	spec.Maps["events"].MaxEntries = uint32(c.cfg.RingBufferBytes)
 	spec.Maps["conns"].MaxEntries = uint32(c.cfg.MaxInFlight)
+	spec.Maps["hellos"].MaxEntries = uint32(c.cfg.MaxInFlight)
 	if err := spec.Variables["wakeup_bytes"].Set(uint64(c.cfg.WakeupBytes)); err != nil {
 		return fmt.Errorf("set wakeup threshold: %w", err)
 	}
@@ -436,9 +437,13 @@ func (c *Collector) read() {
 			continue
 		}
 
-		final := c.closing.Load()
+		// Closing, the reader goes on until Close's flush: programs being
+		// detached may still write.
+		final := false
 		switch {
-		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
+		case errors.Is(err, os.ErrDeadlineExceeded):
+		case errors.Is(err, ringbuf.ErrFlushed):
+			final = c.closing.Load()
 		case errors.Is(err, os.ErrClosed):
 			final = true
 		default:
@@ -557,35 +562,27 @@ const (
 	// connExpiry outlasts the kernel's SYN retries by far (about 2 minutes
 	// by default): an entry this old will never get its outcome.
 	connExpiry = time.Hour
-	// helloExpiry ends the wait for the first payloads of an established
-	// connection: clients send their ClientHello at once, and an idle
-	// connection must not hold a slot that new connects need.
-	helloExpiry = 2 * time.Minute
 )
 
-// sweep removes connects whose outcome can no longer come (a socket that
-// some other program kept from reaching ESTABLISHED or CLOSE in our sight),
-// counted as lost, and established connections that sent nothing for
-// helloExpiry, which lose nothing: their connect was reported.
+// sweep removes connects whose outcome can no longer come: a socket that
+// some other program kept from reaching ESTABLISHED or CLOSE in our sight.
+// (Connections waiting for their first payloads are in an LRU map, which
+// needs no sweeping.)
 func (c *Collector) sweep() {
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
 		return
 	}
-	now := uint64(ts.Nano())
+	cutoff := uint64(ts.Nano()) - uint64(connExpiry)
 	var (
-		cookie           uint64
-		conn             connectConn
-		expired, drained []uint64
+		cookie  uint64
+		conn    connectConn
+		expired []uint64
 	)
 	it := c.objs.Conns.Iterate()
 	for it.Next(&cookie, &conn) {
-		age := now - conn.Caller.StartNs
-		switch {
-		case conn.Phase == uint8(connectPhasePHASE_CONNECTING) && age > uint64(connExpiry):
+		if conn.Caller.StartNs < cutoff {
 			expired = append(expired, cookie)
-		case conn.Phase != uint8(connectPhasePHASE_CONNECTING) && age > uint64(helloExpiry):
-			drained = append(drained, cookie)
 		}
 	}
 	if err := it.Err(); err != nil {
@@ -599,9 +596,6 @@ func (c *Collector) sweep() {
 	}
 	if n > 0 {
 		c.lose(lossConnExpired, n)
-	}
-	for _, k := range drained {
-		c.objs.Conns.Delete(k)
 	}
 }
 

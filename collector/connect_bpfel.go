@@ -121,8 +121,10 @@ const (
 const (
 	connectMapConns              = "conns"
 	connectMapEvents             = "events"
+	connectMapHellos             = "hellos"
 	connectMapPendings           = "pendings"
 	connectMapScratch            = "scratch"
+	connectMapScratchDepth       = "scratch_depth"
 	connectMapStats              = "stats"
 	connectProgConnect4          = "connect4"
 	connectProgConnect6          = "connect6"
@@ -198,11 +200,13 @@ type connectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectMapSpecs struct {
-	Conns    *ebpf.MapSpec `ebpf:"conns"`
-	Events   *ebpf.MapSpec `ebpf:"events"`
-	Pendings *ebpf.MapSpec `ebpf:"pendings"`
-	Scratch  *ebpf.MapSpec `ebpf:"scratch"`
-	Stats    *ebpf.MapSpec `ebpf:"stats"`
+	Conns        *ebpf.MapSpec `ebpf:"conns"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Hellos       *ebpf.MapSpec `ebpf:"hellos"`
+	Pendings     *ebpf.MapSpec `ebpf:"pendings"`
+	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
+	ScratchDepth *ebpf.MapSpec `ebpf:"scratch_depth"`
+	Stats        *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // connectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -239,19 +243,23 @@ func (o *connectObjects) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectMaps struct {
-	Conns    *ebpf.Map `ebpf:"conns"`
-	Events   *ebpf.Map `ebpf:"events"`
-	Pendings *ebpf.Map `ebpf:"pendings"`
-	Scratch  *ebpf.Map `ebpf:"scratch"`
-	Stats    *ebpf.Map `ebpf:"stats"`
+	Conns        *ebpf.Map `ebpf:"conns"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Hellos       *ebpf.Map `ebpf:"hellos"`
+	Pendings     *ebpf.Map `ebpf:"pendings"`
+	Scratch      *ebpf.Map `ebpf:"scratch"`
+	ScratchDepth *ebpf.Map `ebpf:"scratch_depth"`
+	Stats        *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *connectMaps) Close() error {
 	return _ConnectClose(
 		m.Conns,
 		m.Events,
+		m.Hellos,
 		m.Pendings,
 		m.Scratch,
+		m.ScratchDepth,
 		m.Stats,
 	)
 }

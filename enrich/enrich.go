@@ -238,6 +238,11 @@ func (e *Enricher) EnrichBatch(in []collector.Event, out []Event, now time.Time)
 		out = append(out, Event{})
 		ev := &out[len(out)-1]
 		proc, unitID, wait := e.enrich(&in[i], ev)
+		// An event of a connection whose connect is held back waits behind
+		// it: a tls event must not overtake its connect.
+		if !wait && len(e.waiting) > 0 && in[i].Cookie != 0 && e.holds(in[i].Cookie) {
+			wait = true
+		}
 		if !wait {
 			e.setIdentity(ev, proc, unitID)
 			continue
@@ -276,6 +281,16 @@ func (e *Enricher) observeDNS(in *collector.Event) {
 	} else {
 		e.names.ObserveUDP(in.NetNS, in.DNS, time.Unix(0, in.Time))
 	}
+}
+
+// holds reports whether an event of the connection is held back.
+func (e *Enricher) holds(cookie uint64) bool {
+	for i := range e.waiting {
+		if e.waiting[i].ev.Cookie == cookie {
+			return true
+		}
+	}
+	return false
 }
 
 // Waiting reports how many events are held back for their pod.

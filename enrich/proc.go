@@ -40,9 +40,13 @@ func newProcCache(root string, size int) *procCache {
 }
 
 // execed remembers an execve, until the process is read or exits.
+// The process's cached facts go: execve keeps the pid and start time but
+// changes the program, and so the identity.
 func (c *procCache) execed(pid uint32, startNS uint64, x *collector.Exec) {
+	k := procKey{pid, startNS / (1e9 / userHZ)}
+	c.entries.Delete(k)
 	if x != nil {
-		c.execs.Put(procKey{pid, startNS / (1e9 / userHZ)}, x)
+		c.execs.Put(k, x)
 	}
 }
 
