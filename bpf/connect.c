@@ -768,6 +768,15 @@ int ingress(struct __sk_buff *skb)
 		return 1;
 	}
 
+	/*
+	 * The fast path of bulk traffic: a socket connected to a port other
+	 * than 53 receives nothing from port 53. (remote_port holds the port
+	 * in network order in its upper half; 0 for an unconnected socket,
+	 * such as a resolver's, whose packets are parsed.)
+	 */
+	__u32 rport = skb->remote_port;
+	if (rport != 0 && rport != ((__u32)bpf_htons(DNS_PORT) << 16))
+		return 1;
 	if (parse_packet(skb, &p) || p.sport != DNS_PORT || p.len == 0)
 		return 1;
 	struct caller none;

@@ -219,14 +219,16 @@ func pipeline(coll *collector.Collector, enr *enrich.Enricher, stage *scope.Stag
 			}
 			enriched = enr.EnrichBatch(b.Events, enriched, now)
 			coll.Release(b)
-			write(stage.JudgeBatch(enriched, judged[:0], now))
+			judged = stage.JudgeBatch(enriched, judged[:0], now)
+			write(judged)
 		case now := <-tick.C:
 			enriched = enriched[:0]
 			if enr.Waiting() > 0 {
 				enriched = enr.Release(enriched, now, false)
 			}
 			judged = stage.JudgeBatch(enriched, judged[:0], now)
-			write(stage.Expire(judged, now, false))
+			judged = stage.Expire(judged, now, false)
+			write(judged)
 		}
 	}
 }

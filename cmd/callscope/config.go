@@ -59,7 +59,7 @@ func runFlags(cfg *runConfig) *flag.FlagSet {
 	fs.StringVar(&cfg.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust `domain` of pod identities")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
-	fs.BoolVar(&cfg.bpfStats, "bpf-stats", true, "have the kernel count the run time of callscope's programs, for metrics (two clock reads per program run)")
+	fs.BoolVar(&cfg.bpfStats, "bpf-stats", false, "have the kernel count the run time of callscope's programs, for metrics (two clock reads per program run; needs CAP_SYS_ADMIN)")
 	fs.Var(&cfg.policies, "policy", "CallScope `path` (file or folder); repeatable, or comma-separated; reloaded on change and on SIGHUP")
 	fs.StringVar(&cfg.kafkaBrokers, "kafka-brokers", "", "Kafka brokers as `host:port,...`; empty turns Kafka off")
 	fs.StringVar(&cfg.kafkaTopic, "kafka-topic", "callscope.events", "Kafka `topic` of every event")
