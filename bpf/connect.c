@@ -195,6 +195,8 @@ struct {
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	/* Per-CPU LRU lists: an insert takes no lock shared across CPUs. */
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, 32768); /* resized by the loader */
 	__type(key, __u64);
 	__type(value, struct conn);
