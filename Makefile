@@ -35,22 +35,30 @@ fuzz: ## run each fuzz test for FUZZTIME (default 20s)
 	done
 
 .PHONY: bench
-bench: ## run the benchmarks (benchstat-friendly output)
-	$(GOTEST) -run '^$$' -bench . -benchmem -count=5 ./...
+bench: ## run the Go benchmarks (benchstat-friendly, COUNT runs), then bench-system
+	$(GOTEST) -run '^$$' -bench . -benchmem -count=$(or $(COUNT),6) ./...
+	$(MAKE) --no-print-directory bench-system
+
+# ROUNDS alternated rounds of SECS seconds each; see bench/overhead.sh.
+.PHONY: bench-system
+bench-system: build ## measure the agent's cost to a connect loop and to bulk TCP throughput (as root)
+	$(SUDO) bench/overhead.sh connect $(BIN) $(or $(ROUNDS),8) $(or $(SECS),3)
+	$(SUDO) bench/overhead.sh bulk $(BIN) $(or $(ROUNDS),8) $(or $(SECS),3)
 
 .PHONY: bench-connect
-bench-connect: build ## measure the agent's cost to a connect loop, bare vs with the agent (as root)
-	$(SUDO) bench/connect-overhead.sh $(BIN)
+bench-connect: build ## measure the agent's cost to a connect loop: bare, with the agent, with bpftrace (as root)
+	$(SUDO) bench/overhead.sh connect $(BIN) $(or $(ROUNDS),8) $(or $(SECS),3)
 
 .PHONY: generate
 generate: ## rebuild the BPF object and its Go bindings (needs clang, llvm, libbpf-dev)
 	$(GO) generate ./collector/
 
 .PHONY: lint
-lint: ## gofmt, go vet, and shellcheck where installed
+lint: ## gofmt, go vet, and shellcheck and ruby -c (of the Vagrantfile) where installed
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
-	@if command -v shellcheck >/dev/null; then shellcheck .ci/run bench/*.sh; fi
+	@if command -v shellcheck >/dev/null; then shellcheck .ci/run bench/*.sh deploy/vagrant/*.sh; fi
+	@if command -v ruby >/dev/null; then ruby -c Vagrantfile >/dev/null; fi
 
 .PHONY: clean
 clean: ## remove build output
