@@ -54,7 +54,8 @@ type Stats struct {
 	PodWaits                   uint64 // events held back for a pod the index did not know yet
 	PodUnknown                 uint64 // events that went on without their pod's facts
 	DNS                        dnsnames.Stats
-	Names                      int // addresses the DNS map names now
+	DNSTCPSkipped              uint64 // TCP DNS segments after a connection's first, not read
+	Names                      int    // addresses the DNS map names now
 }
 
 // Enricher resolves callers. It is meant for one pipeline goroutine; Stats
@@ -65,12 +66,14 @@ type Enricher struct {
 	cgroups *cgroupResolver
 	spiffe  *spiffeCache
 	names   *dnsnames.Map
-	waiting []waitingEvent // FIFO, oldest first
+	tcpDNS  *gencache.Cache[uint64, struct{}] // TCP connections whose first DNS segment was read
+	waiting []waitingEvent                    // FIFO, oldest first
 	log     *slog.Logger
 
 	procHits, procMisses, procGone atomic.Uint64
 	cgHits, cgMisses, cgGone       atomic.Uint64
 	podWaits, podUnknown           atomic.Uint64
+	dnsTCPSkipped                  atomic.Uint64
 }
 
 // waitingEvent is an event held back for its pod, with what its identity
@@ -121,6 +124,7 @@ func New(cfg Config) (*Enricher, error) {
 		cgroups: cg,
 		spiffe:  newSpiffeCache(cfg.TrustDomain, 4096),
 		names:   dnsnames.NewMap(cfg.Names),
+		tcpDNS:  gencache.New[uint64, struct{}](4096),
 		log:     log,
 	}, nil
 }
@@ -134,7 +138,7 @@ func (e *Enricher) Stats() Stats {
 		ProcessHits: e.procHits.Load(), ProcessMisses: e.procMisses.Load(), ProcessGone: e.procGone.Load(),
 		CgroupHits: e.cgHits.Load(), CgroupMisses: e.cgMisses.Load(), CgroupGone: e.cgGone.Load(),
 		PodWaits: e.podWaits.Load(), PodUnknown: e.podUnknown.Load(),
-		DNS: e.names.Stats(), Names: e.names.Len(),
+		DNS: e.names.Stats(), Names: e.names.Len(), DNSTCPSkipped: e.dnsTCPSkipped.Load(),
 	}
 }
 
@@ -277,6 +281,14 @@ func (e *Enricher) dnsName(in *collector.Event) string {
 // the map; it names nothing.
 func (e *Enricher) observeDNS(in *collector.Event) {
 	if in.DNSOverTCP {
+		// Only a connection's first segment from the server starts at a
+		// message: a later one starts anywhere, and bytes an attacker chose
+		// (a TXT record, say) could read as a whole answer.
+		if _, seen := e.tcpDNS.Get(in.Cookie); seen {
+			e.dnsTCPSkipped.Add(1)
+			return
+		}
+		e.tcpDNS.Put(in.Cookie, struct{}{})
 		e.names.ObserveTCP(in.NetNS, in.DNS, time.Unix(0, in.Time))
 	} else {
 		e.names.ObserveUDP(in.NetNS, in.DNS, time.Unix(0, in.Time))

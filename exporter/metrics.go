@@ -103,7 +103,7 @@ var (
 	serverHelloDesc = prometheus.NewDesc("callscope_tls_server_hellos_total",
 		"TLS ServerHellos joined to their tls event.", nil, nil)
 	dnsDesc = prometheus.NewDesc("callscope_dns_answers_total",
-		"DNS answers received on the node, by result: parsed or malformed.", []string{"result"}, nil)
+		"DNS answers received on the node, by result: parsed, malformed, or tcp_continuation (a TCP segment after a connection's first, not read).", []string{"result"}, nil)
 	namesDesc = prometheus.NewDesc("callscope_dns_names",
 		"Addresses the map of DNS answers names now.", nil, nil)
 	progRunsDesc = prometheus.NewDesc("callscope_bpf_program_runs_total",
@@ -181,6 +181,7 @@ func (s *stageCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(podWaitsDesc, prometheus.CounterValue, float64(st.PodWaits))
 		ch <- prometheus.MustNewConstMetric(dnsDesc, prometheus.CounterValue, float64(st.DNS.Responses), "parsed")
 		ch <- prometheus.MustNewConstMetric(dnsDesc, prometheus.CounterValue, float64(st.DNS.Malformed), "malformed")
+		ch <- prometheus.MustNewConstMetric(dnsDesc, prometheus.CounterValue, float64(st.DNSTCPSkipped), "tcp_continuation")
 		ch <- prometheus.MustNewConstMetric(namesDesc, prometheus.GaugeValue, float64(st.Names))
 		for _, c := range []struct {
 			kind, result string
