@@ -85,7 +85,7 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 			}
 		}()
 	}
-	stage := scope.NewStage(scope.StageConfig{Policies: policies, Logger: log})
+	stage := scope.NewStage(scope.StageConfig{Policies: policies, PendingTimeout: cfg.pendingTimeout, Logger: log})
 
 	pods, err := startPodIndex(ctx, cfg, log)
 	if err != nil {

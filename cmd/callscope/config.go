@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -27,8 +28,9 @@ type runConfig struct {
 	logLevel    string
 	logFormat   string
 
-	policies stringList // --policy, repeatable
-	bpfStats bool
+	policies       stringList // --policy, repeatable
+	pendingTimeout time.Duration
+	bpfStats       bool
 
 	kafkaBrokers          string
 	kafkaTopic            string
@@ -59,6 +61,7 @@ func runFlags(cfg *runConfig) *flag.FlagSet {
 	fs.StringVar(&cfg.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust `domain` of pod identities")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
+	fs.DurationVar(&cfg.pendingTimeout, "pending-timeout", 10*time.Second, "how long a call only an sni rule can allow waits for its TLS ClientHello before it is judged a violation")
 	fs.BoolVar(&cfg.bpfStats, "bpf-stats", false, "have the kernel count the run time of callscope's programs, for metrics (two clock reads per program run; needs CAP_SYS_ADMIN)")
 	fs.Var(&cfg.policies, "policy", "CallScope `path` (file or folder); repeatable, or comma-separated; reloaded on change and on SIGHUP")
 	fs.StringVar(&cfg.kafkaBrokers, "kafka-brokers", "", "Kafka brokers as `host:port,...`; empty turns Kafka off")

@@ -84,7 +84,7 @@ spec:
 	if err := os.WriteFile(filepath.Join(dir, "e2e.yaml"), []byte(policy), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a := startAgent(t, "--policy", dir)
+	a := startAgent(t, "--policy", dir, "--pending-timeout", "1s")
 	scoped := kerneltest.NewCgroup(t, "scoped")
 	other := kerneltest.NewCgroup(t, "other")
 
@@ -162,6 +162,19 @@ spec:
 			}
 		})
 	}
+	t.Run("no ClientHello", func(t *testing.T) {
+		// A plain connect to the port only an sni rule opens: pending, then
+		// closed by a verdict event once the timeout passes.
+		pid := connect(t, scoped, tlsSrv.Addr)
+		evs := events(t, pid, 2)
+		c, v := evs[0], evs[1]
+		if c.Kind != "connect" || c.Scope == nil || c.Scope.Verdict != "pending" {
+			t.Errorf("connect %+v, want pending", c)
+		}
+		if v.Kind != "verdict" || v.Conn != c.Conn || v.Scope == nil || v.Scope.Verdict != "violation" || !strings.Contains(v.Scope.Reason, "ClientHello") {
+			t.Errorf("closing event %+v (scope %+v), want a violation on conn %s", v, v.Scope, c.Conn)
+		}
+	})
 	t.Run("allowed by dns", func(t *testing.T) {
 		pid := kerneltest.Resolve{Server: dns.Addr, Name: "api.named.test", Port: named.Port(), Cgroup: scoped}.Run(t)
 		evs := events(t, pid, 1) // the query over UDP is no connect event
