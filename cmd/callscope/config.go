@@ -32,18 +32,9 @@ type runConfig struct {
 	pendingTimeout time.Duration
 	bpfStats       bool
 
-	kafkaBrokers          string
-	kafkaTopic            string
-	kafkaViolationsTopic  string
-	kafkaTLS              bool
-	kafkaCAFile           string
-	kafkaCertFile         string
-	kafkaKeyFile          string
-	kafkaSASLMechanism    string
-	kafkaSASLUsername     string
-	kafkaSASLPasswordFile string
-	spoolDir              string
-	spoolMaxBytes         byteSize
+	kafka         kafkaFlags
+	spoolDir      string
+	spoolMaxBytes byteSize
 }
 
 // runFlags declares the flags of `callscope run`. Every flag may also be set
@@ -64,16 +55,7 @@ func runFlags(cfg *runConfig) *flag.FlagSet {
 	fs.DurationVar(&cfg.pendingTimeout, "pending-timeout", 10*time.Second, "how long a call only an sni rule can allow waits for its TLS ClientHello before it is judged a violation")
 	fs.BoolVar(&cfg.bpfStats, "bpf-stats", false, "have the kernel count the run time of callscope's programs, for metrics (two clock reads per program run; needs CAP_SYS_ADMIN)")
 	fs.Var(&cfg.policies, "policy", "CallScope `path` (file or folder); repeatable, or comma-separated; reloaded on change and on SIGHUP")
-	fs.StringVar(&cfg.kafkaBrokers, "kafka-brokers", "", "Kafka brokers as `host:port,...`; empty turns Kafka off")
-	fs.StringVar(&cfg.kafkaTopic, "kafka-topic", "callscope.events", "Kafka `topic` of every event")
-	fs.StringVar(&cfg.kafkaViolationsTopic, "kafka-violations-topic", "callscope.violations", "Kafka `topic` of violations, in addition")
-	fs.BoolVar(&cfg.kafkaTLS, "kafka-tls", false, "connect to the brokers over TLS")
-	fs.StringVar(&cfg.kafkaCAFile, "kafka-ca-file", "", "PEM `file` of the CAs that sign the brokers' certificates (default the system's)")
-	fs.StringVar(&cfg.kafkaCertFile, "kafka-cert-file", "", "PEM client certificate `file` for TLS to the brokers")
-	fs.StringVar(&cfg.kafkaKeyFile, "kafka-key-file", "", "PEM client key `file` for TLS to the brokers")
-	fs.StringVar(&cfg.kafkaSASLMechanism, "kafka-sasl-mechanism", "", "SASL `mechanism`: plain, scram-sha-256 or scram-sha-512; empty turns SASL off")
-	fs.StringVar(&cfg.kafkaSASLUsername, "kafka-sasl-username", "", "SASL user `name`")
-	fs.StringVar(&cfg.kafkaSASLPasswordFile, "kafka-sasl-password-file", "", "`file` holding the SASL password")
+	cfg.kafka.register(fs, "Kafka brokers as `host:port,...`; empty turns Kafka off")
 	fs.StringVar(&cfg.spoolDir, "spool-dir", "/var/lib/callscope/spool", "`directory` where events wait while Kafka cannot take them")
 	cfg.spoolMaxBytes = 256 << 20
 	fs.Var(&cfg.spoolMaxBytes, "spool-max-bytes", "bound of the spool on disk, in bytes or with a KiB, MiB or GiB suffix (default 256MiB)")
@@ -99,25 +81,9 @@ func parseRunConfig(args []string, getenv func(string) string) (*runConfig, erro
 	}
 	onCommandLine := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
-
-	fromEnv := map[string]bool{}
-	fs.VisitAll(func(f *flag.Flag) {
-		if onCommandLine[f.Name] {
-			return
-		}
-		if v := getenv(envName(f.Name)); v != "" {
-			if err := fs.Set(f.Name, v); err != nil {
-				// Reported below, with the variable's name.
-				fromEnv[f.Name] = false
-				return
-			}
-			fromEnv[f.Name] = true
-		}
-	})
-	for name, ok := range fromEnv {
-		if !ok {
-			return nil, fmt.Errorf("%s: invalid value %q for --%s", envName(name), getenv(envName(name)), name)
-		}
+	fromEnv, err := applyEnv(fs, onCommandLine, getenv)
+	if err != nil {
+		return nil, err
 	}
 
 	if cfg.configFile != "" {
@@ -149,6 +115,25 @@ func parseRunConfig(args []string, getenv func(string) string) (*runConfig, erro
 		return nil, fmt.Errorf("--log-format %q: want text or json", cfg.logFormat)
 	}
 	return cfg, nil
+}
+
+// applyEnv sets each flag not on the command line from its CALLSCOPE_<NAME>
+// variable, and returns the names it set.
+func applyEnv(fs *flag.FlagSet, onCommandLine map[string]bool, getenv func(string) string) (map[string]bool, error) {
+	fromEnv := map[string]bool{}
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		v := getenv(envName(f.Name))
+		if onCommandLine[f.Name] || v == "" || err != nil {
+			return
+		}
+		if serr := fs.Set(f.Name, v); serr != nil {
+			err = fmt.Errorf("%s: invalid value %q for --%s", envName(f.Name), v, f.Name)
+			return
+		}
+		fromEnv[f.Name] = true
+	})
+	return fromEnv, err
 }
 
 // stringList is a repeatable flag; each value may also list several,

@@ -25,19 +25,10 @@ import (
 
 // tailConfig is what `callscope tail` is told.
 type tailConfig struct {
-	brokers          string
-	topic            string
-	violationsTopic  string
-	violations       bool
-	json             bool
-	fromBeginning    bool
-	tls              bool
-	caFile           string
-	certFile         string
-	keyFile          string
-	saslMechanism    string
-	saslUsername     string
-	saslPasswordFile string
+	kafka         kafkaFlags
+	violations    bool
+	json          bool
+	fromBeginning bool
 
 	// gapGrace is how long a missing seq may take to arrive from another
 	// partition before it is reported as a gap.
@@ -48,19 +39,10 @@ type tailConfig struct {
 // named as run's, and like them may be set as CALLSCOPE_<NAME>.
 func tailFlags(cfg *tailConfig) *flag.FlagSet {
 	fs := flag.NewFlagSet("callscope tail", flag.ContinueOnError)
-	fs.StringVar(&cfg.brokers, "kafka-brokers", "", "Kafka brokers as `host:port,...`")
-	fs.StringVar(&cfg.topic, "kafka-topic", "callscope.events", "Kafka `topic` of every event")
-	fs.StringVar(&cfg.violationsTopic, "kafka-violations-topic", "callscope.violations", "Kafka `topic` of violations")
+	cfg.kafka.register(fs, "Kafka brokers as `host:port,...`")
 	fs.BoolVar(&cfg.violations, "violations", false, "read the violations topic rather than every event")
 	fs.BoolVar(&cfg.json, "json", false, "print each event's JSON as it is")
 	fs.BoolVar(&cfg.fromBeginning, "from-beginning", false, "start from the oldest event Kafka keeps rather than from now")
-	fs.BoolVar(&cfg.tls, "kafka-tls", false, "connect to the brokers over TLS")
-	fs.StringVar(&cfg.caFile, "kafka-ca-file", "", "PEM `file` of the CAs that sign the brokers' certificates (default the system's)")
-	fs.StringVar(&cfg.certFile, "kafka-cert-file", "", "PEM client certificate `file` for TLS to the brokers")
-	fs.StringVar(&cfg.keyFile, "kafka-key-file", "", "PEM client key `file` for TLS to the brokers")
-	fs.StringVar(&cfg.saslMechanism, "kafka-sasl-mechanism", "", "SASL `mechanism`: plain, scram-sha-256 or scram-sha-512; empty turns SASL off")
-	fs.StringVar(&cfg.saslUsername, "kafka-sasl-username", "", "SASL user `name`")
-	fs.StringVar(&cfg.saslPasswordFile, "kafka-sasl-password-file", "", "`file` holding the SASL password")
 	return fs
 }
 
@@ -83,18 +65,10 @@ func parseTailConfig(args []string, getenv func(string) string, stderr io.Writer
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		if v := getenv(envName(f.Name)); v != "" && !set[f.Name] && err == nil {
-			if serr := fs.Set(f.Name, v); serr != nil {
-				err = fmt.Errorf("%s: invalid value %q for --%s", envName(f.Name), v, f.Name)
-			}
-		}
-	})
-	if err != nil {
+	if _, err := applyEnv(fs, set, getenv); err != nil {
 		return nil, err
 	}
-	if cfg.brokers == "" {
+	if cfg.kafka.brokers == "" {
 		return nil, errors.New("tail: --kafka-brokers (or CALLSCOPE_KAFKA_BROKERS) is needed")
 	}
 	return cfg, nil
@@ -102,22 +76,16 @@ func parseTailConfig(args []string, getenv func(string) string, stderr io.Writer
 
 func (cfg *tailConfig) dialer() (*kafka.Dialer, error) {
 	d := &kafka.Dialer{Timeout: 10 * time.Second, ClientID: "callscope-tail"}
-	if cfg.tls || cfg.caFile != "" || cfg.certFile != "" {
-		tc, err := exporter.KafkaTLSConfig(cfg.caFile, cfg.certFile, cfg.keyFile)
-		if err != nil {
-			return nil, err
-		}
-		d.TLS = tc
+	tc, err := cfg.kafka.tlsConfig()
+	if err != nil {
+		return nil, err
 	}
-	var password string
-	if cfg.saslPasswordFile != "" {
-		b, err := os.ReadFile(cfg.saslPasswordFile)
-		if err != nil {
-			return nil, fmt.Errorf("--kafka-sasl-password-file: %w", err)
-		}
-		password = strings.TrimRight(string(b), "\r\n")
+	d.TLS = tc
+	password, err := cfg.kafka.password()
+	if err != nil {
+		return nil, err
 	}
-	mech, err := exporter.KafkaSASL(cfg.saslMechanism, cfg.saslUsername, password)
+	mech, err := exporter.KafkaSASL(cfg.kafka.saslMechanism, cfg.kafka.saslUsername, password)
 	if err != nil {
 		return nil, err
 	}
@@ -136,11 +104,11 @@ func runTail(ctx context.Context, args []string, getenv func(string) string, std
 	if err != nil {
 		return err
 	}
-	topic := cfg.topic
+	topic := cfg.kafka.topic
 	if cfg.violations {
-		topic = cfg.violationsTopic
+		topic = cfg.kafka.violationsTopic
 	}
-	brokers := splitList(cfg.brokers)
+	brokers := cfg.kafka.brokerList()
 	partitions, err := lookupPartitions(ctx, dialer, brokers, topic)
 	if err != nil {
 		// Brokers answer bad credentials with an error, or just hang up.
@@ -237,16 +205,6 @@ func runTail(ctx context.Context, args []string, getenv func(string) string, std
 			return nil
 		}
 	}
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // lookupPartitions asks the brokers in turn for the topic's partitions.

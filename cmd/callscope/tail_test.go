@@ -167,7 +167,7 @@ func TestTailErrors(t *testing.T) {
 	cfg, err := parseTailConfig([]string{"--json"}, func(k string) string {
 		return map[string]string{"CALLSCOPE_KAFKA_BROKERS": "k:9092", "CALLSCOPE_KAFKA_TOPIC": "t"}[k]
 	}, &bytes.Buffer{})
-	if err != nil || cfg.brokers != "k:9092" || cfg.topic != "t" || !cfg.json {
+	if err != nil || cfg.kafka.brokers != "k:9092" || cfg.kafka.topic != "t" || !cfg.json {
 		t.Errorf("from the environment: %+v, %v", cfg, err)
 	}
 
