@@ -195,33 +195,16 @@ func (e *Event) Decode(b []byte, bootOffset int64) error {
 	if len(b) != recordSize {
 		return fmt.Errorf("%w: %d bytes, want %d", ErrMalformed, len(b), recordSize)
 	}
-	ne := binary.NativeEndian
 	switch connectKind(b[offKind]) {
 	case connectKindKIND_CONNECT:
 	case connectKindKIND_EXIT:
-		*e = Event{
-			Kind:      KindExit,
-			Time:      int64(ne.Uint64(b[offTs:])) + bootOffset,
-			PID:       ne.Uint32(b[offTgid:]),
-			ProcStart: ne.Uint64(b[offTaskStart:]),
-		}
+		decodeHeader(b, bootOffset, e)
+		e.Kind = KindExit
 		return nil
 	default:
 		return fmt.Errorf("%w: kind %d", ErrMalformed, b[offKind])
 	}
-	family := ne.Uint16(b[offFamily:])
-	var src, dst netip.Addr
-	switch family {
-	case afInet:
-		src = netip.AddrFrom4([4]byte(b[offSaddr : offSaddr+4]))
-		dst = netip.AddrFrom4([4]byte(b[offDaddr : offDaddr+4]))
-	case afInet6:
-		src = netip.AddrFrom16([16]byte(b[offSaddr : offSaddr+16])).Unmap()
-		dst = netip.AddrFrom16([16]byte(b[offDaddr : offDaddr+16])).Unmap()
-	default:
-		return fmt.Errorf("%w: address family %d", ErrMalformed, family)
-	}
-	errno := int32(ne.Uint32(b[offErr:]))
+	errno := int32(binary.NativeEndian.Uint32(b[offErr:]))
 	if errno < 0 {
 		return fmt.Errorf("%w: errno %d", ErrMalformed, errno)
 	}
@@ -229,15 +212,26 @@ func (e *Event) Decode(b []byte, bootOffset int64) error {
 	if err != nil {
 		return err
 	}
+	decodeHeader(b, bootOffset, e)
+	if err := e.decodeAddrs(b); err != nil {
+		return err
+	}
+	e.Kind, e.Outcome, e.Errno = KindConnect, outcome, unix.Errno(errno)
+	if connectOutcome(b[offOutcome]) == connectOutcomeOUTCOME_SYSCALL_ERROR {
+		// No SYN was sent, so no source address was chosen.
+		e.Src = netip.AddrPort{}
+	}
+	return nil
+}
 
+// decodeHeader sets e to what the struct event at the start of every
+// record holds of the caller, and its time and cookie. Fields the kernel
+// left zero stay zero.
+func decodeHeader(b []byte, bootOffset int64, e *Event) {
+	ne := binary.NativeEndian
 	*e = Event{
-		Kind:      KindConnect,
-		Outcome:   outcome,
-		Errno:     unix.Errno(errno),
 		Time:      int64(ne.Uint64(b[offTs:])) + bootOffset,
 		Cookie:    ne.Uint64(b[offCookie:]),
-		Src:       netip.AddrPortFrom(src, ne.Uint16(b[offSport:])),
-		Dst:       netip.AddrPortFrom(dst, ne.Uint16(b[offDport:])),
 		PID:       ne.Uint32(b[offTgid:]),
 		TID:       ne.Uint32(b[offTid:]),
 		UID:       ne.Uint32(b[offUID:]),
@@ -247,10 +241,24 @@ func (e *Event) Decode(b []byte, bootOffset int64) error {
 		NetNS:     ne.Uint32(b[offNetns:]),
 	}
 	copy(e.Comm[:], b[offComm:offComm+16])
-	if connectOutcome(b[offOutcome]) == connectOutcomeOUTCOME_SYSCALL_ERROR {
-		// No SYN was sent, so no source address was chosen.
-		e.Src = netip.AddrPort{}
+}
+
+// decodeAddrs sets e's source and destination from the record.
+func (e *Event) decodeAddrs(b []byte) error {
+	ne := binary.NativeEndian
+	var src, dst netip.Addr
+	switch family := ne.Uint16(b[offFamily:]); family {
+	case afInet:
+		src = netip.AddrFrom4([4]byte(b[offSaddr : offSaddr+4]))
+		dst = netip.AddrFrom4([4]byte(b[offDaddr : offDaddr+4]))
+	case afInet6:
+		src = netip.AddrFrom16([16]byte(b[offSaddr : offSaddr+16])).Unmap()
+		dst = netip.AddrFrom16([16]byte(b[offDaddr : offDaddr+16])).Unmap()
+	default:
+		return fmt.Errorf("%w: address family %d", ErrMalformed, family)
 	}
+	e.Src = netip.AddrPortFrom(src, ne.Uint16(b[offSport:]))
+	e.Dst = netip.AddrPortFrom(dst, ne.Uint16(b[offDport:]))
 	return nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"net/netip"
 	"time"
 	"unsafe"
 
@@ -64,49 +63,13 @@ func decodePayload(b []byte, bootOffset int64, p *payload) error {
 	p.tcp = b[offPayloadProto] == ipprotoTCP
 	p.data = b[payloadHeaderSize : payloadHeaderSize+n]
 
+	decodeHeader(b, bootOffset, &p.head)
 	if p.kind == connectKindKIND_EXEC {
-		p.head = Event{
-			Kind:      KindExec,
-			Time:      int64(ne.Uint64(b[offTs:])) + bootOffset,
-			PID:       ne.Uint32(b[offTgid:]),
-			TID:       ne.Uint32(b[offTid:]),
-			UID:       ne.Uint32(b[offUID:]),
-			GID:       ne.Uint32(b[offGID:]),
-			CgroupID:  ne.Uint64(b[offCgroup:]),
-			ProcStart: ne.Uint64(b[offTaskStart:]),
-		}
-		copy(p.head.Comm[:], b[offComm:offComm+16])
+		p.head.Kind = KindExec
 		p.head.Exec = decodeExec(p.data, p.offset, p.want, p.more, ne.Uint32(b[offAux:]))
 		return nil
 	}
-
-	family := ne.Uint16(b[offFamily:])
-	var src, dst netip.Addr
-	switch family {
-	case afInet:
-		src = netip.AddrFrom4([4]byte(b[offSaddr : offSaddr+4]))
-		dst = netip.AddrFrom4([4]byte(b[offDaddr : offDaddr+4]))
-	case afInet6:
-		src = netip.AddrFrom16([16]byte(b[offSaddr : offSaddr+16])).Unmap()
-		dst = netip.AddrFrom16([16]byte(b[offDaddr : offDaddr+16])).Unmap()
-	default:
-		return fmt.Errorf("%w: address family %d", ErrMalformed, family)
-	}
-	p.head = Event{
-		Time:      int64(ne.Uint64(b[offTs:])) + bootOffset,
-		Cookie:    ne.Uint64(b[offCookie:]),
-		Src:       netip.AddrPortFrom(src, ne.Uint16(b[offSport:])),
-		Dst:       netip.AddrPortFrom(dst, ne.Uint16(b[offDport:])),
-		PID:       ne.Uint32(b[offTgid:]),
-		TID:       ne.Uint32(b[offTid:]),
-		UID:       ne.Uint32(b[offUID:]),
-		GID:       ne.Uint32(b[offGID:]),
-		CgroupID:  ne.Uint64(b[offCgroup:]),
-		ProcStart: ne.Uint64(b[offTaskStart:]),
-		NetNS:     ne.Uint32(b[offNetns:]),
-	}
-	copy(p.head.Comm[:], b[offComm:offComm+16])
-	return nil
+	return p.head.decodeAddrs(b)
 }
 
 // HelloStats counts the TLS handshakes and DNS answers the kernel passed up.
