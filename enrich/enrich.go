@@ -68,7 +68,10 @@ type Enricher struct {
 	names   *dnsnames.Map
 	tcpDNS  *gencache.Cache[uint64, struct{}] // TCP connections whose first DNS segment was read
 	waiting []waitingEvent                    // FIFO, oldest first
-	log     *slog.Logger
+	// held counts the waiting events of each connection, so that a later
+	// event of one (its tls event) waits behind them instead of overtaking.
+	held map[uint64]int
+	log  *slog.Logger
 
 	procHits, procMisses, procGone atomic.Uint64
 	cgHits, cgMisses, cgGone       atomic.Uint64
@@ -125,6 +128,7 @@ func New(cfg Config) (*Enricher, error) {
 		spiffe:  newSpiffeCache(cfg.TrustDomain, 4096),
 		names:   dnsnames.NewMap(cfg.Names),
 		tcpDNS:  gencache.New[uint64, struct{}](4096),
+		held:    make(map[uint64]int),
 		log:     log,
 	}, nil
 }
@@ -244,7 +248,7 @@ func (e *Enricher) EnrichBatch(in []collector.Event, out []Event, now time.Time)
 		proc, unitID, wait := e.enrich(&in[i], ev)
 		// An event of a connection whose connect is held back waits behind
 		// it: a tls event must not overtake its connect.
-		if !wait && len(e.waiting) > 0 && in[i].Cookie != 0 && e.holds(in[i].Cookie) {
+		if !wait && e.held[in[i].Cookie] > 0 {
 			wait = true
 		}
 		if !wait {
@@ -258,6 +262,7 @@ func (e *Enricher) EnrichBatch(in []collector.Event, out []Event, now time.Time)
 			out = e.releaseOldest(out)
 		}
 		e.waiting = append(e.waiting, w)
+		e.held[w.ev.Cookie]++
 	}
 	return out
 }
@@ -295,14 +300,11 @@ func (e *Enricher) observeDNS(in *collector.Event) {
 	}
 }
 
-// holds reports whether an event of the connection is held back.
-func (e *Enricher) holds(cookie uint64) bool {
-	for i := range e.waiting {
-		if e.waiting[i].ev.Cookie == cookie {
-			return true
-		}
+// letGo forgets a held event of the connection cookie.
+func (e *Enricher) letGo(cookie uint64) {
+	if e.held[cookie]--; e.held[cookie] <= 0 {
+		delete(e.held, cookie)
 	}
-	return false
 }
 
 // Waiting reports how many events are held back for their pod.
@@ -324,6 +326,7 @@ func (e *Enricher) Release(out []Event, now time.Time, all bool) []Event {
 			e.podUnknown.Add(1)
 		}
 		e.setIdentity(&w.ev, w.proc, w.unitID)
+		e.letGo(w.ev.Cookie)
 		out = append(out, w.ev)
 	}
 	clear(e.waiting[len(kept):])
@@ -336,6 +339,7 @@ func (e *Enricher) releaseOldest(out []Event) []Event {
 	w := &e.waiting[0]
 	e.podUnknown.Add(1)
 	e.setIdentity(&w.ev, w.proc, w.unitID)
+	e.letGo(w.ev.Cookie)
 	out = append(out, w.ev)
 	e.waiting = append(e.waiting[:0], e.waiting[1:]...)
 	return out

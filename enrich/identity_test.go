@@ -208,3 +208,37 @@ func BenchmarkEnrichPodHit(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(in)), "ns/event")
 }
+
+// TestEnrichTLSWaitsBehindConnect: while a connect waits for its pod, a
+// later event of the same connection waits too, even one that could go on
+// at once, and both come out in the order they came.
+func TestEnrichTLSWaitsBehindConnect(t *testing.T) {
+	kerneltest.Require(t)
+	root, err := collector.Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := startIndex(t, fake.NewClientset(), nil)
+	e, err := New(Config{CgroupRoot: root, Pods: pods, PodWait: time.Minute, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	cg := kerneltest.NewCgroup(t, "kubepods.slice/kubepods-pod"+underscores("4d8c3e6a-4b5f-4a7c-8d9e-1f2a3b4c5d6e")+".slice")
+	now := time.Now()
+	connect := collector.Event{Kind: collector.KindConnect, Cookie: 7, CgroupID: cg.ID}
+	hello := collector.Event{Kind: collector.KindTLS, Cookie: 7} // no cgroup: nothing of its own to wait for
+	other := collector.Event{Kind: collector.KindTLS, Cookie: 8}
+
+	out := e.EnrichBatch([]collector.Event{connect, hello, other}, nil, now)
+	if len(out) != 1 || out[0].Cookie != 8 {
+		t.Fatalf("out %+v: want only the other connection's event", out)
+	}
+	out = e.Release(out[:0], now, true)
+	if len(out) != 2 || out[0].Kind != collector.KindConnect || out[1].Kind != collector.KindTLS {
+		t.Fatalf("released %+v: want the connect, then its tls event", out)
+	}
+	if out = e.EnrichBatch([]collector.Event{hello}, out[:0], now); len(out) != 1 {
+		t.Errorf("with nothing held, the tls event waited")
+	}
+}
