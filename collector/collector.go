@@ -126,12 +126,13 @@ type Collector struct {
 	pool     sync.Pool
 	done     chan struct{}
 
-	closing   atomic.Bool
-	ready     atomic.Bool
-	events    atomic.Uint64
-	lost      [numLossReasons]atomic.Uint64 // cumulative, for metrics
-	exitsLost atomic.Uint64
-	execsLost atomic.Uint64
+	closing atomic.Bool
+	ready   atomic.Bool
+	events  atomic.Uint64
+	lost    [numLossReasons]atomic.Uint64 // cumulative, for metrics
+	// notices lost: the kernel slots that count process exits and execs it
+	// could not report, which lose no event.
+	noticesLost [connectStatSTAT_MAX]atomic.Uint64
 
 	// Owned by the read goroutine.
 	kernelSeen [connectStatSTAT_MAX]uint64 // last sums read from the stats map
@@ -314,8 +315,8 @@ func (c *Collector) Stats() Stats {
 	for i, r := range lossReasons {
 		s.Lost[i] = Loss{Stage: r.stage, Reason: r.reason, Count: c.lost[i].Load()}
 	}
-	s.ExitsLost = c.exitsLost.Load()
-	s.ExecsLost = c.execsLost.Load()
+	s.ExitsLost = c.noticesLost[connectStatSTAT_EXIT_LOST].Load()
+	s.ExecsLost = c.noticesLost[connectStatSTAT_EXEC_LOST].Load()
 	if h := c.helloStats.Load(); h != nil {
 		s.Hellos = *h
 	}
@@ -344,7 +345,7 @@ var lossReasons = [numLossReasons]struct{ stage, reason string }{
 }
 
 // The kernel's stats map slots and the loss reasons they feed; noLoss
-// marks a slot that counts no event.
+// marks a slot that counts no event, kept in noticesLost instead.
 var kernelLoss = [connectStatSTAT_MAX]lossReason{
 	connectStatSTAT_RINGBUF_FULL: lossRingBuffer,
 	connectStatSTAT_CONN_FULL:    lossConnFull,
@@ -545,10 +546,8 @@ func (c *Collector) pollKernelLosses() {
 			sum += v
 		}
 		if sum > c.kernelSeen[i] {
-			if r := kernelLoss[i]; r == noLoss && i == connectStatSTAT_EXEC_LOST {
-				c.execsLost.Add(sum - c.kernelSeen[i])
-			} else if r == noLoss {
-				c.exitsLost.Add(sum - c.kernelSeen[i])
+			if r := kernelLoss[i]; r == noLoss {
+				c.noticesLost[i].Add(sum - c.kernelSeen[i])
 			} else {
 				c.lose(r, sum-c.kernelSeen[i])
 			}
