@@ -64,9 +64,7 @@ func (c Connect) Command(t testing.TB) *exec.Cmd {
 		"CALLSCOPE_TEST_SYNCNT="+strconv.Itoa(c.SynCnt),
 		"CALLSCOPE_TEST_NETNS="+c.NetNS,
 		"CALLSCOPE_TEST_LINGER="+strconv.FormatBool(c.Linger))
-	if c.Cgroup != nil {
-		cmd.SysProcAttr = &unix.SysProcAttr{UseCgroupFD: true, CgroupFD: int(c.Cgroup.Dir.Fd())}
-	}
+	InCgroup(cmd, c.Cgroup)
 	return cmd
 }
 
