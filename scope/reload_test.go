@@ -382,31 +382,7 @@ func TestWatchStops(t *testing.T) {
 func BenchmarkReload(b *testing.B) {
 	dir := b.TempDir()
 	for f := range 10 {
-		var sb strings.Builder
-		for i := range 100 {
-			n := f*100 + i
-			fmt.Fprintf(&sb, `---
-apiVersion: callscope.dev/v1alpha1
-kind: CallScope
-metadata:
-  name: service-%d
-spec:
-  subject:
-    namespace: team-%d
-    serviceAccount: service-%d
-    podLabels: {app: service-%d}
-  egress:
-    - to:
-        - cidr: 10.%d.0.0/16
-        - cidr: "2001:db8:%x::/48"
-        - dns: "*.service-%d.example.com"
-        - sni: api.service-%d.example.com
-      ports: [443, "8000-8100"]
-    - to: [{dns: "**.amazonaws.com"}]
-      ports: [443]
-`, n, n%50, n, n, n%256, n, n, n)
-		}
-		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%d.yaml", f)), []byte(sb.String()), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%d.yaml", f)), []byte(benchPoliciesYAML(f*100, 100)), 0o644); err != nil {
 			b.Fatal(err)
 		}
 	}
