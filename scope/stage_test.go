@@ -429,22 +429,29 @@ func renumber(batch []enrich.Event, by uint64) {
 	}
 }
 
-func TestStageAllocs(t *testing.T) {
-	s := NewStage(StageConfig{Policies: NewPolicies(Compile(benchPolicies(1000)))})
-	batch := stageBatch(1000, 256)
+// steadyStage is a stage with 1,000 scopes loaded, and a round that judges
+// a batch of 256 mixed calls, already run until the names of DNS-allowed
+// calls fill their ring: the steady state.
+func steadyStage() (s *Stage, batch []enrich.Event, round func()) {
+	s = NewStage(StageConfig{Policies: NewPolicies(Compile(benchPolicies(1000)))})
+	batch = stageBatch(1000, 256)
 	out := make([]Event, 0, 2*len(batch))
 	now := t0
-	warm := func() {
+	round = func() {
 		renumber(batch, uint64(len(batch)))
 		now = now.Add(time.Millisecond)
 		out = s.JudgeBatch(batch, out[:0], now)
 		out = s.Expire(out, now, false)
 	}
-	// Until the names of DNS-allowed calls fill their ring.
 	for range 2000 {
-		warm()
+		round()
 	}
-	if n := testing.AllocsPerRun(100, warm); n != 0 {
+	return s, batch, round
+}
+
+func TestStageAllocs(t *testing.T) {
+	s, _, round := steadyStage()
+	if n := testing.AllocsPerRun(100, round); n != 0 {
 		t.Errorf("%v allocations per batch", n)
 	}
 	st := s.Stats()
@@ -456,20 +463,7 @@ func TestStageAllocs(t *testing.T) {
 // BenchmarkJudgeBatch: verdicts per second through the stage, with 1,000
 // scopes loaded.
 func BenchmarkJudgeBatch(b *testing.B) {
-	s := NewStage(StageConfig{Policies: NewPolicies(Compile(benchPolicies(1000)))})
-	batch := stageBatch(1000, 256)
-	out := make([]Event, 0, 2*len(batch))
-	now := t0
-	round := func() {
-		renumber(batch, uint64(len(batch)))
-		now = now.Add(time.Millisecond)
-		out = s.JudgeBatch(batch, out[:0], now)
-		out = s.Expire(out, now, false)
-	}
-	// Steady state: the names of DNS-allowed calls fill their ring.
-	for range 2000 {
-		round()
-	}
+	_, batch, round := steadyStage()
 	b.ReportAllocs()
 	for b.Loop() {
 		round()
