@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -83,16 +82,10 @@ type Resolve struct {
 // Run runs the helper and returns its pid once it is done.
 func (r Resolve) Run(t testing.TB) int {
 	t.Helper()
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), helperEnv+"=resolve",
+	return runHelper(t, "resolve", r.Cgroup,
 		"CALLSCOPE_TEST_DNS="+r.Server.String(),
 		"CALLSCOPE_TEST_NAME="+r.Name,
 		fmt.Sprintf("CALLSCOPE_TEST_PORT=%d", r.Port))
-	InCgroup(cmd, r.Cgroup)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("resolve helper: %v: %s", err, out)
-	}
-	return cmd.Process.Pid
 }
 
 func resolveMain() error {

@@ -37,6 +37,20 @@ func MaybeRunHelper() {
 	os.Exit(0)
 }
 
+// runHelper runs the test binary as the helper mode, in cg, with env added
+// to its environment, and returns its pid once it exited; its failure
+// fails the test.
+func runHelper(t testing.TB, mode string, cg *Cgroup, env ...string) int {
+	t.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(append(os.Environ(), helperEnv+"="+mode), env...)
+	InCgroup(cmd, cg)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s helper: %v: %s", mode, err, out)
+	}
+	return cmd.Process.Pid
+}
+
 // Connect describes what a helper process does: connect to each address in
 // turn, Repeat times, closing each socket at once.
 type Connect struct {

@@ -97,17 +97,11 @@ type TLSClient struct {
 // Run runs the client and returns its pid once it is done.
 func (c TLSClient) Run(t testing.TB) int {
 	t.Helper()
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), helperEnv+"=tls",
+	return runHelper(t, "tls", c.Cgroup,
 		"CALLSCOPE_TEST_ADDR="+c.Addr.String(),
 		"CALLSCOPE_TEST_SNI="+c.ServerName,
 		"CALLSCOPE_TEST_ALPN="+strings.Join(c.ALPN, ","),
 		"CALLSCOPE_TEST_MSS="+strconv.Itoa(c.MSS))
-	InCgroup(cmd, c.Cgroup)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("tls client: %v: %s", err, out)
-	}
-	return cmd.Process.Pid
 }
 
 // InCgroup starts cmd in cg (nil leaves it where the test runs).
