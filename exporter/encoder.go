@@ -226,16 +226,7 @@ func appendTLS(dst []byte, ev *enrich.Event) []byte {
 	dst = append(dst, `,"tls":{`...)
 	first := len(dst)
 	dst = appendOptional(dst, `,"sni":`, h.SNI)
-	if len(h.ALPN) > 0 {
-		dst = append(dst, `,"alpn":[`...)
-		for i, p := range h.ALPN {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			dst = appendString(dst, p)
-		}
-		dst = append(dst, ']')
-	}
+	dst = appendStrings(dst, `,"alpn":`, h.ALPN)
 	if len(h.Versions) > 0 {
 		dst = append(dst, `,"versions":[`...)
 		for i, v := range h.Versions {
@@ -305,6 +296,23 @@ func appendK8s(dst []byte, ev *enrich.Event) []byte {
 	return append(dst, '}')
 }
 
+// appendStrings writes key (with its leading comma) and vs as an array,
+// unless vs is empty.
+func appendStrings(dst []byte, key string, vs []string) []byte {
+	if len(vs) == 0 {
+		return dst
+	}
+	dst = append(dst, key...)
+	dst = append(dst, '[')
+	for i, v := range vs {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, v)
+	}
+	return append(dst, ']')
+}
+
 // appendOptional writes key (with its leading comma) and v, unless v is empty.
 func appendOptional(dst []byte, key, v string) []byte {
 	if v == "" {
@@ -358,16 +366,7 @@ func (e *Encoder) processFacts(p *enrich.Process) []byte {
 		f = append(f, `,"exe":`...)
 		f = appendString(f, p.Exe)
 	}
-	if len(p.Cmdline) > 0 {
-		f = append(f, `,"cmdline":[`...)
-		for i, arg := range p.Cmdline {
-			if i > 0 {
-				f = append(f, ',')
-			}
-			f = appendString(f, arg)
-		}
-		f = append(f, ']')
-	}
+	f = appendStrings(f, `,"cmdline":`, p.Cmdline)
 	if e.facts == nil || len(e.facts) >= maxFacts {
 		// Dropping them all is simpler than an LRU and as good: the
 		// processes that are still calling are encoded again at once.

@@ -232,15 +232,7 @@ func versions(data cryptobyte.String) []uint16 {
 	if !data.ReadUint8LengthPrefixed(&list) || !data.Empty() || len(list)%2 != 0 {
 		return []uint16{}
 	}
-	out := make([]uint16, 0, len(list)/2)
-	for !list.Empty() {
-		var v uint16
-		list.ReadUint16(&v)
-		if !isGREASE(v) {
-			out = append(out, v)
-		}
-	}
-	return out
+	return appendNonGREASE(make([]uint16, 0, len(list)/2), list)
 }
 
 // signatureAlgorithms appends to dst a signature_algorithms list (RFC
@@ -250,15 +242,20 @@ func signatureAlgorithms(dst []uint16, data cryptobyte.String) []uint16 {
 	if !data.ReadUint16LengthPrefixed(&list) || !data.Empty() || len(list)%2 != 0 {
 		return dst
 	}
-	out := dst
+	return appendNonGREASE(dst, list)
+}
+
+// appendNonGREASE appends the 16-bit values of list, an even number of
+// bytes, but GREASE ones.
+func appendNonGREASE(dst []uint16, list cryptobyte.String) []uint16 {
 	for !list.Empty() {
 		var v uint16
 		list.ReadUint16(&v)
 		if !isGREASE(v) {
-			out = append(out, v)
+			dst = append(dst, v)
 		}
 	}
-	return out
+	return dst
 }
 
 // keySharePostQuantum reports whether a client's key_share (RFC 8446,
