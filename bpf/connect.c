@@ -250,12 +250,16 @@ static __always_inline void count(enum stat s)
 		*v += 1; /* per-CPU slot: no atomics needed */
 }
 
+static __always_inline __u64 wakeup_flags(void)
+{
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void submit(struct event *e)
 {
-	__u64 flags = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
-		flags = BPF_RB_FORCE_WAKEUP;
-	bpf_ringbuf_submit(e, flags);
+	bpf_ringbuf_submit(e, wakeup_flags());
 }
 
 static __always_inline void fill_caller(struct caller *c)
@@ -658,10 +662,7 @@ static __always_inline void fill_payload(struct __sk_buff *skb, struct packet *p
 	e->more = more;
 	e->proto = p->proto;
 
-	__u64 flags = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
-		flags = BPF_RB_FORCE_WAKEUP;
-	if (bpf_ringbuf_output(&events, e, sizeof(*e) - PAYLOAD_MAX + len, flags))
+	if (bpf_ringbuf_output(&events, e, sizeof(*e) - PAYLOAD_MAX + len, wakeup_flags()))
 		count(STAT_PAYLOAD_LOST);
 }
 
@@ -840,24 +841,20 @@ static __always_inline void fill_exec(struct exec_ctx *ctx, struct payload_event
 	e->more = args > EXEC_ARGS_MAX;
 	if (args > EXEC_ARGS_MAX)
 		args = EXEC_ARGS_MAX;
-	e->want = 0;
+	__u64 copied = 0;
 	if (args > 0) {
 		/* Restated for the verifier, as in emit_payload. */
 		__u64 len = args - 1;
 		asm volatile("%[len] &= %[mask]" : [len] "+r"(len) : [mask] "i"(EXEC_ARGS_MAX - 1));
 		len += 1;
 		if (bpf_probe_read_user(e->data + EXEC_PATH_MAX, len, (void *)start) == 0)
-			e->want = len;
+			copied = len;
 	}
-	e->len = EXEC_PATH_MAX + e->want;
+	e->want = copied;
+	e->len = EXEC_PATH_MAX + copied;
 	e->proto = 0;
 
-	__u64 size = sizeof(*e) - PAYLOAD_MAX + EXEC_PATH_MAX + e->want;
-	if (size > sizeof(*e))
-		return;
-	__u64 flags = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
-		flags = BPF_RB_FORCE_WAKEUP;
-	if (bpf_ringbuf_output(&events, e, size, flags))
+	/* copied is at most EXEC_ARGS_MAX: the record fits the scratch slot. */
+	if (bpf_ringbuf_output(&events, e, sizeof(*e) - PAYLOAD_MAX + EXEC_PATH_MAX + copied, wakeup_flags()))
 		count(STAT_EXEC_LOST);
 }
