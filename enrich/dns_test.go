@@ -58,3 +58,17 @@ func TestDNSOverTCPFirstSegmentOnly(t *testing.T) {
 		t.Errorf("skipped %d TCP segments, want 1", st.DNSTCPSkipped)
 	}
 }
+
+// TestDNSWithoutNamespace: answers the kernel could not place in a network
+// namespace (before Linux 6.3) name the connects of every namespace.
+func TestDNSWithoutNamespace(t *testing.T) {
+	e := newTestEnricher(t)
+	now := time.Now()
+	addr := netip.MustParseAddr("192.0.2.7")
+	udp := tcpAnswer(t, "shared.example.test", addr)[2:]
+	e.EnrichBatch([]collector.Event{{Kind: collector.KindDNS, Time: now.UnixNano(), DNS: udp}}, nil, now)
+	ev := collector.Event{Kind: collector.KindConnect, NetNS: 4026531840, Time: now.UnixNano(), Dst: netip.AddrPortFrom(addr, 443)}
+	if got := e.dnsName(&ev); got != "shared.example.test" {
+		t.Errorf("named %q, want shared.example.test", got)
+	}
+}

@@ -71,7 +71,11 @@ type Enricher struct {
 	// held counts the waiting events of each connection, so that a later
 	// event of one (its tls event) waits behind them instead of overtaking.
 	held map[uint64]int
-	log  *slog.Logger
+	// sharedNames says answers came without a namespace (kernels before
+	// 6.3): connects then look there too. Otherwise that second lookup
+	// could only miss.
+	sharedNames bool
+	log         *slog.Logger
 
 	procHits, procMisses, procGone atomic.Uint64
 	cgHits, cgMisses, cgGone       atomic.Uint64
@@ -276,8 +280,10 @@ func (e *Enricher) dnsName(in *collector.Event) string {
 	if name, ok := e.names.Lookup(in.NetNS, addr, now); ok {
 		return name
 	}
-	if name, ok := e.names.Lookup(0, addr, now); ok {
-		return name
+	if e.sharedNames && in.NetNS != 0 {
+		if name, ok := e.names.Lookup(0, addr, now); ok {
+			return name
+		}
 	}
 	return ""
 }
@@ -285,6 +291,9 @@ func (e *Enricher) dnsName(in *collector.Event) string {
 // observeDNS learns the names of an answer. A malformed one is counted by
 // the map; it names nothing.
 func (e *Enricher) observeDNS(in *collector.Event) {
+	if in.NetNS == 0 {
+		e.sharedNames = true
+	}
 	if in.DNSOverTCP {
 		// Only a connection's first segment from the server starts at a
 		// message: a later one starts anywhere, and bytes an attacker chose
