@@ -27,13 +27,13 @@ const ipprotoTCP = 6
 // payload is a decoded payload record; data points into the ring buffer
 // and is valid only until the next read.
 type payload struct {
-	kind        connectKind
-	head        Event // the caller and addresses, as for a connect
-	offset, got int
-	want        int
-	more        bool
-	tcp         bool
-	data        []byte
+	kind   connectKind
+	head   Event // the caller and addresses, as for a connect
+	offset int
+	want   int
+	more   bool
+	tcp    bool
+	data   []byte
 }
 
 func isPayload(b []byte) bool {
