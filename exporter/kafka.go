@@ -216,7 +216,7 @@ func topicList(topics ...string) []string {
 // Write spools msgs. It does not wait for the brokers, only for the write
 // to the spool file (the page cache); nothing of msgs is kept. The error
 // is that of a spool the disk refused: those events are counted as
-// dropped (TakeDropped) as well.
+// dropped (TakeLosses) as well.
 func (k *Kafka) Write(msgs []Message) error {
 	if len(msgs) == 0 {
 		return nil
@@ -242,17 +242,16 @@ func (k *Kafka) Write(msgs []Message) error {
 	return err
 }
 
-// TakeDropped returns how many events were dropped because the spool
-// bound was hit since the last call (loss stage "spool", reason
-// "spool_full").
-func (k *Kafka) TakeDropped() uint64 { return k.spool.TakeDropped() }
-
 // TakeLosses appends to dst, and returns, the events lost since the last
-// call for reasons other than the spool bound: spool records found torn
-// or corrupt, as a crash mid-write leaves them (stage "spool", reason
-// "spool_corrupt"), and events the brokers refused as invalid, such as
-// too large for the topic (stage "kafka", reason "rejected").
+// call: dropped because the spool bound was hit (stage "spool", reason
+// "spool_full"), spool records found torn or corrupt, as a crash mid-write
+// leaves them ("spool_corrupt"), and events the brokers refused as
+// invalid, such as too large for the topic (stage "kafka", reason
+// "rejected").
 func (k *Kafka) TakeLosses(dst []Loss) []Loss {
+	if n := k.spool.TakeDropped(); n > 0 {
+		dst = append(dst, Loss{StageSpool, ReasonSpoolFull, n})
+	}
 	if n := k.spool.TakeCorrupt(); n > 0 {
 		dst = append(dst, Loss{StageSpool, ReasonSpoolCorrupt, n})
 	}

@@ -24,10 +24,7 @@ const (
 type MessageSink interface {
 	// Write takes the messages; it copies what it keeps.
 	Write(msgs []Message) error
-	// TakeDropped returns how many events it dropped since the last call
-	// because its spool was full.
-	TakeDropped() uint64
-	// TakeLosses appends its other losses since the last call.
+	// TakeLosses appends the events it lost since the last call.
 	TakeLosses(dst []Loss) []Loss
 }
 
@@ -75,9 +72,6 @@ func (s *Stream) Write(events []scope.Event) error {
 		s.losses = append(s.losses, lossEvent(now, reported, StageStdout, ReasonWriteFailed))
 	}
 	if s.msgs != nil {
-		if n := s.msgs.TakeDropped(); n > 0 {
-			s.losses = append(s.losses, lossEvent(now, n, StageSpool, ReasonSpoolFull))
-		}
 		s.other = s.msgs.TakeLosses(s.other[:0])
 		for _, l := range s.other {
 			if l.Count > 0 {

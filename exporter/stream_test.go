@@ -154,3 +154,49 @@ func BenchmarkJSONLinesWrite(b *testing.B) {
 		}
 	}
 }
+
+// fakeSink takes messages and reports the losses it is given.
+type fakeSink struct {
+	msgs   []Message
+	losses []Loss
+}
+
+func (f *fakeSink) Write(msgs []Message) error {
+	for _, m := range msgs {
+		f.msgs = append(f.msgs, Message{Key: bytes.Clone(m.Key), Value: bytes.Clone(m.Value), Violation: m.Violation})
+	}
+	return nil
+}
+
+func (f *fakeSink) TakeLosses(dst []Loss) []Loss {
+	dst = append(dst, f.losses...)
+	f.losses = nil
+	return dst
+}
+
+// TestStreamReportsSinkLosses: what the message sink lost leads the next
+// batch, as a loss event on every sink, once.
+func TestStreamReportsSinkLosses(t *testing.T) {
+	var w writeRecorder
+	sink := &fakeSink{losses: []Loss{{StageSpool, ReasonSpoolFull, 40}}}
+	s := NewStream(NewEncoder("", "inst"), &w, sink, nil)
+	if err := s.Write(batch(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(batch(1)); err != nil {
+		t.Fatal(err)
+	}
+	if len(sink.msgs) != 3 {
+		t.Fatalf("%d messages, want a loss event and two events", len(sink.msgs))
+	}
+	loss := decodeLine(t, append(sink.msgs[0].Value, '\n'))
+	if l, ok := loss["loss"].(map[string]any); !ok || loss["kind"] != "loss" || l["stage"] != "spool" || l["reason"] != "spool_full" || l["count"] != float64(40) {
+		t.Errorf("first message %v, want the spool's loss", loss)
+	}
+	if len(sink.msgs[0].Key) != 0 || len(sink.msgs[1].Key) == 0 {
+		t.Errorf("keys %q, %q: want none for the loss event, the identity for the event", sink.msgs[0].Key, sink.msgs[1].Key)
+	}
+	if !strings.HasPrefix(string(w.writes[0]), `{"schema":"callscope/v1","id":"inst-1","seq":1,`) || !strings.Contains(string(w.writes[0]), `"kind":"loss"`) {
+		t.Errorf("stdout does not lead with the loss event: %s", w.writes[0])
+	}
+}
