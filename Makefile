@@ -27,7 +27,7 @@ test: ## run every test; kernel tests load the real programs (as root)
 	$(GOTEST) -count=1 ./...
 
 .PHONY: fuzz
-fuzz: ## run each fuzz test for FUZZTIME (default 20s)
+fuzz: ## run each fuzz test for FUZZTIME: a duration (default 20s) or a count of runs (20000x)
 	@set -e; for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 	    echo "fuzz $$pkg $$f"; $(GOTEST) -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
