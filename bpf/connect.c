@@ -43,6 +43,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* include/net/tcp_states.h */
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
 #define TCP_CLOSE 7
 
 #define EINPROGRESS 115
@@ -266,14 +267,15 @@ static __always_inline void fill_caller(struct caller *c)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u64 uid_gid = bpf_get_current_uid_gid();
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = bpf_get_current_task_btf();
 
 	c->tgid = pid_tgid >> 32;
 	c->tid = (__u32)pid_tgid;
 	c->uid = (__u32)uid_gid;
 	c->gid = uid_gid >> 32;
 	c->cgroup_id = bpf_get_current_cgroup_id();
-	c->task_start = BPF_CORE_READ(task, group_leader, start_boottime);
+	/* Direct loads through BTF pointers: no helper call per level. */
+	c->task_start = task->group_leader->start_boottime;
 	c->start_ns = bpf_ktime_get_boot_ns();
 	c->netns = 0;
 	c->_pad = 0;
@@ -285,7 +287,7 @@ static __always_inline __u32 sock_netns(struct bpf_sock *sk)
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return 0;
-	return BPF_CORE_READ((struct sock *)tp, __sk_common.skc_net.net, ns.inum);
+	return ((struct sock *)tp)->__sk_common.skc_net.net->ns.inum;
 }
 
 static __always_inline int on_connect(struct bpf_sock_addr *ctx, __u16 family)
@@ -378,7 +380,7 @@ static __always_inline int sock_err(struct bpf_sock_ops *skops)
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return 0;
-	return BPF_CORE_READ((struct sock *)tp, sk_err);
+	return ((struct sock *)tp)->sk_err;
 }
 
 /*
@@ -390,13 +392,8 @@ static __always_inline void report(struct bpf_sock_ops *skops, __u8 outcome, __s
 {
 	__u64 cookie = bpf_get_socket_cookie(skops);
 	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
-	if (!c) {
-		/* Not an outbound connect awaiting its outcome; if it was one
-		 * waiting for its first payloads, it closed: nothing to tell. */
-		if (outcome == OUTCOME_CLOSED)
-			bpf_map_delete_elem(&hellos, &cookie);
-		return;
-	}
+	if (!c)
+		return; /* swept, or tracked by an earlier instance of the program */
 	emit(skops, cookie, &c->caller, outcome, err);
 	if (outcome == OUTCOME_ESTABLISHED) {
 		/* Keep the caller for the ClientHello. */
@@ -435,12 +432,27 @@ int sock_ops(struct bpf_sock_ops *skops)
 	}
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: /* simultaneous open of an outbound socket */
-		report(skops, OUTCOME_ESTABLISHED, 0);
+		/* Only a socket TCP_CONNECT tracked has the flag: accepted ones
+		 * cost no lookup. */
+		if (skops->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG)
+			report(skops, OUTCOME_ESTABLISHED, 0);
 		return 1;
-	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] == TCP_CLOSE)
-			report(skops, OUTCOME_CLOSED, sock_err(skops));
+	case BPF_SOCK_OPS_STATE_CB: {
+		__u32 from = skops->args[0], to = skops->args[1];
+		if (from == TCP_SYN_SENT || from == TCP_SYN_RECV) {
+			/* Leaving the handshake for anything but ESTABLISHED (which
+			 * the callback above reports) or a simultaneous open: the
+			 * connect closed before it was established. */
+			if (to != TCP_ESTABLISHED && to != TCP_SYN_RECV)
+				report(skops, OUTCOME_CLOSED, sock_err(skops));
+		} else if (to == TCP_CLOSE) {
+			/* An established connect closed: forget what still waits
+			 * for its first payloads. */
+			__u64 cookie = bpf_get_socket_cookie(skops);
+			bpf_map_delete_elem(&hellos, &cookie);
+		}
 		return 1;
+	}
 	}
 	return 1;
 }
@@ -666,12 +678,44 @@ static __always_inline void fill_payload(struct __sk_buff *skb, struct packet *p
 		count(STAT_PAYLOAD_LOST);
 }
 
+/*
+ * tracked reports whether sock_ops tracks the TCP socket tp: an outbound
+ * connect, on which TCP_CONNECT switched the STATE callback on. The flag is
+ * read from the socket itself, so that the packets of every other socket
+ * (accepted ones, listeners) cost no hash lookup.
+ */
+static __always_inline int tracked(struct tcp_sock *tp)
+{
+	return tp->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG;
+}
+
+/*
+ * Data segments of a connection's first flights worth a look: a ClientHello
+ * of PAYLOAD_MAX bytes spans 8 at the smallest MSS, and retransmissions
+ * count too. A hello not complete by then never will be.
+ */
+#define FIRST_FLIGHT_SEGS 64
+
 SEC("cgroup_skb/egress")
 int egress(struct __sk_buff *skb)
 {
+	/*
+	 * The fast path of every packet but a tracked connection's first data
+	 * segments: the socket's own counters, no lookup. data_segs_out already
+	 * counts this segment when it carries data; 0 means a SYN or a bare ACK.
+	 */
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 1;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp || !tracked(tp))
+		return 1;
+	__u32 segs = tp->data_segs_out;
+	if (segs == 0 || segs > FIRST_FLIGHT_SEGS)
+		return 1;
+
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct conn *c = bpf_map_lookup_elem(&hellos, &cookie);
-	/* The fast path of bulk traffic: a connection not being inspected. */
 	if (!c || (c->phase != PHASE_FIRST_FLIGHT && c->phase != PHASE_CLIENT_HELLO))
 		return 1;
 
@@ -754,34 +798,55 @@ static __always_inline __u32 skb_netns(struct __sk_buff *skb)
 SEC("cgroup_skb/ingress")
 int ingress(struct __sk_buff *skb)
 {
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 1;
 	struct packet p;
-	__u64 cookie = bpf_get_socket_cookie(skb);
-	struct conn *c = bpf_map_lookup_elem(&hellos, &cookie);
-	if (c) {
-		if (parse_packet(skb, &p) || p.proto != IPPROTO_TCP || p.len == 0)
-			return 1;
-		if (c->phase == PHASE_SERVER_HELLO)
-			emit_payload(skb, &p, KIND_TLS_SERVER, &c->caller, cookie,
-				     p.len < SERVER_HELLO_MAX ? p.len : SERVER_HELLO_MAX, 0, 0, 0);
+	__u64 cookie = 0;
+	/* The peer's port, in network order in the upper half; 0 when not connected. */
+	__u32 rport = skb->remote_port;
+	__u32 dns = (__u32)bpf_htons(DNS_PORT) << 16;
+
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (tp) {
 		/*
-		 * The server has spoken: its hello is read, or it spoke first and
-		 * no ClientHello will lead the connection. Either way, done.
+		 * Only a tracked connection's first data segment in can be the
+		 * server's first payload. The socket's counters say so without a
+		 * lookup: segs_in and data_segs_in do not count this segment yet.
 		 */
-		bpf_map_delete_elem(&hellos, &cookie);
+		if (tracked(tp) && ((struct sock *)tp)->__sk_common.skc_state == TCP_ESTABLISHED &&
+		    tp->data_segs_in == 0 && tp->segs_in < FIRST_FLIGHT_SEGS) {
+			cookie = bpf_get_socket_cookie(skb);
+			struct conn *c = bpf_map_lookup_elem(&hellos, &cookie);
+			if (c) {
+				if (parse_packet(skb, &p) || p.proto != IPPROTO_TCP || p.len == 0)
+					return 1;
+				if (c->phase == PHASE_SERVER_HELLO)
+					emit_payload(skb, &p, KIND_TLS_SERVER, &c->caller, cookie,
+						     p.len < SERVER_HELLO_MAX ? p.len : SERVER_HELLO_MAX, 0, 0, 0);
+				/*
+				 * The server has spoken: its hello is read, or it spoke
+				 * first and no ClientHello will lead the connection.
+				 * Either way, done.
+				 */
+				bpf_map_delete_elem(&hellos, &cookie);
+				return 1;
+			}
+		}
+		/* TCP brings DNS answers only to a socket connected to port 53;
+		 * a listener's packets are connections, not answers. */
+		if (rport != dns)
+			return 1;
+	} else if (rport != 0 && rport != dns) {
+		/* A UDP socket connected elsewhere gets nothing from port 53; an
+		 * unconnected one, such as a resolver's, has its packets parsed. */
 		return 1;
 	}
 
-	/*
-	 * The fast path of bulk traffic: a socket connected to a port other
-	 * than 53 receives nothing from port 53. (remote_port holds the port
-	 * in network order in its upper half; 0 for an unconnected socket,
-	 * such as a resolver's, whose packets are parsed.)
-	 */
-	__u32 rport = skb->remote_port;
-	if (rport != 0 && rport != ((__u32)bpf_htons(DNS_PORT) << 16))
-		return 1;
 	if (parse_packet(skb, &p) || p.sport != DNS_PORT || p.len == 0)
 		return 1;
+	if (!cookie)
+		cookie = bpf_get_socket_cookie(skb);
 	struct caller none;
 	__builtin_memset(&none, 0, sizeof(none));
 	none.netns = skb_netns(skb);

@@ -153,32 +153,36 @@ func run(t *testing.T, cg *kerneltest.Cgroup, name string, args ...string) int {
 	return cmd.Process.Pid
 }
 
-// TestDNSAnswers: a DNS answer received over UDP is handed on with its
-// bytes and the network namespace of the socket that received it.
+// TestDNSAnswers: a DNS answer received over UDP or TCP is handed on with
+// its bytes and the network namespace of the socket that received it.
 func TestDNSAnswers(t *testing.T) {
 	_, s := start(t)
 	addr, _ := listen(t, "tcp", "127.0.0.1:0")
 	dns := kerneltest.NewDNSServer(t, "127.0.77.53", map[string]netip.Addr{"answer.example.test": addr.Addr()})
-	cg := kerneltest.NewCgroup(t, "dns")
-	kerneltest.Resolve{Server: dns.Addr, Name: "answer.example.test", Port: addr.Port(), Cgroup: cg}.Run(t)
-
 	want := netnsInode(t, "/proc/self/ns/net")
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		s.mu.Lock()
-		for _, e := range s.dns {
-			if e.Src.Port() == 53 && bytes.Contains(e.DNS, []byte("\x06answer\x07example\x04test\x00")) && !e.DNSOverTCP {
-				if e.NetNS != want || e.CgroupID != cg.ID {
-					t.Errorf("answer from netns %d cgroup %d, want %d and %d", e.NetNS, e.CgroupID, want, cg.ID)
+	for _, network := range []string{"udp", "tcp"} {
+		t.Run(network, func(t *testing.T) {
+			cg := kerneltest.NewCgroup(t, "dns-"+network)
+			kerneltest.Resolve{Server: dns.Addr, Network: network, Name: "answer.example.test", Port: addr.Port(), Cgroup: cg}.Run(t)
+
+			deadline := time.Now().Add(5 * time.Second)
+			for time.Now().Before(deadline) {
+				s.mu.Lock()
+				for _, e := range s.dns {
+					if e.Src.Port() == 53 && bytes.Contains(e.DNS, []byte("\x06answer\x07example\x04test\x00")) && e.CgroupID == cg.ID {
+						if e.NetNS != want || e.DNSOverTCP != (network == "tcp") {
+							t.Errorf("answer from netns %d over TCP %v, want netns %d over %s", e.NetNS, e.DNSOverTCP, want, network)
+						}
+						s.mu.Unlock()
+						return
+					}
 				}
 				s.mu.Unlock()
-				return
+				time.Sleep(20 * time.Millisecond)
 			}
-		}
-		s.mu.Unlock()
-		time.Sleep(20 * time.Millisecond)
+			t.Fatalf("no DNS answer over %s in cgroup %d among %d", network, cg.ID, len(s.dns))
+		})
 	}
-	t.Fatalf("no DNS answer for answer.example.test among %d", len(s.dns))
 }
 
 // TestExec: execve is reported with the path as given, the arguments, the

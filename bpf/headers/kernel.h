@@ -26,6 +26,7 @@ typedef struct {
 
 struct sock_common {
 	possible_net_t skc_net;
+	unsigned char skc_state;
 };
 
 struct sock {
@@ -35,6 +36,15 @@ struct sock {
 
 struct sk_buff {
 	struct sock *sk;
+};
+
+/* RFC 4898 counters, which the kernel updates before the cgroup_skb hooks see
+ * a segment sent and after they see one received. */
+struct tcp_sock {
+	__u32 segs_in;
+	__u32 data_segs_in;
+	__u32 data_segs_out;
+	__u8 bpf_sock_ops_cb_flags;
 };
 
 typedef struct {

@@ -1,9 +1,12 @@
 package kerneltest
 
 import (
+	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -14,9 +17,9 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 )
 
-// DNSServer answers A and AAAA queries over UDP from a fixed table, on
-// port 53 of a loopback address, where the kernel capture looks for
-// answers.
+// DNSServer answers A and AAAA queries over UDP and TCP from a fixed
+// table, on port 53 of a loopback address, where the kernel capture looks
+// for answers.
 type DNSServer struct {
 	Addr netip.AddrPort
 }
@@ -42,7 +45,44 @@ func NewDNSServer(t testing.TB, ip string, names map[string]netip.Addr) *DNSServ
 			}
 		}
 	}()
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "53"))
+	if err != nil {
+		t.Fatalf("dns server: %v", err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serveTCP(conn, names)
+		}
+	}()
 	return &DNSServer{Addr: pc.LocalAddr().(*net.UDPAddr).AddrPort()}
+}
+
+// serveTCP answers the length-prefixed queries of one TCP connection.
+func serveTCP(conn net.Conn, names map[string]netip.Addr) {
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	var n [2]byte
+	for {
+		if _, err := io.ReadFull(conn, n[:]); err != nil {
+			return
+		}
+		query := make([]byte, binary.BigEndian.Uint16(n[:]))
+		if _, err := io.ReadFull(conn, query); err != nil {
+			return
+		}
+		resp, err := answer(query, names)
+		if err != nil {
+			return
+		}
+		if _, err := conn.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(resp))), resp...)); err != nil {
+			return
+		}
+	}
 }
 
 func answer(query []byte, names map[string]netip.Addr) ([]byte, error) {
@@ -74,9 +114,12 @@ func answer(query []byte, names map[string]netip.Addr) ([]byte, error) {
 // as a program's resolver would, and connects to the first answer on Port.
 type Resolve struct {
 	Server netip.AddrPort
-	Name   string
-	Port   uint16
-	Cgroup *Cgroup
+	// Network is how the resolver reaches Server: "udp" (the default) or
+	// "tcp".
+	Network string
+	Name    string
+	Port    uint16
+	Cgroup  *Cgroup
 }
 
 // Run runs the helper and returns its pid once it is done.
@@ -84,15 +127,16 @@ func (r Resolve) Run(t testing.TB) int {
 	t.Helper()
 	return runHelper(t, "resolve", r.Cgroup,
 		"CALLSCOPE_TEST_DNS="+r.Server.String(),
+		"CALLSCOPE_TEST_DNS_NETWORK="+cmp.Or(r.Network, "udp"),
 		"CALLSCOPE_TEST_NAME="+r.Name,
 		fmt.Sprintf("CALLSCOPE_TEST_PORT=%d", r.Port))
 }
 
 func resolveMain() error {
-	server := os.Getenv("CALLSCOPE_TEST_DNS")
-	res := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+	server, network := os.Getenv("CALLSCOPE_TEST_DNS"), os.Getenv("CALLSCOPE_TEST_DNS_NETWORK")
+	res := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
-		return d.DialContext(ctx, "udp", server)
+		return d.DialContext(ctx, network, server)
 	}}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
