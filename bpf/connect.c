@@ -20,12 +20,14 @@
  * A hash map rather than socket storage: allocating socket storage on every
  * connect cost several times more than the rest of the path together.
  *
- * After its outcome, an established connect moves to a second map (an LRU)
- * until its first payloads: cgroup_skb/egress copies the client's first flight when it
- * is a TLS handshake record (the ClientHello, also when it spans segments),
- * and cgroup_skb/ingress the server's first bytes (the ServerHello). Each
- * packet of other traffic costs one hash lookup that misses. The same
- * ingress program copies DNS answers (source port 53, UDP and TCP).
+ * cgroup_skb/egress copies a tracked connection's first data when it is a
+ * TLS ClientHello, also when it spans segments, and cgroup_skb/ingress then
+ * the server's first bytes (the ServerHello). Only a connection that sent a
+ * ClientHello gets an entry, in a second map (an LRU); user space gives its
+ * records the caller of the connect with the same cookie. Which packets are
+ * worth a look the socket itself tells (the flag TCP_CONNECT sets, and its
+ * RFC 4898 counters), so other traffic costs no lookup. The same ingress
+ * program copies DNS answers (source port 53, UDP and TCP).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -58,12 +60,10 @@ enum kind {
 	KIND_EXEC = 6,       /* a process ran execve: its path and arguments (struct payload_event) */
 };
 
-/* What a tracked connection waits for. */
+/* What a connection that sent a ClientHello waits for. */
 enum phase {
-	PHASE_CONNECTING = 0,  /* its outcome */
-	PHASE_FIRST_FLIGHT = 1, /* the client's first payload */
-	PHASE_CLIENT_HELLO = 2, /* the rest of a ClientHello that spans segments */
-	PHASE_SERVER_HELLO = 3, /* the server's first payload */
+	PHASE_CLIENT_HELLO = 1, /* the rest of a ClientHello that spans segments */
+	PHASE_SERVER_HELLO = 2, /* the server's first payload */
 };
 
 /* Where the kernel knew the outcome; user space maps it to a name. */
@@ -134,20 +134,26 @@ struct payload_event {
 	__u8 data[PAYLOAD_MAX];
 };
 
-/* A connect tracked from TCP_CONNECT to its first payloads. */
+/* A connect tracked from TCP_CONNECT to its outcome. */
 struct conn {
 	struct caller caller;
+};
+
+/* A connection whose ClientHello is being read, from its first segment to
+ * the server's answer. */
+struct hello {
 	__u32 next_seq; /* TCP sequence number of the next ClientHello byte */
 	__u16 want;
 	__u16 got;
 	__u8 phase;
-	__u8 _pad[7];
+	__u8 _pad[3];
 };
 
 /* Referenced so that their BTF, and so their Go bindings, exist. */
 const struct event *unused_event __attribute__((unused));
 const struct payload_event *unused_payload_event __attribute__((unused));
 const struct conn *unused_conn __attribute__((unused));
+const struct hello *unused_hello __attribute__((unused));
 const enum phase *unused_phase __attribute__((unused));
 const enum outcome *unused_outcome __attribute__((unused));
 const enum kind *unused_kind __attribute__((unused));
@@ -189,10 +195,11 @@ struct {
 } conns SEC(".maps");
 
 /*
- * Established connects waiting for their first payloads, by socket cookie.
- * Apart from conns, so that idle connections can never take the room that
- * connects need to report their outcome; an LRU, as what an eviction loses
- * is one connection's TLS hello, not an event.
+ * Connections whose ClientHello is being read, by socket cookie, until the
+ * server answers or the connection closes. Apart from conns, so that they
+ * can never take the room that connects need to report their outcome; an
+ * LRU, as what an eviction loses is one connection's ServerHello or the end
+ * of its ClientHello, not an event.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -200,7 +207,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, 32768); /* resized by the loader */
 	__type(key, __u64);
-	__type(value, struct conn);
+	__type(value, struct hello);
 } hellos SEC(".maps");
 
 /*
@@ -395,12 +402,6 @@ static __always_inline void report(struct bpf_sock_ops *skops, __u8 outcome, __s
 	if (!c)
 		return; /* swept, or tracked by an earlier instance of the program */
 	emit(skops, cookie, &c->caller, outcome, err);
-	if (outcome == OUTCOME_ESTABLISHED) {
-		/* Keep the caller for the ClientHello. */
-		struct conn h = *c;
-		h.phase = PHASE_FIRST_FLIGHT;
-		bpf_map_update_elem(&hellos, &cookie, &h, BPF_ANY);
-	}
 	bpf_map_delete_elem(&conns, &cookie);
 }
 
@@ -445,9 +446,9 @@ int sock_ops(struct bpf_sock_ops *skops)
 			 * connect closed before it was established. */
 			if (to != TCP_ESTABLISHED && to != TCP_SYN_RECV)
 				report(skops, OUTCOME_CLOSED, sock_err(skops));
-		} else if (to == TCP_CLOSE) {
-			/* An established connect closed: forget what still waits
-			 * for its first payloads. */
+		} else if (to == TCP_CLOSE && skops->data_segs_out > 0) {
+			/* A connection that sent data closed: forget its hello,
+			 * if it was one that still waited for an answer. */
 			__u64 cookie = bpf_get_socket_cookie(skops);
 			bpf_map_delete_elem(&hellos, &cookie);
 		}
@@ -715,46 +716,57 @@ int egress(struct __sk_buff *skb)
 		return 1;
 
 	__u64 cookie = bpf_get_socket_cookie(skb);
-	struct conn *c = bpf_map_lookup_elem(&hellos, &cookie);
-	if (!c || (c->phase != PHASE_FIRST_FLIGHT && c->phase != PHASE_CLIENT_HELLO))
+	struct hello *h = bpf_map_lookup_elem(&hellos, &cookie);
+	if (h && h->phase != PHASE_CLIENT_HELLO)
+		return 1;
+	/* Only the first data can start a ClientHello: bytes_sent counts
+	 * this segment's, and those of every segment sent before it. */
+	if (!h && tp->bytes_sent > 0xffff)
 		return 1;
 
 	struct packet p;
 	if (parse_packet(skb, &p) || p.proto != IPPROTO_TCP || p.len == 0)
 		return 1;
+	/* Records of the hello carry the socket's cgroup; user space gives
+	 * them the caller of the connect with the same cookie. */
+	struct caller c;
+	__builtin_memset(&c, 0, sizeof(c));
+	c.cgroup_id = bpf_skb_cgroup_id(skb);
 
-	if (c->phase == PHASE_FIRST_FLIGHT) {
-		__u8 h[5];
-		/* A TLS handshake record: type 22, version 3.x, then its length. */
-		if (p.len < sizeof(h) || bpf_skb_load_bytes(skb, p.payload, h, sizeof(h)) || h[0] != 0x16 || h[1] != 3) {
-			bpf_map_delete_elem(&hellos, &cookie); /* not TLS: done with it */
+	if (!h) {
+		if (tp->bytes_sent != p.len)
 			return 1;
-		}
-		__u32 want = 5 + (((__u32)h[3] << 8) | h[4]);
+		__u8 r[6];
+		/* A TLS handshake record (type 22, version 3.x, its length)
+		 * holding a ClientHello (handshake type 1). */
+		if (p.len < sizeof(r) || bpf_skb_load_bytes(skb, p.payload, r, sizeof(r)) || r[0] != 0x16 || r[1] != 3 ||
+		    r[5] != 1)
+			return 1;
+		__u32 want = 5 + (((__u32)r[3] << 8) | r[4]);
 		__u8 more = 0;
 		if (want > PAYLOAD_MAX) {
 			want = PAYLOAD_MAX;
 			more = 1;
 		}
 		__u32 n = p.len < want ? p.len : want;
-		emit_payload(skb, &p, KIND_TLS_CLIENT, &c->caller, cookie, n, 0, want, more);
+		emit_payload(skb, &p, KIND_TLS_CLIENT, &c, cookie, n, 0, want, more);
+		struct hello next = {.phase = PHASE_SERVER_HELLO};
 		if (n < want) {
-			c->phase = PHASE_CLIENT_HELLO;
-			c->next_seq = p.seq + n;
-			c->want = want;
-			c->got = n;
-		} else {
-			c->phase = PHASE_SERVER_HELLO;
+			next.phase = PHASE_CLIENT_HELLO;
+			next.next_seq = p.seq + n;
+			next.want = want;
+			next.got = n;
 		}
+		bpf_map_update_elem(&hellos, &cookie, &next, BPF_ANY);
 		return 1;
 	}
 
 	/* PHASE_CLIENT_HELLO: the next segment of a ClientHello. */
-	if (p.seq != c->next_seq) {
-		__s32 seen = (__s32)(c->next_seq - p.seq);
+	if (p.seq != h->next_seq) {
+		__s32 seen = (__s32)(h->next_seq - p.seq);
 		if (seen <= 0) {
 			/* A gap: user space reports the hello as truncated. */
-			c->phase = PHASE_SERVER_HELLO;
+			h->phase = PHASE_SERVER_HELLO;
 			return 1;
 		}
 		if ((__u32)seen >= p.len)
@@ -763,14 +775,14 @@ int egress(struct __sk_buff *skb)
 		p.payload += seen;
 		p.len -= seen;
 	}
-	__u32 n = c->want > c->got ? c->want - c->got : 0;
+	__u32 n = h->want > h->got ? h->want - h->got : 0;
 	if (n > p.len)
 		n = p.len;
-	emit_payload(skb, &p, KIND_TLS_CLIENT, &c->caller, cookie, n, c->got, c->want, 0);
-	c->got += n;
-	c->next_seq += n;
-	if (c->got >= c->want)
-		c->phase = PHASE_SERVER_HELLO;
+	emit_payload(skb, &p, KIND_TLS_CLIENT, &c, cookie, n, h->got, h->want, 0);
+	h->got += n;
+	h->next_seq += n;
+	if (h->got >= h->want)
+		h->phase = PHASE_SERVER_HELLO;
 	return 1;
 }
 
@@ -817,17 +829,20 @@ int ingress(struct __sk_buff *skb)
 		if (tracked(tp) && ((struct sock *)tp)->__sk_common.skc_state == TCP_ESTABLISHED &&
 		    tp->data_segs_in == 0 && tp->segs_in < FIRST_FLIGHT_SEGS) {
 			cookie = bpf_get_socket_cookie(skb);
-			struct conn *c = bpf_map_lookup_elem(&hellos, &cookie);
-			if (c) {
+			struct hello *h = bpf_map_lookup_elem(&hellos, &cookie);
+			if (h) {
 				if (parse_packet(skb, &p) || p.proto != IPPROTO_TCP || p.len == 0)
 					return 1;
-				if (c->phase == PHASE_SERVER_HELLO)
-					emit_payload(skb, &p, KIND_TLS_SERVER, &c->caller, cookie,
+				if (h->phase == PHASE_SERVER_HELLO) {
+					struct caller c;
+					__builtin_memset(&c, 0, sizeof(c));
+					c.cgroup_id = bpf_skb_cgroup_id(skb);
+					emit_payload(skb, &p, KIND_TLS_SERVER, &c, cookie,
 						     p.len < SERVER_HELLO_MAX ? p.len : SERVER_HELLO_MAX, 0, 0, 0);
+				}
 				/*
-				 * The server has spoken: its hello is read, or it spoke
-				 * first and no ClientHello will lead the connection.
-				 * Either way, done.
+				 * The server has spoken: its hello is read, or it did
+				 * before the ClientHello was whole. Either way, done.
 				 */
 				bpf_map_delete_elem(&hellos, &cookie);
 				return 1;

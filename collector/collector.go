@@ -426,11 +426,15 @@ func (c *Collector) read() {
 			}
 			batch := c.batch
 			batch.Events = batch.Events[:len(batch.Events)+1]
-			if derr := batch.Events[len(batch.Events)-1].Decode(rec.RawSample, bootOffset); derr != nil {
+			ev := &batch.Events[len(batch.Events)-1]
+			if derr := ev.Decode(rec.RawSample, bootOffset); derr != nil {
 				batch.Events = batch.Events[:len(batch.Events)-1]
 				c.lose(lossMalformed, 1)
 				c.log.Warn("dropping malformed ring buffer record", "error", derr)
 				continue
+			}
+			if ev.Kind == KindConnect && ev.Outcome == OutcomeEstablished {
+				c.hellos.connected(ev)
 			}
 			if len(batch.Events) == cap(batch.Events) {
 				c.batch = c.send(batch, false)

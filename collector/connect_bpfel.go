@@ -28,13 +28,8 @@ type connectCaller struct {
 }
 
 type connectConn struct {
-	_       structs.HostLayout
-	Caller  connectCaller
-	NextSeq uint32
-	Want    uint16
-	Got     uint16
-	Phase   uint8
-	Pad     [7]uint8
+	_      structs.HostLayout
+	Caller connectCaller
 }
 
 type connectEvent struct {
@@ -51,6 +46,15 @@ type connectEvent struct {
 	Outcome uint8
 	Err     int32
 	Aux     uint32
+}
+
+type connectHello struct {
+	_       structs.HostLayout
+	NextSeq uint32
+	Want    uint16
+	Got     uint16
+	Phase   uint8
+	Pad     [3]uint8
 }
 
 type connectKind uint32
@@ -97,10 +101,8 @@ type connectPending struct {
 type connectPhase uint32
 
 const (
-	connectPhasePHASE_CONNECTING   connectPhase = 0
-	connectPhasePHASE_FIRST_FLIGHT connectPhase = 1
-	connectPhasePHASE_CLIENT_HELLO connectPhase = 2
-	connectPhasePHASE_SERVER_HELLO connectPhase = 3
+	connectPhasePHASE_CLIENT_HELLO connectPhase = 1
+	connectPhasePHASE_SERVER_HELLO connectPhase = 2
 )
 
 type connectStat uint32
@@ -136,6 +138,7 @@ const (
 	connectProgSockOps           = "sock_ops"
 	connectVarUnusedConn         = "unused_conn"
 	connectVarUnusedEvent        = "unused_event"
+	connectVarUnusedHello        = "unused_hello"
 	connectVarUnusedKind         = "unused_kind"
 	connectVarUnusedOutcome      = "unused_outcome"
 	connectVarUnusedPayloadEvent = "unused_payload_event"
@@ -215,6 +218,7 @@ type connectMapSpecs struct {
 type connectVariableSpecs struct {
 	UnusedConn         *ebpf.VariableSpec `ebpf:"unused_conn"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedHello        *ebpf.VariableSpec `ebpf:"unused_hello"`
 	UnusedKind         *ebpf.VariableSpec `ebpf:"unused_kind"`
 	UnusedOutcome      *ebpf.VariableSpec `ebpf:"unused_outcome"`
 	UnusedPayloadEvent *ebpf.VariableSpec `ebpf:"unused_payload_event"`
@@ -270,6 +274,7 @@ func (m *connectMaps) Close() error {
 type connectVariables struct {
 	UnusedConn         *ebpf.Variable `ebpf:"unused_conn"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
+	UnusedHello        *ebpf.Variable `ebpf:"unused_hello"`
 	UnusedKind         *ebpf.Variable `ebpf:"unused_kind"`
 	UnusedOutcome      *ebpf.Variable `ebpf:"unused_outcome"`
 	UnusedPayloadEvent *ebpf.Variable `ebpf:"unused_payload_event"`

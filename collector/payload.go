@@ -8,6 +8,7 @@ import (
 	"unsafe"
 
 	"github.com/callscope/callscope/collector/tlshello"
+	"github.com/callscope/callscope/internal/gencache"
 )
 
 // Payload records are a struct event followed by a few fields and the
@@ -79,6 +80,9 @@ type HelloStats struct {
 	Unparsable   uint64 // first flights that looked like TLS and did not parse: no tls event
 	ServerHellos uint64 // ServerHellos joined to their tls event
 	Dropped      uint64 // handshakes not followed because too many were being put together
+	// Unattributed counts tls events whose connect was no longer known:
+	// they carry the socket's cgroup, but no process.
+	Unattributed uint64
 	DNSAnswers   uint64 // DNS payloads handed on
 }
 
@@ -89,6 +93,30 @@ const helloWait = time.Second
 // maxAssembling bounds the handshakes put together at once: each holds a
 // few KiB at most.
 const maxAssembling = 8192
+
+// maxCallers bounds the established connects whose caller is kept for a
+// ClientHello still to come. A hello follows its connect within a round
+// trip, so the last 32,768 to 65,536 connects are plenty.
+const maxCallers = 65536
+
+// caller is what a connect event holds of its caller: the kernel sends a
+// ClientHello without it, and the assembler gives the tls event the caller
+// of the connect with the same cookie.
+type caller struct {
+	pid, tid, uid, gid uint32
+	netns              uint32
+	cgroup, procStart  uint64
+	comm               [16]byte
+}
+
+func callerOf(e *Event) caller {
+	return caller{pid: e.PID, tid: e.TID, uid: e.UID, gid: e.GID, netns: e.NetNS, cgroup: e.CgroupID, procStart: e.ProcStart, comm: e.Comm}
+}
+
+func (c *caller) applyTo(e *Event) {
+	e.PID, e.TID, e.UID, e.GID, e.NetNS = c.pid, c.tid, c.uid, c.gid, c.netns
+	e.CgroupID, e.ProcStart, e.Comm = c.cgroup, c.procStart, c.comm
+}
 
 type assembly struct {
 	ev       Event // the tls event being made: caller, addresses, time
@@ -102,13 +130,19 @@ type assembly struct {
 // assembler joins the pieces of each connection's ClientHello and its
 // ServerHello into one tls event. It belongs to the read goroutine.
 type assembler struct {
-	conns map[uint64]*assembly
-	stats HelloStats
-	emit  func(*Event)
+	conns   map[uint64]*assembly
+	callers *gencache.Cache[uint64, caller] // by cookie, of established connects
+	stats   HelloStats
+	emit    func(*Event)
 }
 
 func newAssembler(emit func(*Event)) *assembler {
-	return &assembler{conns: make(map[uint64]*assembly), emit: emit}
+	return &assembler{conns: make(map[uint64]*assembly), callers: gencache.New[uint64, caller](maxCallers), emit: emit}
+}
+
+// connected keeps the caller of an established connect for its ClientHello.
+func (a *assembler) connected(e *Event) {
+	a.callers.Put(e.Cookie, callerOf(e))
 }
 
 func (a *assembler) add(p *payload, now time.Time) {
@@ -157,6 +191,12 @@ func (a *assembler) client(p *payload, now time.Time) {
 		want := max(p.want, len(p.data))
 		as = &assembly{ev: p.head, want: want, buf: make([]byte, 0, want), deadline: now.Add(helloWait)}
 		as.ev.Kind = KindTLS
+		if c, ok := a.callers.Get(cookie); ok {
+			c.applyTo(&as.ev)
+			a.callers.Delete(cookie) // a connection starts one ClientHello
+		} else {
+			a.stats.Unattributed++
+		}
 		as.gap = p.more
 		a.conns[cookie] = as
 	} else if !ok || as.hello != nil {

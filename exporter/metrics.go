@@ -100,6 +100,8 @@ var (
 	helloDesc = prometheus.NewDesc("callscope_tls_client_hellos_total",
 		"TLS ClientHellos seen on outbound connections, by result: ok, truncated (parsed from a cut capture), unparsable (no tls event), dropped (too many handshakes in flight).",
 		[]string{"result"}, nil)
+	unattributedDesc = prometheus.NewDesc("callscope_tls_client_hellos_unattributed_total",
+		"tls events whose connect was no longer known: they carry the socket's cgroup but no process.", nil, nil)
 	serverHelloDesc = prometheus.NewDesc("callscope_tls_server_hellos_total",
 		"TLS ServerHellos joined to their tls event.", nil, nil)
 	dnsDesc = prometheus.NewDesc("callscope_dns_answers_total",
@@ -125,7 +127,7 @@ func (s *stageCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- cacheDesc
 	ch <- podWaitsDesc
 	for _, d := range []*prometheus.Desc{verdictsDesc, violationsDesc, pendingClosedDesc, pendingDesc, reloadsDesc,
-		helloDesc, serverHelloDesc, dnsDesc, namesDesc, progRunsDesc, progTimeDesc} {
+		helloDesc, unattributedDesc, serverHelloDesc, dnsDesc, namesDesc, progRunsDesc, progTimeDesc} {
 		ch <- d
 	}
 }
@@ -146,6 +148,7 @@ func (s *stageCollector) Collect(ch chan<- prometheus.Metric) {
 		}{{"ok", h.ClientHellos - h.Truncated}, {"truncated", h.Truncated}, {"unparsable", h.Unparsable}, {"dropped", h.Dropped}} {
 			ch <- prometheus.MustNewConstMetric(helloDesc, prometheus.CounterValue, float64(c.n), c.result)
 		}
+		ch <- prometheus.MustNewConstMetric(unattributedDesc, prometheus.CounterValue, float64(h.Unattributed))
 		ch <- prometheus.MustNewConstMetric(serverHelloDesc, prometheus.CounterValue, float64(h.ServerHellos))
 	}
 	if s.src.Scope != nil {

@@ -41,6 +41,7 @@ struct sk_buff {
 /* RFC 4898 counters, which the kernel updates before the cgroup_skb hooks see
  * a segment sent and after they see one received. */
 struct tcp_sock {
+	__u64 bytes_sent;
 	__u32 segs_in;
 	__u32 data_segs_in;
 	__u32 data_segs_out;
