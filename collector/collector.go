@@ -46,7 +46,13 @@ type Config struct {
 	// BPFStats has the kernel count each program's runs and run time, for
 	// Programs. It costs two clock reads per program run.
 	BPFStats bool
-	Logger   *slog.Logger
+	// NoSyscallErrors leaves out connects that fail inside connect(2),
+	// before a SYN is sent (no route, no free port, a local policy). Their
+	// capture needs the syscall-exit tracepoint, and while any syscall
+	// tracepoint is attached every syscall on the node takes the kernel's
+	// slower path.
+	NoSyscallErrors bool
+	Logger          *slog.Logger
 }
 
 func (c *Config) defaults() error {
@@ -224,31 +230,40 @@ func (c *Collector) load() error {
 }
 
 func (c *Collector) attach() error {
-	for _, a := range []struct {
+	type cgroupProg struct {
 		name string
 		typ  ebpf.AttachType
 		prog *ebpf.Program
-	}{
-		{"connect4", ebpf.AttachCGroupInet4Connect, c.objs.Connect4},
-		{"connect6", ebpf.AttachCGroupInet6Connect, c.objs.Connect6},
+	}
+	type tracepoint struct {
+		group, name string
+		prog        *ebpf.Program
+	}
+	progs := []cgroupProg{
 		{"sock_ops", ebpf.AttachCGroupSockOps, c.objs.SockOps},
 		{"egress", ebpf.AttachCGroupInetEgress, c.objs.Egress},
 		{"ingress", ebpf.AttachCGroupInetIngress, c.objs.Ingress},
-	} {
+	}
+	tracepoints := []tracepoint{
+		{"sched", "sched_process_exit", c.objs.ProcessExit},
+		{"sched", "sched_process_exec", c.objs.ProcessExec},
+	}
+	if !c.cfg.NoSyscallErrors {
+		// connect4 and connect6 only arm the record that the syscall
+		// exit reports.
+		progs = append(progs,
+			cgroupProg{"connect4", ebpf.AttachCGroupInet4Connect, c.objs.Connect4},
+			cgroupProg{"connect6", ebpf.AttachCGroupInet6Connect, c.objs.Connect6})
+		tracepoints = append(tracepoints, tracepoint{"syscalls", "sys_exit_connect", c.objs.ConnectExit})
+	}
+	for _, a := range progs {
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: c.cfg.CgroupRoot, Attach: a.typ, Program: a.prog})
 		if err != nil {
 			return fmt.Errorf("attach %s to %s: %w", a.name, c.cfg.CgroupRoot, err)
 		}
 		c.links = append(c.links, l)
 	}
-	for _, tp := range []struct {
-		group, name string
-		prog        *ebpf.Program
-	}{
-		{"syscalls", "sys_exit_connect", c.objs.ConnectExit},
-		{"sched", "sched_process_exit", c.objs.ProcessExit},
-		{"sched", "sched_process_exec", c.objs.ProcessExec},
-	} {
+	for _, tp := range tracepoints {
 		l, err := link.Tracepoint(tp.group, tp.name, tp.prog, nil)
 		if err != nil {
 			return fmt.Errorf("attach tracepoint %s/%s: %w", tp.group, tp.name, err)

@@ -303,6 +303,31 @@ func TestConnectNoAnswer(t *testing.T) {
 	}
 }
 
+// TestNoSyscallErrors: with NoSyscallErrors, a connect that fails inside
+// connect(2) gives no event, and the others still do.
+func TestNoSyscallErrors(t *testing.T) {
+	_, s := startWith(t, collector.Config{FlushInterval: 10 * time.Millisecond, NoSyscallErrors: true}, 0)
+	peer := kerneltest.NewPeer(t)
+	noRoute := netip.MustParseAddrPort("203.0.113.7:443")
+	failed, res := kerneltest.Connect{Addrs: []netip.AddrPort{noRoute}, NetNS: peer.NetNS}.Run(t)
+	if res[0] != noRoute.String()+"=ENETUNREACH" {
+		t.Fatalf("helper said %v", res)
+	}
+	addr, _ := listen(t, "tcp", "127.0.0.1:0")
+	pid, _ := kerneltest.Connect{Addrs: []netip.AddrPort{addr}}.Run(t)
+	if e := s.await(t, 1, 5*time.Second, pid)[0]; e.Outcome != collector.OutcomeEstablished {
+		t.Errorf("outcome %v, want established", e.Outcome)
+	}
+	// The ring is read in order: the failed connect's event would be in.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.events {
+		if int(e.PID) == failed {
+			t.Errorf("event for a failure inside connect(2): %+v", e)
+		}
+	}
+}
+
 // TestConnectConcurrent checks that nothing is lost or doubled: events plus
 // counted losses equal the connects made.
 func TestConnectConcurrent(t *testing.T) {

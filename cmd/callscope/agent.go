@@ -97,7 +97,7 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	}
 	defer enr.Close()
 
-	coll, err := collector.Start(collector.Config{CgroupRoot: cfg.cgroupRoot, BPFStats: cfg.bpfStats, Logger: log})
+	coll, err := collector.Start(collector.Config{CgroupRoot: cfg.cgroupRoot, BPFStats: cfg.bpfStats, NoSyscallErrors: !cfg.syscallErrors, Logger: log})
 	if err != nil {
 		return err
 	}
