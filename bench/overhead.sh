@@ -17,6 +17,9 @@
 #   bare               the workload alone;
 #   callscope          under `BIN run` (events to a file, metrics on a free
 #                      port), measured once /readyz answers;
+#   callscope-nosys    the same with --syscall-errors=false: without the
+#                      syscall-exit tracepoint (and connect4/6), which puts
+#                      every syscall on the kernel's slower path;
 #   callscope-stats    the same with --bpf-stats: with the kernel's
 #                      per-program run-time accounting (two clock reads per
 #                      program run), which gives the ns per program run;
@@ -36,7 +39,7 @@
 # metrics). Exits 1 if a check fails.
 #
 # Environment:
-#   VARIANTS  the variants to run (default: all four for connect; bare,
+#   VARIANTS  the variants to run (default: all five for connect; bare,
 #             callscope and callscope-stats for bulk)
 #   CPU       the CPU the workload is pinned to (default 0)
 #   TOOL_CPUS if set, the CPUs the agent and bpftrace are pinned to (say 1):
@@ -56,7 +59,7 @@ cpu=${CPU:-0}
 pin=()
 if [[ -n ${TOOL_CPUS:-} ]]; then pin=(taskset -c "$TOOL_CPUS"); fi
 case $mode in
-  connect) default_variants="bare callscope callscope-stats bpftrace" ;;
+  connect) default_variants="bare callscope callscope-nosys callscope-stats bpftrace" ;;
   bulk) default_variants="bare callscope callscope-stats" ;;
   *) usage ;;
 esac
@@ -90,6 +93,11 @@ for v in "${variants[@]}"; do
       help=$("$bin" run --help 2>&1 || true)
       if [[ $help == *-bpf-stats* ]]; then keep+=("$v"); else
         echo "overhead: $bin has no --bpf-stats flag: skipping $v" >&2
+      fi ;;
+    callscope-nosys)
+      help=$("$bin" run --help 2>&1 || true)
+      if [[ $help == *-syscall-errors* ]]; then keep+=("$v"); else
+        echo "overhead: $bin has no --syscall-errors flag: skipping $v" >&2
       fi ;;
     bpftrace)
       if command -v bpftrace >/dev/null && command -v bpftool >/dev/null; then keep+=("$v"); else
@@ -202,8 +210,12 @@ run() {
   local round=$1 v=$2 events=- losses=- used=- before
   case $v in
     bare) workload ;;
-    callscope | callscope-stats)
-      if [[ $v == callscope ]]; then start_agent; else start_agent --bpf-stats=true; fi
+    callscope | callscope-stats | callscope-nosys)
+      case $v in
+        callscope) start_agent ;;
+        callscope-stats) start_agent --bpf-stats=true ;;
+        callscope-nosys) start_agent --syscall-errors=false ;;
+      esac
       sleep 1 # let start-up work (first /proc and cgroup reads) end before measuring
       before=$(cputicks "$tool")
       workload
