@@ -3,22 +3,23 @@
  * Outbound TCP connects, IPv4 and IPv6, with their outcome.
  *
  * Identity is taken where the caller is the current task: sock_ops'
- * TCP_CONNECT callback runs inside connect(2), as the SYN is built. It is
- * kept in a map keyed by socket cookie, because the outcome arrives later,
+ * TCP_CONNECT callback runs inside connect(2), as the SYN is built, and
+ * sends it with the addresses in a start record. The outcome arrives later,
  * in softirq context, where the current task is whoever happened to be
- * running. sock_ops reports the outcome: ACTIVE_ESTABLISHED for success, and
- * the STATE callback (switched on per socket at TCP_CONNECT) for a socket
- * that closes before it was established, with sk_err telling refused from
- * timed out from unreachable. The entry goes once the outcome is reported.
+ * running: sock_ops sends it in a small record of its own, with the socket
+ * cookie, and user space joins the two. ACTIVE_ESTABLISHED reports success,
+ * and the STATE callback (switched on per socket at TCP_CONNECT, which also
+ * marks the socket as tracked) a socket that leaves the handshake otherwise,
+ * with sk_err telling refused from timed out from unreachable. The ring
+ * buffer keeps the order in which records were reserved, so a start always
+ * comes before its outcome. No map is touched on the way: a hash insert,
+ * lookup and delete per connect cost more than both records.
  *
  * A connect that fails inside the syscall, before any SYN is sent (no route,
  * a local firewall), never reaches TCP_CONNECT. cgroup/connect4 and
  * connect6, which see every TCP connect(2) first, arm a per-thread record
  * of the destination (task storage) that TCP_CONNECT disarms; the syscall
  * exit tracepoint reports an armed one with the syscall's error.
- *
- * A hash map rather than socket storage: allocating socket storage on every
- * connect cost several times more than the rest of the path together.
  *
  * cgroup_skb/egress copies a tracked connection's first data when it is a
  * TLS ClientHello, also when it spans segments, and cgroup_skb/ingress then
@@ -58,6 +59,8 @@ enum kind {
 	KIND_TLS_SERVER = 4, /* the server's first bytes (struct payload_event) */
 	KIND_DNS = 5,        /* a DNS answer's payload (struct payload_event) */
 	KIND_EXEC = 6,       /* a process ran execve: its path and arguments (struct payload_event) */
+	KIND_CONNECT_START = 7, /* a tracked connect's SYN is going out: caller and addresses; its outcome follows */
+	KIND_OUTCOME = 8,       /* the outcome of a tracked connect (struct outcome_event) */
 };
 
 /* What a connection that sent a ClientHello waits for. */
@@ -77,7 +80,7 @@ enum outcome {
 
 enum stat {
 	STAT_RINGBUF_FULL = 0, /* bpf_ringbuf_reserve failed: an event lost */
-	STAT_CONN_FULL = 1,    /* no room to track a connect: its event is lost */
+	STAT_CONN_FULL = 1,    /* not counted here any more: user space tracks connects in flight */
 	STAT_PENDING_FULL = 2, /* no task storage for the record: a syscall failure would go unseen */
 	STAT_EXIT_LOST = 3,    /* no room for a process exit: its cache entry ages out instead */
 	STAT_PAYLOAD_LOST = 4, /* a TLS or DNS payload record lost: the ring buffer was full */
@@ -134,9 +137,14 @@ struct payload_event {
 	__u8 data[PAYLOAD_MAX];
 };
 
-/* A connect tracked from TCP_CONNECT to its outcome. */
-struct conn {
-	struct caller caller;
+/* The outcome of a tracked connect, joined by cookie to its start record. */
+struct outcome_event {
+	__u64 cookie;
+	__u64 ts_ns; /* when the outcome was known, ns since boot */
+	__s32 err;   /* OUTCOME_CLOSED: sk_err, 0 when the caller closed */
+	__u8 kind;   /* KIND_OUTCOME */
+	__u8 outcome;
+	__u16 _pad;
 };
 
 /* A connection whose ClientHello is being read, from its first segment to
@@ -152,7 +160,7 @@ struct hello {
 /* Referenced so that their BTF, and so their Go bindings, exist. */
 const struct event *unused_event __attribute__((unused));
 const struct payload_event *unused_payload_event __attribute__((unused));
-const struct conn *unused_conn __attribute__((unused));
+const struct outcome_event *unused_outcome_event __attribute__((unused));
 const struct hello *unused_hello __attribute__((unused));
 const enum phase *unused_phase __attribute__((unused));
 const enum outcome *unused_outcome __attribute__((unused));
@@ -180,26 +188,10 @@ struct {
 } events SEC(".maps");
 
 /*
- * Connects whose outcome or first payloads are not known yet, by socket
- * cookie. Not an LRU:
- * an eviction would lose an event without a trace, while a full map fails
- * the insert, which is counted. Every tracked socket reaches ESTABLISHED or
- * CLOSE, where its entry goes; user space sweeps what some other program
- * kept from getting there.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 32768); /* resized by the loader */
-	__type(key, __u64);
-	__type(value, struct conn);
-} conns SEC(".maps");
-
-/*
  * Connections whose ClientHello is being read, by socket cookie, until the
- * server answers or the connection closes. Apart from conns, so that they
- * can never take the room that connects need to report their outcome; an
- * LRU, as what an eviction loses is one connection's ServerHello or the end
- * of its ClientHello, not an event.
+ * server answers or the connection closes. An LRU, as what an eviction
+ * loses is one connection's ServerHello or the end of its ClientHello, not
+ * an event.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -342,19 +334,21 @@ int connect6(struct bpf_sock_addr *ctx)
 	return on_connect(ctx, AF_INET6);
 }
 
-static __always_inline void emit(struct bpf_sock_ops *skops, __u64 cookie, struct caller *c, __u8 outcome, __s32 err)
+/* emit_start sends a connect's caller and addresses as its SYN goes out. */
+static __always_inline int emit_start(struct bpf_sock_ops *skops, struct bpf_sock *sk, __u64 cookie)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RINGBUF_FULL);
-		return;
+		return -1;
 	}
 	e->cookie = cookie;
-	e->ts_ns = bpf_ktime_get_boot_ns();
-	__builtin_memcpy(&e->caller, c, sizeof(*c));
-	e->kind = KIND_CONNECT;
-	e->outcome = outcome;
-	e->err = err;
+	fill_caller(&e->caller);
+	e->caller.netns = sock_netns(sk);
+	e->ts_ns = e->caller.start_ns;
+	e->kind = KIND_CONNECT_START;
+	e->outcome = 0;
+	e->err = 0;
 	e->family = skops->family;
 	e->sport = skops->local_port;            /* host byte order already */
 	e->dport = bpf_ntohl(skops->remote_port); /* network order in the high half */
@@ -377,6 +371,7 @@ static __always_inline void emit(struct bpf_sock_ops *skops, __u64 cookie, struc
 	}
 	e->aux = 0;
 	submit(e);
+	return 0;
 }
 
 static __always_inline int sock_err(struct bpf_sock_ops *skops)
@@ -391,18 +386,25 @@ static __always_inline int sock_err(struct bpf_sock_ops *skops)
 }
 
 /*
- * report emits the outcome of a tracked connect and forgets it. The STATE
- * callback flag is left alone: another program (another callscope during a
- * rolling update, say) may still need it for the same socket.
+ * report sends the outcome of a tracked connect. The STATE callback flag is
+ * left alone: another program (another callscope during a rolling update,
+ * say) may still need it for the same socket, and it marks the socket as
+ * tracked for the cgroup_skb programs.
  */
 static __always_inline void report(struct bpf_sock_ops *skops, __u8 outcome, __s32 err)
 {
-	__u64 cookie = bpf_get_socket_cookie(skops);
-	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
-	if (!c)
-		return; /* swept, or tracked by an earlier instance of the program */
-	emit(skops, cookie, &c->caller, outcome, err);
-	bpf_map_delete_elem(&conns, &cookie);
+	struct outcome_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_RINGBUF_FULL);
+		return;
+	}
+	e->cookie = bpf_get_socket_cookie(skops);
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->err = err;
+	e->kind = KIND_OUTCOME;
+	e->outcome = outcome;
+	e->_pad = 0;
+	bpf_ringbuf_submit(e, wakeup_flags());
 }
 
 SEC("sockops")
@@ -419,22 +421,17 @@ int sock_ops(struct bpf_sock_ops *skops)
 		struct bpf_sock *sk = skops->sk;
 		if (!sk)
 			return 1;
-		struct conn c;
-		__builtin_memset(&c, 0, sizeof(c));
-		fill_caller(&c.caller);
-		c.caller.netns = sock_netns(sk);
-		__u64 cookie = bpf_get_socket_cookie(skops);
-		if (bpf_map_update_elem(&conns, &cookie, &c, BPF_ANY)) {
-			count(STAT_CONN_FULL);
+		/* A connect whose start is lost (and counted) is not tracked:
+		 * its outcome would have nothing to join. */
+		if (emit_start(skops, sk, bpf_get_socket_cookie(skops)))
 			return 1;
-		}
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
 	}
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: /* simultaneous open of an outbound socket */
 		/* Only a socket TCP_CONNECT tracked has the flag: accepted ones
-		 * cost no lookup. */
+		 * are not reported. */
 		if (skops->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG)
 			report(skops, OUTCOME_ESTABLISHED, 0);
 		return 1;

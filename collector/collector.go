@@ -28,10 +28,14 @@ type Config struct {
 	// RingBufferBytes is the size of the kernel ring buffer, a power of two
 	// and a multiple of the page size. Default 4 MiB (about 30,000 events).
 	RingBufferBytes int
-	// MaxInFlight is how many connects awaiting their outcome the kernel
-	// tracks; beyond it new ones are counted as lost.
-	// Default 32768.
+	// MaxInFlight is how many connects awaiting their outcome are
+	// tracked; beyond it new ones are counted as lost. It also sizes the
+	// kernel's map of ClientHellos being read. Default 32768.
 	MaxInFlight int
+	// ConnExpiry is how long a connect may await its outcome before it is
+	// forgotten and counted as lost (conn_expired). Default 1 h, far past
+	// the kernel's SYN retries (about 2 minutes by default).
+	ConnExpiry time.Duration
 	// WakeupBytes wakes the reader early once this much is waiting.
 	// Default a quarter of the ring.
 	WakeupBytes int
@@ -72,6 +76,9 @@ func (c *Config) defaults() error {
 	}
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = 32768
+	}
+	if c.ConnExpiry == 0 {
+		c.ConnExpiry = time.Hour
 	}
 	if c.WakeupBytes == 0 {
 		c.WakeupBytes = c.RingBufferBytes / 4
@@ -145,6 +152,7 @@ type Collector struct {
 	unreported [numLossReasons]uint64      // losses not yet carried by a loss event
 	percpu     []uint64
 	lastSweep  time.Time
+	inflight   map[uint64]Event // connects awaiting their outcome, by cookie
 	hellos     *assembler
 	batch      *Batch // being filled
 	payload    payload
@@ -214,7 +222,6 @@ func (c *Collector) load() error {
 		return fmt.Errorf("load BPF object: %w", err)
 	}
 	spec.Maps["events"].MaxEntries = uint32(c.cfg.RingBufferBytes)
-	spec.Maps["conns"].MaxEntries = uint32(c.cfg.MaxInFlight)
 	spec.Maps["hellos"].MaxEntries = uint32(c.cfg.MaxInFlight)
 	if err := spec.Variables["wakeup_bytes"].Set(uint64(c.cfg.WakeupBytes)); err != nil {
 		return fmt.Errorf("set wakeup threshold: %w", err)
@@ -424,12 +431,21 @@ func (c *Collector) read() {
 	var rec ringbuf.Record
 	c.batch = c.pool.Get().(*Batch)
 	c.hellos = newAssembler(c.push)
+	c.inflight = make(map[uint64]Event)
 	bootOffset := bootTimeOffset()
 	c.reader.SetDeadline(time.Now().Add(c.cfg.FlushInterval))
 
 	for {
 		err := c.reader.ReadInto(&rec)
 		if err == nil {
+			if len(rec.RawSample) == outcomeRecordSize {
+				c.outcome(rec.RawSample, bootOffset)
+				continue
+			}
+			if isStart(rec.RawSample) {
+				c.start(rec.RawSample, bootOffset)
+				continue
+			}
 			if isPayload(rec.RawSample) {
 				if derr := decodePayload(rec.RawSample, bootOffset, &c.payload); derr != nil {
 					c.lose(lossMalformed, 1)
@@ -447,9 +463,6 @@ func (c *Collector) read() {
 				c.lose(lossMalformed, 1)
 				c.log.Warn("dropping malformed ring buffer record", "error", derr)
 				continue
-			}
-			if ev.Kind == KindConnect && ev.Outcome == OutcomeEstablished {
-				c.hellos.connected(ev)
 			}
 			if len(batch.Events) == cap(batch.Events) {
 				c.batch = c.send(batch, false)
@@ -575,40 +588,60 @@ func (c *Collector) pollKernelLosses() {
 	}
 }
 
-const (
-	sweepEvery = 30 * time.Second
-	// connExpiry outlasts the kernel's SYN retries by far (about 2 minutes
-	// by default): an entry this old will never get its outcome.
-	connExpiry = time.Hour
-)
+const sweepEvery = 30 * time.Second
 
-// sweep removes connects whose outcome can no longer come: a socket that
-// some other program kept from reaching ESTABLISHED or CLOSE in our sight.
-// (Connections waiting for their first payloads are in an LRU map, which
-// needs no sweeping.)
-func (c *Collector) sweep() {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+// start keeps a connect's start record until its outcome comes.
+func (c *Collector) start(b []byte, bootOffset int64) {
+	var ev Event
+	if err := ev.decodeStart(b, bootOffset); err != nil {
+		c.lose(lossMalformed, 1)
+		c.log.Warn("dropping malformed ring buffer record", "error", err)
 		return
 	}
-	cutoff := uint64(ts.Nano()) - uint64(connExpiry)
-	var (
-		cookie  uint64
-		conn    connectConn
-		expired []uint64
-	)
-	it := c.objs.Conns.Iterate()
-	for it.Next(&cookie, &conn) {
-		if conn.Caller.StartNs < cutoff {
-			expired = append(expired, cookie)
-		}
+	if _, ok := c.inflight[ev.Cookie]; !ok && len(c.inflight) >= c.cfg.MaxInFlight {
+		c.lose(lossConnFull, 1)
+		return
 	}
-	if err := it.Err(); err != nil {
-		c.log.Warn("sweep in-flight connects", "error", err)
+	c.inflight[ev.Cookie] = ev
+}
+
+// outcome completes the connect an outcome record belongs to and hands it
+// on. An outcome without its start is of a connect that began before the
+// programs were attached, or whose start was lost and counted: it is
+// dropped.
+func (c *Collector) outcome(b []byte, bootOffset int64) {
+	o, err := decodeOutcome(b)
+	if err != nil {
+		c.lose(lossMalformed, 1)
+		c.log.Warn("dropping malformed ring buffer record", "error", err)
+		return
 	}
+	ev, ok := c.inflight[o.cookie]
+	if !ok {
+		return
+	}
+	delete(c.inflight, o.cookie)
+	ev.Time = o.ts + bootOffset
+	ev.Outcome, ev.Errno = o.outcome, o.errno
+	batch := c.batch
+	batch.Events = append(batch.Events, ev)
+	if ev.Outcome == OutcomeEstablished {
+		c.hellos.connected(&batch.Events[len(batch.Events)-1])
+	}
+	if len(batch.Events) == cap(batch.Events) {
+		c.batch = c.send(batch, false)
+	}
+}
+
+// sweep forgets connects whose outcome can no longer come: a socket that
+// some other program kept from reaching ESTABLISHED or CLOSE in our sight,
+// or whose outcome record the ring buffer had no room for (counted then).
+func (c *Collector) sweep() {
+	cutoff := time.Now().Add(-c.cfg.ConnExpiry).UnixNano()
 	n := uint64(0)
-	for _, k := range expired {
-		if c.objs.Conns.Delete(k) == nil {
+	for cookie, ev := range c.inflight {
+		if ev.Time < cutoff {
+			delete(c.inflight, cookie)
 			n++
 		}
 	}

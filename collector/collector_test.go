@@ -511,25 +511,76 @@ func TestTwoCollectors(t *testing.T) {
 	}
 }
 
-// TestSweepExpired: a connect whose outcome never comes is removed and
-// counted as lost, not kept for ever.
-func TestSweepExpired(t *testing.T) {
-	c, s := start(t)
-	if err := c.AddStaleConn(1 << 62); err != nil {
-		t.Fatal(err)
+// TestInFlightFull: connects beyond MaxInFlight awaiting their outcome are
+// counted as lost, and the others still give their events.
+func TestInFlightFull(t *testing.T) {
+	_, s := startWith(t, collector.Config{FlushInterval: 10 * time.Millisecond, MaxInFlight: 2}, 0)
+	peer := kerneltest.NewPeer(t)
+	drop := netip.AddrPortFrom(peer.Addr, kerneltest.DropPort)
+	const n = 4
+	pids := make(chan int, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			// Each SYN waits about 3 s for an answer that never comes.
+			pid, _ := kerneltest.Connect{Addrs: []netip.AddrPort{drop}, SynCnt: 1}.Run(t)
+			pids <- pid
+		})
 	}
-	c.Sweep()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		s.mu.Lock()
-		n := s.lost[collector.ReasonConnExpired]
-		s.mu.Unlock()
-		if n == 1 {
-			break
+	wg.Wait()
+	close(pids)
+	addr, _ := listen(t, "tcp", "127.0.0.1:0")
+	after, _ := kerneltest.Connect{Addrs: []netip.AddrPort{addr}}.Run(t)
+	s.await(t, 1, 5*time.Second, after)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	events := 0
+	for pid := range pids {
+		for _, e := range s.events {
+			if int(e.PID) == pid && e.Outcome == collector.OutcomeTimeout {
+				events++
+			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d expired connects reported, want 1", n)
+	}
+	full := s.lost[collector.ReasonConnFull]
+	if full == 0 || events == 0 || uint64(events)+full < n {
+		t.Errorf("%d timeouts reported and %d connects lost as conn_full, want some of each and %d in all", events, full, n)
+	}
+}
+
+// TestSweepExpired: a connect whose outcome does not come within
+// ConnExpiry is forgotten and counted as lost, not kept for ever; its late
+// outcome then gives no event.
+func TestSweepExpired(t *testing.T) {
+	c, s := startWith(t, collector.Config{FlushInterval: 10 * time.Millisecond, ConnExpiry: 100 * time.Millisecond}, 0)
+	peer := kerneltest.NewPeer(t)
+	drop := netip.AddrPortFrom(peer.Addr, kerneltest.DropPort)
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		time.Sleep(time.Second) // the SYN is out, its answer never comes
+		c.Sweep()
+	}()
+	// Two SYNs, then ETIMEDOUT after about 3 s.
+	pid, res := kerneltest.Connect{Addrs: []netip.AddrPort{drop}, SynCnt: 1}.Run(t)
+	<-swept
+	if want := drop.String() + "=ETIMEDOUT"; res[0] != want {
+		t.Fatalf("helper said %v, want %s", res, want)
+	}
+	// A later connect's event shows the timeout's outcome was read.
+	addr, _ := listen(t, "tcp", "127.0.0.1:0")
+	after, _ := kerneltest.Connect{Addrs: []netip.AddrPort{addr}}.Run(t)
+	s.await(t, 1, 5*time.Second, after)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := s.lost[collector.ReasonConnExpired]; n == 0 {
+		t.Errorf("no expired connect reported")
+	}
+	for _, e := range s.events {
+		if int(e.PID) == pid {
+			t.Errorf("event for a swept connect: %+v", e)
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -27,11 +27,6 @@ type connectCaller struct {
 	Pad       uint32
 }
 
-type connectConn struct {
-	_      structs.HostLayout
-	Caller connectCaller
-}
-
 type connectEvent struct {
 	_       structs.HostLayout
 	Cookie  uint64
@@ -60,12 +55,14 @@ type connectHello struct {
 type connectKind uint32
 
 const (
-	connectKindKIND_CONNECT    connectKind = 1
-	connectKindKIND_EXIT       connectKind = 2
-	connectKindKIND_TLS_CLIENT connectKind = 3
-	connectKindKIND_TLS_SERVER connectKind = 4
-	connectKindKIND_DNS        connectKind = 5
-	connectKindKIND_EXEC       connectKind = 6
+	connectKindKIND_CONNECT       connectKind = 1
+	connectKindKIND_EXIT          connectKind = 2
+	connectKindKIND_TLS_CLIENT    connectKind = 3
+	connectKindKIND_TLS_SERVER    connectKind = 4
+	connectKindKIND_DNS           connectKind = 5
+	connectKindKIND_EXEC          connectKind = 6
+	connectKindKIND_CONNECT_START connectKind = 7
+	connectKindKIND_OUTCOME       connectKind = 8
 )
 
 type connectOutcome uint32
@@ -75,6 +72,16 @@ const (
 	connectOutcomeOUTCOME_CLOSED        connectOutcome = 2
 	connectOutcomeOUTCOME_SYSCALL_ERROR connectOutcome = 3
 )
+
+type connectOutcomeEvent struct {
+	_       structs.HostLayout
+	Cookie  uint64
+	TsNs    uint64
+	Err     int32
+	Kind    uint8
+	Outcome uint8
+	Pad     uint16
+}
 
 type connectPayloadEvent struct {
 	_      structs.HostLayout
@@ -121,7 +128,6 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	connectMapConns              = "conns"
 	connectMapEvents             = "events"
 	connectMapHellos             = "hellos"
 	connectMapPendings           = "pendings"
@@ -136,11 +142,11 @@ const (
 	connectProgProcessExec       = "process_exec"
 	connectProgProcessExit       = "process_exit"
 	connectProgSockOps           = "sock_ops"
-	connectVarUnusedConn         = "unused_conn"
 	connectVarUnusedEvent        = "unused_event"
 	connectVarUnusedHello        = "unused_hello"
 	connectVarUnusedKind         = "unused_kind"
 	connectVarUnusedOutcome      = "unused_outcome"
+	connectVarUnusedOutcomeEvent = "unused_outcome_event"
 	connectVarUnusedPayloadEvent = "unused_payload_event"
 	connectVarUnusedPhase        = "unused_phase"
 	connectVarUnusedStat         = "unused_stat"
@@ -203,7 +209,6 @@ type connectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectMapSpecs struct {
-	Conns        *ebpf.MapSpec `ebpf:"conns"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Hellos       *ebpf.MapSpec `ebpf:"hellos"`
 	Pendings     *ebpf.MapSpec `ebpf:"pendings"`
@@ -216,11 +221,11 @@ type connectMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectVariableSpecs struct {
-	UnusedConn         *ebpf.VariableSpec `ebpf:"unused_conn"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedHello        *ebpf.VariableSpec `ebpf:"unused_hello"`
 	UnusedKind         *ebpf.VariableSpec `ebpf:"unused_kind"`
 	UnusedOutcome      *ebpf.VariableSpec `ebpf:"unused_outcome"`
+	UnusedOutcomeEvent *ebpf.VariableSpec `ebpf:"unused_outcome_event"`
 	UnusedPayloadEvent *ebpf.VariableSpec `ebpf:"unused_payload_event"`
 	UnusedPhase        *ebpf.VariableSpec `ebpf:"unused_phase"`
 	UnusedStat         *ebpf.VariableSpec `ebpf:"unused_stat"`
@@ -247,7 +252,6 @@ func (o *connectObjects) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectMaps struct {
-	Conns        *ebpf.Map `ebpf:"conns"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Hellos       *ebpf.Map `ebpf:"hellos"`
 	Pendings     *ebpf.Map `ebpf:"pendings"`
@@ -258,7 +262,6 @@ type connectMaps struct {
 
 func (m *connectMaps) Close() error {
 	return _ConnectClose(
-		m.Conns,
 		m.Events,
 		m.Hellos,
 		m.Pendings,
@@ -272,11 +275,11 @@ func (m *connectMaps) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectVariables struct {
-	UnusedConn         *ebpf.Variable `ebpf:"unused_conn"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
 	UnusedHello        *ebpf.Variable `ebpf:"unused_hello"`
 	UnusedKind         *ebpf.Variable `ebpf:"unused_kind"`
 	UnusedOutcome      *ebpf.Variable `ebpf:"unused_outcome"`
+	UnusedOutcomeEvent *ebpf.Variable `ebpf:"unused_outcome_event"`
 	UnusedPayloadEvent *ebpf.Variable `ebpf:"unused_payload_event"`
 	UnusedPhase        *ebpf.Variable `ebpf:"unused_phase"`
 	UnusedStat         *ebpf.Variable `ebpf:"unused_stat"`

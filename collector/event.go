@@ -224,6 +224,61 @@ func (e *Event) Decode(b []byte, bootOffset int64) error {
 	return nil
 }
 
+// Outcome records are a struct outcome_event: only their size tells them
+// from the other records, all of which start with a struct event.
+var (
+	outcomeRecordSize = int(unsafe.Sizeof(connectOutcomeEvent{}))
+	offOutcomeCookie  = unsafe.Offsetof(connectOutcomeEvent{}.Cookie)
+	offOutcomeTs      = unsafe.Offsetof(connectOutcomeEvent{}.TsNs)
+	offOutcomeErr     = unsafe.Offsetof(connectOutcomeEvent{}.Err)
+	offOutcomeKind    = unsafe.Offsetof(connectOutcomeEvent{}.Kind)
+	offOutcomeOutcome = unsafe.Offsetof(connectOutcomeEvent{}.Outcome)
+)
+
+// isStart tells a connect's start record: its caller and addresses,
+// without an outcome yet.
+func isStart(b []byte) bool {
+	return len(b) == recordSize && connectKind(b[offKind]) == connectKindKIND_CONNECT_START
+}
+
+// decodeStart fills e from a start record: a connect event still without
+// its outcome. Time is when connect(2) was called.
+func (e *Event) decodeStart(b []byte, bootOffset int64) error {
+	if !isStart(b) {
+		return fmt.Errorf("%w: not a start record", ErrMalformed)
+	}
+	decodeHeader(b, bootOffset, e)
+	if err := e.decodeAddrs(b); err != nil {
+		return err
+	}
+	e.Kind = KindConnect
+	return nil
+}
+
+// outcomeRecord is a decoded outcome record.
+type outcomeRecord struct {
+	cookie  uint64
+	ts      int64 // ns since boot
+	outcome Outcome
+	errno   unix.Errno
+}
+
+func decodeOutcome(b []byte) (outcomeRecord, error) {
+	ne := binary.NativeEndian
+	if len(b) != outcomeRecordSize || connectKind(b[offOutcomeKind]) != connectKindKIND_OUTCOME {
+		return outcomeRecord{}, fmt.Errorf("%w: not an outcome record", ErrMalformed)
+	}
+	errno := int32(ne.Uint32(b[offOutcomeErr:]))
+	if errno < 0 {
+		return outcomeRecord{}, fmt.Errorf("%w: errno %d", ErrMalformed, errno)
+	}
+	o, err := outcomeOf(connectOutcome(b[offOutcomeOutcome]), unix.Errno(errno))
+	if err != nil {
+		return outcomeRecord{}, err
+	}
+	return outcomeRecord{cookie: ne.Uint64(b[offOutcomeCookie:]), ts: int64(ne.Uint64(b[offOutcomeTs:])), outcome: o, errno: unix.Errno(errno)}, nil
+}
+
 // decodeHeader sets e to what the struct event at the start of every
 // record holds of the caller, and its time and cookie. Fields the kernel
 // left zero stay zero.

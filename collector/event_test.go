@@ -214,3 +214,76 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+func outcomeBytes(t testing.TB, o connectOutcomeEvent) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := binary.Write(&buf, binary.NativeEndian, &o); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func startEvent() connectEvent {
+	ev := baseEvent()
+	ev.Kind, ev.Outcome = uint8(connectKindKIND_CONNECT_START), 0
+	return ev
+}
+
+// TestDecodeStartAndOutcome: a start record gives a connect without its
+// outcome, and an outcome record the outcome and errno for its cookie.
+func TestDecodeStartAndOutcome(t *testing.T) {
+	var e Event
+	if err := e.decodeStart(record(t, startEvent()), 0); err != nil {
+		t.Fatal(err)
+	}
+	if e.Kind != KindConnect || e.Cookie != 0xc0ffee || e.PID != 4242 || e.Dst.Port() != 443 || e.Outcome != OutcomeUnknown {
+		t.Errorf("start %+v", e)
+	}
+	if err := e.decodeStart(record(t, baseEvent()), 0); !errors.Is(err, ErrMalformed) {
+		t.Errorf("a connect record as a start: %v, want ErrMalformed", err)
+	}
+
+	rec := outcomeBytes(t, connectOutcomeEvent{Cookie: 0xc0ffee, TsNs: 7, Err: int32(unix.ECONNREFUSED),
+		Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_CLOSED)})
+	o, err := decodeOutcome(rec)
+	if err != nil || o.cookie != 0xc0ffee || o.ts != 7 || o.outcome != OutcomeRefused || o.errno != unix.ECONNREFUSED {
+		t.Errorf("outcome %+v, %v", o, err)
+	}
+	for name, b := range map[string][]byte{
+		"short":          rec[:len(rec)-1],
+		"wrong kind":     outcomeBytes(t, connectOutcomeEvent{Kind: uint8(connectKindKIND_EXIT), Outcome: 1}),
+		"no outcome":     outcomeBytes(t, connectOutcomeEvent{Kind: uint8(connectKindKIND_OUTCOME)}),
+		"negative errno": outcomeBytes(t, connectOutcomeEvent{Kind: uint8(connectKindKIND_OUTCOME), Outcome: 2, Err: -1}),
+	} {
+		if _, err := decodeOutcome(b); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v, want ErrMalformed", name, err)
+		}
+	}
+}
+
+// FuzzDecodeJoin: start and outcome records decode to a consistent
+// connect or fail with ErrMalformed, whatever the bytes.
+func FuzzDecodeJoin(f *testing.F) {
+	f.Add(record(f, startEvent()))
+	f.Add(outcomeBytes(f, connectOutcomeEvent{Cookie: 1, TsNs: 2, Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED)}))
+	f.Add(outcomeBytes(f, connectOutcomeEvent{Cookie: 1, TsNs: 2, Err: int32(unix.ETIMEDOUT), Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_CLOSED)}))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if o, err := decodeOutcome(b); err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v is not ErrMalformed", err)
+			}
+		} else if len(b) != outcomeRecordSize || o.outcome == OutcomeUnknown || o.errno < 0 {
+			t.Fatalf("inconsistent outcome %+v from %d bytes", o, len(b))
+		}
+		var e Event
+		if err := e.decodeStart(b, 0); err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v is not ErrMalformed", err)
+			}
+		} else if e.Kind != KindConnect || !e.Dst.IsValid() || len(b) != recordSize {
+			t.Fatalf("inconsistent start %+v", e)
+		}
+	})
+}

@@ -13,7 +13,7 @@ func (c *Collector) ObjectIDs() (progs []ebpf.ProgramID, maps []ebpf.MapID) {
 		id, _ := info.ID()
 		progs = append(progs, id)
 	}
-	for _, m := range []*ebpf.Map{c.objs.Events, c.objs.Conns, c.objs.Hellos, c.objs.Pendings, c.objs.Stats, c.objs.Scratch, c.objs.ScratchDepth} {
+	for _, m := range []*ebpf.Map{c.objs.Events, c.objs.Hellos, c.objs.Pendings, c.objs.Stats, c.objs.Scratch, c.objs.ScratchDepth} {
 		info, err := m.Info()
 		if err != nil {
 			panic(err)
@@ -26,12 +26,6 @@ func (c *Collector) ObjectIDs() (progs []ebpf.ProgramID, maps []ebpf.MapID) {
 
 // RecordSize is the size of a kernel event record.
 var RecordSize = recordSize
-
-// AddStaleConn puts into the in-flight map a connect that started long
-// before any sweep's cutoff, as if its socket never reached an outcome.
-func (c *Collector) AddStaleConn(cookie uint64) error {
-	return c.objs.Conns.Put(cookie, connectConn{Caller: connectCaller{StartNs: 1}})
-}
 
 // Sweep runs the in-flight sweep now instead of at its next tick.
 func (c *Collector) Sweep() { c.sweepNow.Store(true) }
