@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -152,7 +153,7 @@ type Collector struct {
 	unreported [numLossReasons]uint64      // losses not yet carried by a loss event
 	percpu     []uint64
 	lastSweep  time.Time
-	inflight   map[uint64]Event // connects awaiting their outcome, by cookie
+	inflight   map[uint64]started // connects awaiting their outcome, by cookie
 	hellos     *assembler
 	batch      *Batch // being filled
 	payload    payload
@@ -431,7 +432,7 @@ func (c *Collector) read() {
 	var rec ringbuf.Record
 	c.batch = c.pool.Get().(*Batch)
 	c.hellos = newAssembler(c.push)
-	c.inflight = make(map[uint64]Event)
+	c.inflight = make(map[uint64]started)
 	bootOffset := bootTimeOffset()
 	c.reader.SetDeadline(time.Now().Add(c.cfg.FlushInterval))
 
@@ -590,6 +591,15 @@ func (c *Collector) pollKernelLosses() {
 
 const sweepEvery = 30 * time.Second
 
+// started is what a start record says of a connect. It is kept small
+// enough (128 bytes) for a map to hold it inline: a larger value would be
+// allocated on every insert.
+type started struct {
+	caller   caller
+	src, dst netip.AddrPort
+	time     int64
+}
+
 // start keeps a connect's start record until its outcome comes.
 func (c *Collector) start(b []byte, bootOffset int64) {
 	var ev Event
@@ -598,11 +608,13 @@ func (c *Collector) start(b []byte, bootOffset int64) {
 		c.log.Warn("dropping malformed ring buffer record", "error", err)
 		return
 	}
-	if _, ok := c.inflight[ev.Cookie]; !ok && len(c.inflight) >= c.cfg.MaxInFlight {
-		c.lose(lossConnFull, 1)
-		return
+	if len(c.inflight) >= c.cfg.MaxInFlight {
+		if _, ok := c.inflight[ev.Cookie]; !ok {
+			c.lose(lossConnFull, 1)
+			return
+		}
 	}
-	c.inflight[ev.Cookie] = ev
+	c.inflight[ev.Cookie] = started{caller: callerOf(&ev), src: ev.Src, dst: ev.Dst, time: ev.Time}
 }
 
 // outcome completes the connect an outcome record belongs to and hands it
@@ -616,17 +628,19 @@ func (c *Collector) outcome(b []byte, bootOffset int64) {
 		c.log.Warn("dropping malformed ring buffer record", "error", err)
 		return
 	}
-	ev, ok := c.inflight[o.cookie]
+	st, ok := c.inflight[o.cookie]
 	if !ok {
 		return
 	}
 	delete(c.inflight, o.cookie)
-	ev.Time = o.ts + bootOffset
-	ev.Outcome, ev.Errno = o.outcome, o.errno
 	batch := c.batch
-	batch.Events = append(batch.Events, ev)
-	if ev.Outcome == OutcomeEstablished {
-		c.hellos.connected(&batch.Events[len(batch.Events)-1])
+	batch.Events = append(batch.Events, Event{
+		Kind: KindConnect, Outcome: o.outcome, Errno: o.errno,
+		Time: o.ts + bootOffset, Cookie: o.cookie, Src: st.src, Dst: st.dst,
+	})
+	st.caller.applyTo(&batch.Events[len(batch.Events)-1])
+	if o.outcome == OutcomeEstablished {
+		c.hellos.connected(o.cookie, &st.caller)
 	}
 	if len(batch.Events) == cap(batch.Events) {
 		c.batch = c.send(batch, false)
@@ -639,8 +653,8 @@ func (c *Collector) outcome(b []byte, bootOffset int64) {
 func (c *Collector) sweep() {
 	cutoff := time.Now().Add(-c.cfg.ConnExpiry).UnixNano()
 	n := uint64(0)
-	for cookie, ev := range c.inflight {
-		if ev.Time < cutoff {
+	for cookie, st := range c.inflight {
+		if st.time < cutoff {
 			delete(c.inflight, cookie)
 			n++
 		}

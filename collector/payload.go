@@ -141,8 +141,8 @@ func newAssembler(emit func(*Event)) *assembler {
 }
 
 // connected keeps the caller of an established connect for its ClientHello.
-func (a *assembler) connected(e *Event) {
-	a.callers.Put(e.Cookie, callerOf(e))
+func (a *assembler) connected(cookie uint64, c *caller) {
+	a.callers.Put(cookie, *c)
 }
 
 func (a *assembler) add(p *payload, now time.Time) {

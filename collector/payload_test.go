@@ -25,7 +25,8 @@ func TestHelloTakesConnectCaller(t *testing.T) {
 	a := newAssembler(func(e *Event) { got = append(got, *e) })
 	connect := Event{Kind: KindConnect, Outcome: OutcomeEstablished, Cookie: 1, PID: 42, TID: 43, UID: 1000, GID: 1001,
 		CgroupID: 9, ProcStart: 12345, NetNS: 4026531840, Comm: [16]byte{'c', 'u', 'r', 'l'}}
-	a.connected(&connect)
+	c := callerOf(&connect)
+	a.connected(connect.Cookie, &c)
 
 	now := time.Now()
 	a.add(helloPiece(t, 1), now)
@@ -49,5 +50,54 @@ func TestHelloTakesConnectCaller(t *testing.T) {
 	}
 	if a.callers.Len() != 0 {
 		t.Errorf("%d callers kept after their hello, want 0", a.callers.Len())
+	}
+}
+
+// joinCollector is a collector with only what joining start and outcome
+// records needs.
+func joinCollector() *Collector {
+	c := &Collector{cfg: Config{MaxInFlight: 1024, BatchSize: 256}, inflight: map[uint64]started{}}
+	c.batch = &Batch{Events: make([]Event, 0, 256)}
+	c.hellos = newAssembler(func(*Event) {})
+	return c
+}
+
+// TestJoinAllocatesNothing: keeping a start record and completing it with
+// its outcome allocate nothing, so a busy node makes no garbage per connect.
+func TestJoinAllocatesNothing(t *testing.T) {
+	c := joinCollector()
+	start := record(t, startEvent())
+	outcome := outcomeBytes(t, connectOutcomeEvent{Cookie: 0xc0ffee, TsNs: 5, Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED)})
+	c.start(start, 0)
+	c.outcome(outcome, 0)
+	if len(c.batch.Events) != 1 {
+		t.Fatalf("%d events, want 1", len(c.batch.Events))
+	}
+	e := c.batch.Events[0]
+	if e.Kind != KindConnect || e.Outcome != OutcomeEstablished || e.PID != 4242 || e.Time != 5 || e.Dst.Port() != 443 || e.CommString() != "billing" {
+		t.Errorf("joined event %+v", e)
+	}
+	if len(c.inflight) != 0 {
+		t.Errorf("%d connects still held", len(c.inflight))
+	}
+	allocs := testing.AllocsPerRun(1000, func() {
+		c.batch.Events = c.batch.Events[:0]
+		c.start(start, 0)
+		c.outcome(outcome, 0)
+	})
+	if allocs != 0 {
+		t.Errorf("%.1f allocations per connect, want 0", allocs)
+	}
+}
+
+func BenchmarkJoin(b *testing.B) {
+	c := joinCollector()
+	start := record(b, startEvent())
+	outcome := outcomeBytes(b, connectOutcomeEvent{Cookie: 0xc0ffee, TsNs: 5, Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED)})
+	b.ReportAllocs()
+	for b.Loop() {
+		c.batch.Events = c.batch.Events[:0]
+		c.start(start, 0)
+		c.outcome(outcome, 0)
 	}
 }
