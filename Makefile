@@ -44,6 +44,12 @@ bench: ## run the Go benchmarks (benchstat-friendly, COUNT runs), then bench-sys
 bench-system: build ## measure the agent's cost to a connect loop and to bulk TCP throughput (as root)
 	$(SUDO) bench/overhead.sh connect $(BIN) $(or $(ROUNDS),8) $(or $(SECS),3)
 	$(SUDO) bench/overhead.sh bulk $(BIN) $(or $(ROUNDS),8) $(or $(SECS),3)
+	$(SUDO) bench/paired.sh $(BIN) $(or $(PAIRS),40) 1
+
+# PAIRS pairs of 1 s runs, with and without the programs; see bench/paired.sh.
+.PHONY: bench-paired
+bench-paired: build ## measure the kernel programs' cost to a connect loop in interleaved pairs of runs (as root)
+	$(SUDO) bench/paired.sh $(BIN) $(or $(PAIRS),40) 1
 
 .PHONY: bench-connect
 bench-connect: build ## measure the agent's cost to a connect loop: bare, with the agent, with bpftrace (as root)

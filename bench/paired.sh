@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Measures what callscope's kernel programs cost the connect loop, in pairs
+# of short runs that differ only in whether the programs see the loop.
+#
+#   sudo bench/paired.sh [BIN] [PAIRS] [SECS]
+#
+# One agent runs throughout, attached to a cgroup of its own (--cgroup-root)
+# and started with --syscall-errors=false, so that all it attaches is scoped
+# to that cgroup. Each pair runs bench/connectloop (pinned to CPU $CPU) for
+# SECS seconds in that cgroup ("on": every connect is an event) and for SECS
+# seconds in a sibling cgroup ("off": the programs never run), in an order
+# that alternates from pair to pair. Both runs share the machine with the
+# same agent, so what differs is the programs' work on the loop's CPU; the
+# agent's own CPU is reported apart. Short runs close together keep a
+# drift in the machine's load out of the ratios, and many pairs narrow
+# their median: on a shared machine whose throughput moves by 15 % from one
+# run to the next, this resolves a few percent where whole-run comparisons
+# (bench/overhead.sh) cannot.
+#
+# The syscall-exit tracepoint that --syscall-errors (on by default) adds is
+# not cgroup-scoped: it puts every syscall on the node on the kernel's
+# slower path, "off" runs included, so pairs cannot measure it. The perf
+# profile (bench/profile.sh) and docs/benchmarks.md give its cost. Set
+# SYSCALL_ERRORS=1 to run the agent with it anyway (both sides pay it), as
+# an agent from before the flag does.
+#
+# Prints each pair, then the median, quartiles and mean of the per-pair
+# throughput ratios (on/off), the agent's CPU per event, and checks
+# that every connect of the "on" runs gave one event and no loss event was
+# written. BIN defaults to bin/callscope, PAIRS to 40, SECS to 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() { echo "usage: $0 [BIN] [PAIRS] [SECS]" >&2; exit 2; }
+bin=${1:-bin/callscope}
+pairs=${2:-40}
+secs=${3:-1}
+cpu=${CPU:-0}
+[[ $pairs =~ ^[1-9][0-9]*$ && $secs =~ ^[0-9.]+$ ]] || usage
+
+die() { echo "paired: $*" >&2; exit 1; }
+[[ $(id -u) == 0 ]] || die "run as root: the agent loads BPF programs"
+[[ -x $bin ]] || die "$bin: no such executable (make build)"
+cgroot=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/self/mounts)
+[[ -n $cgroot ]] || die "no cgroup2 mount"
+
+work=$(mktemp -d)
+on=$cgroot/callscope-bench-on-$$
+off=$cgroot/callscope-bench-off-$$
+agent=
+# shellcheck disable=SC2317 # run by the EXIT trap
+cleanup() {
+  if [[ -n $agent ]]; then kill -INT "$agent" 2>/dev/null || true; wait "$agent" 2>/dev/null || true; fi
+  rmdir "$on" "$off" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir "$on" "$off"
+cc -O2 -Wall -o "$work/load" bench/connectloop.c
+
+read -r ephemeral _ </proc/sys/net/ipv4/ip_local_port_range
+while :; do
+  port=$((10000 + RANDOM % (ephemeral - 10000)))
+  [[ -n $(ss -Htan "sport = :$port") ]] || break
+done
+addr=127.0.0.1:$port
+flags=(--cgroup-root "$on" --metrics-addr "$addr")
+# An agent from before --syscall-errors keeps its syscall tracepoint, which
+# slows both sides alike.
+help=$("$bin" run --help 2>&1 || true)
+if [[ -n ${SYSCALL_ERRORS:-} ]]; then :; elif [[ $help == *-syscall-errors* ]]; then flags+=(--syscall-errors=false); else
+  echo "paired: $bin has no --syscall-errors flag: its syscall tracepoint slows on and off runs alike" >&2
+fi
+"$bin" run "${flags[@]}" >"$work/events" 2>"$work/log" &
+agent=$!
+for ((i = 0; i < 600; i++)); do
+  if curl -sf "http://$addr/readyz" >/dev/null; then break; fi
+  kill -0 "$agent" 2>/dev/null || die "the agent exited before it was ready: $(cat "$work/log")"
+  sleep 0.1
+done
+curl -sf "http://$addr/readyz" >/dev/null || die "the agent was not ready after 60 s"
+sleep 1
+
+tck=$(getconf CLK_TCK)
+cputicks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+
+# run CGROUP: runs the loop in CGROUP and prints "rate pid connects". The
+# child moves itself into the cgroup before it execs the loop, so that its
+# every connect is made from there.
+run() {
+  local pid
+  sh -c 'echo $$ >"$1/cgroup.procs" && exec taskset -c "$2" "$3" "$4"' sh "$1" "$cpu" "$work/load" "$secs" >"$work/out" &
+  pid=$!
+  wait "$pid" || die "the loop failed: $(cat "$work/out")"
+  # connectloop: "connects N seconds S rate R"
+  awk -v pid="$pid" '{print $6, pid, $2}' "$work/out"
+}
+
+agent_before=$(cputicks "$agent")
+printf 'pair  on: connects/s   off: connects/s   ratio\n'
+: >"$work/pairs"
+on_connects=0
+on_pids=()
+for ((p = 1; p <= pairs; p++)); do
+  if ((p % 2)); then order=(on off); else order=(off on); fi
+  for side in "${order[@]}"; do
+    if [[ $side == on ]]; then
+      read -r rate_on pid n < <(run "$on")
+      on_pids+=("$pid")
+      on_connects=$((on_connects + n))
+    else
+      read -r rate_off _ _ < <(run "$off")
+    fi
+  done
+  ratio=$(awk -v a="$rate_on" -v b="$rate_off" 'BEGIN {printf "%.4f", a / b}')
+  printf '%-4d  %15s   %15s   %s\n' "$p" "$rate_on" "$rate_off" "$ratio"
+  echo "$rate_on $rate_off $ratio" >>"$work/pairs"
+done
+agent_used=$(($(cputicks "$agent") - agent_before))
+
+kill -INT "$agent"
+wait "$agent" || die "the agent exited with status $?: $(tail -5 "$work/log")"
+agent=
+
+events=0
+for pid in "${on_pids[@]}"; do
+  n=$(grep -c "\"kind\":\"connect\".*\"process\":{\"pid\":$pid," "$work/events" || true)
+  events=$((events + n))
+done
+losses=$(grep -c '"kind":"loss"' "$work/events" || true)
+
+echo
+echo "$(date -u +%FT%TZ) $pairs pairs of $secs s, loop on CPU $cpu; kernel $(uname -r), $(nproc) CPUs"
+echo "agent: $("$bin" version 2>/dev/null | head -1), ${flags[*]}"
+sort -g -k3 "$work/pairs" | awk '{r[NR] = $3; s += $3; on += $1; off += $2}
+  END {
+    n = NR
+    printf "ratio on/off per pair: median %.4f, quartiles %.4f-%.4f, mean %.4f, min %.4f, max %.4f\n",
+      r[int((n + 1) / 2)], r[int((n + 3) / 4)], r[int((3 * n + 1) / 4)], s / n, r[1], r[n]
+    printf "mean connects/s: on %.0f, off %.0f\n", on / n, off / n
+  }'
+echo "events: $events of $on_connects connects in the on runs; loss events: $losses"
+awk -v t="$agent_used" -v h="$tck" -v n="$events" 'BEGIN {if (n > 0) printf "agent CPU: %.2f s, %.2f µs per event\n", t / h, t / h * 1e6 / n}'
+[[ $events == "$on_connects" && $losses == 0 ]] || die "events and connects differ, or events were lost"
