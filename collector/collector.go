@@ -34,8 +34,10 @@ type Config struct {
 	// kernel's map of ClientHellos being read. Default 32768.
 	MaxInFlight int
 	// ConnExpiry is how long a connect may await its outcome before it is
-	// forgotten and counted as lost (conn_expired). Default 1 h, far past
-	// the kernel's SYN retries (about 2 minutes by default).
+	// forgotten and counted as lost (conn_expired). Default 10 minutes:
+	// the kernel gives up on a SYN after about 2 minutes by default, and a
+	// start whose outcome record the ring buffer had no room for must not
+	// hold its room for long.
 	ConnExpiry time.Duration
 	// WakeupBytes wakes the reader early once this much is waiting.
 	// Default a quarter of the ring.
@@ -79,7 +81,7 @@ func (c *Config) defaults() error {
 		c.MaxInFlight = 32768
 	}
 	if c.ConnExpiry == 0 {
-		c.ConnExpiry = time.Hour
+		c.ConnExpiry = 10 * time.Minute
 	}
 	if c.WakeupBytes == 0 {
 		c.WakeupBytes = c.RingBufferBytes / 4
