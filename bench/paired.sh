@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Measures what callscope's kernel programs cost the connect loop, in pairs
-# of short runs that differ only in whether the programs see the loop.
+# Measures what callscope's kernel programs cost a workload, in pairs of
+# short runs that differ only in whether the programs see the workload.
 #
-#   sudo bench/paired.sh [BIN] [PAIRS] [SECS]
+#   sudo [MODE=bulk] bench/paired.sh [BIN] [PAIRS] [SECS]
+#
+# MODE is the workload, as in bench/overhead.sh: connect (the default,
+# bench/connectloop) or bulk (bench/bulk, loopback TCP throughput).
 #
 # One agent runs throughout, attached to a cgroup of its own (--cgroup-root)
 # and started with --syscall-errors=false, so that all it attaches is scoped
@@ -36,6 +39,8 @@ bin=${1:-bin/callscope}
 pairs=${2:-40}
 secs=${3:-1}
 cpu=${CPU:-0}
+mode=${MODE:-connect}
+[[ $mode == connect || $mode == bulk ]] || usage
 [[ $pairs =~ ^[1-9][0-9]*$ && $secs =~ ^[0-9.]+$ ]] || usage
 
 die() { echo "paired: $*" >&2; exit 1; }
@@ -56,7 +61,13 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir "$on" "$off"
-cc -O2 -Wall -o "$work/load" bench/connectloop.c
+if [[ $mode == connect ]]; then
+  cc -O2 -Wall -o "$work/load" bench/connectloop.c
+  unit=connects/s
+else
+  cc -O2 -Wall -pthread -o "$work/load" bench/bulk.c
+  unit=B/s
+fi
 
 read -r ephemeral _ </proc/sys/net/ipv4/ip_local_port_range
 while :; do
@@ -84,20 +95,21 @@ sleep 1
 tck=$(getconf CLK_TCK)
 cputicks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
 
-# run CGROUP: runs the loop in CGROUP and prints "rate pid connects". The
-# child moves itself into the cgroup before it execs the loop, so that its
-# every connect is made from there.
+# run CGROUP: runs the workload in CGROUP and prints "rate pid connects".
+# The child moves itself into the cgroup before it execs the workload, so
+# that its every connect is made from there.
 run() {
   local pid
   sh -c 'echo $$ >"$1/cgroup.procs" && exec taskset -c "$2" "$3" "$4"' sh "$1" "$cpu" "$work/load" "$secs" >"$work/out" &
   pid=$!
-  wait "$pid" || die "the loop failed: $(cat "$work/out")"
+  wait "$pid" || die "the workload failed: $(cat "$work/out")"
   # connectloop: "connects N seconds S rate R"
-  awk -v pid="$pid" '{print $6, pid, $2}' "$work/out"
+  # bulk:        "bytes N seconds S rate R connections C cpu U"
+  awk -v pid="$pid" -v m="$mode" '{print $6, pid, (m == "bulk" ? $8 : $2)}' "$work/out"
 }
 
 agent_before=$(cputicks "$agent")
-printf 'pair  on: connects/s   off: connects/s   ratio\n'
+printf 'pair  %18s  %18s   ratio\n' "on: $unit" "off: $unit"
 : >"$work/pairs"
 on_connects=0
 on_pids=()
@@ -113,7 +125,7 @@ for ((p = 1; p <= pairs; p++)); do
     fi
   done
   ratio=$(awk -v a="$rate_on" -v b="$rate_off" 'BEGIN {printf "%.4f", a / b}')
-  printf '%-4d  %15s   %15s   %s\n' "$p" "$rate_on" "$rate_off" "$ratio"
+  printf '%-4d  %18s  %18s   %s\n' "$p" "$rate_on" "$rate_off" "$ratio"
   echo "$rate_on $rate_off $ratio" >>"$work/pairs"
 done
 agent_used=$(($(cputicks "$agent") - agent_before))
@@ -130,14 +142,14 @@ done
 losses=$(grep -c '"kind":"loss"' "$work/events" || true)
 
 echo
-echo "$(date -u +%FT%TZ) $pairs pairs of $secs s, loop on CPU $cpu; kernel $(uname -r), $(nproc) CPUs"
+echo "$(date -u +%FT%TZ) $mode: $pairs pairs of $secs s, workload on CPU $cpu; kernel $(uname -r), $(nproc) CPUs"
 echo "agent: $("$bin" version 2>/dev/null | head -1), ${flags[*]}"
-sort -g -k3 "$work/pairs" | awk '{r[NR] = $3; s += $3; on += $1; off += $2}
+sort -g -k3 "$work/pairs" | awk -v unit="$unit" '{r[NR] = $3; s += $3; on += $1; off += $2}
   END {
     n = NR
     printf "ratio on/off per pair: median %.4f, quartiles %.4f-%.4f, mean %.4f, min %.4f, max %.4f\n",
       r[int((n + 1) / 2)], r[int((n + 3) / 4)], r[int((3 * n + 1) / 4)], s / n, r[1], r[n]
-    printf "mean connects/s: on %.0f, off %.0f\n", on / n, off / n
+    printf "mean %s: on %.0f, off %.0f\n", unit, on / n, off / n
   }'
 echo "events: $events of $on_connects connects in the on runs; loss events: $losses"
 awk -v t="$agent_used" -v h="$tck" -v n="$events" 'BEGIN {if (n > 0) printf "agent CPU: %.2f s, %.2f µs per event\n", t / h, t / h * 1e6 / n}'
