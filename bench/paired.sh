@@ -152,5 +152,9 @@ sort -g -k3 "$work/pairs" | awk -v unit="$unit" '{r[NR] = $3; s += $3; on += $1;
     printf "mean %s: on %.0f, off %.0f\n", unit, on / n, off / n
   }'
 echo "events: $events of $on_connects connects in the on runs; loss events: $losses"
-awk -v t="$agent_used" -v h="$tck" -v n="$events" 'BEGIN {if (n > 0) printf "agent CPU: %.2f s, %.2f µs per event\n", t / h, t / h * 1e6 / n}'
+awk -v t="$agent_used" -v h="$tck" -v n="$events" -v m="$mode" 'BEGIN {
+  printf "agent CPU: %.2f s", t / h
+  if (m == "connect" && n > 0) printf ", %.2f µs per event", t / h * 1e6 / n
+  printf "\n"
+}'
 [[ $events == "$on_connects" && $losses == 0 ]] || die "events and connects differ, or events were lost"
