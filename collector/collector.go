@@ -155,7 +155,7 @@ type Collector struct {
 	unreported [numLossReasons]uint64      // losses not yet carried by a loss event
 	percpu     []uint64
 	lastSweep  time.Time
-	inflight   map[uint64]started // connects awaiting their outcome, by cookie
+	inflight   inflight // connects awaiting their outcome
 	hellos     *assembler
 	batch      *Batch // being filled
 	payload    payload
@@ -434,7 +434,7 @@ func (c *Collector) read() {
 	var rec ringbuf.Record
 	c.batch = c.pool.Get().(*Batch)
 	c.hellos = newAssembler(c.push)
-	c.inflight = make(map[uint64]started)
+	c.inflight = newInflight()
 	bootOffset := bootTimeOffset()
 	c.reader.SetDeadline(time.Now().Add(c.cfg.FlushInterval))
 
@@ -593,13 +593,59 @@ func (c *Collector) pollKernelLosses() {
 
 const sweepEvery = 30 * time.Second
 
-// started is what a start record says of a connect. It is kept small
-// enough (128 bytes) for a map to hold it inline: a larger value would be
-// allocated on every insert.
+// started is what a start record says of a connect.
 type started struct {
 	caller   caller
 	src, dst netip.AddrPort
 	time     int64
+}
+
+// inflight holds connects awaiting their outcome: an index by cookie into
+// slots that are reused, last freed first. The index's entries stay small
+// (a cookie and a slot number), so that looking one up touches little
+// memory however many connects wait, and nothing is allocated once the
+// slots have grown to the most that waited at once.
+type inflight struct {
+	index map[uint64]int32
+	slots []started
+	free  []int32
+}
+
+func newInflight() inflight { return inflight{index: map[uint64]int32{}} }
+
+func (f *inflight) len() int { return len(f.index) }
+
+// put keeps st for cookie, in place of what an earlier connect of the same
+// socket left; it reports false when cookie is new and max are held.
+func (f *inflight) put(cookie uint64, st *started, max int) bool {
+	if i, ok := f.index[cookie]; ok {
+		f.slots[i] = *st
+		return true
+	}
+	if len(f.index) >= max {
+		return false
+	}
+	var i int32
+	if n := len(f.free); n > 0 {
+		i, f.free = f.free[n-1], f.free[:n-1]
+	} else {
+		i = int32(len(f.slots))
+		f.slots = append(f.slots, started{})
+	}
+	f.slots[i] = *st
+	f.index[cookie] = i
+	return true
+}
+
+// take removes and returns what was kept for cookie.
+func (f *inflight) take(cookie uint64) (started, bool) {
+	i, ok := f.index[cookie]
+	if !ok {
+		return started{}, false
+	}
+	delete(f.index, cookie)
+	f.free = append(f.free, i)
+	return f.slots[i], true
 }
 
 // start keeps a connect's start record until its outcome comes.
@@ -610,13 +656,10 @@ func (c *Collector) start(b []byte, bootOffset int64) {
 		c.log.Warn("dropping malformed ring buffer record", "error", err)
 		return
 	}
-	if len(c.inflight) >= c.cfg.MaxInFlight {
-		if _, ok := c.inflight[ev.Cookie]; !ok {
-			c.lose(lossConnFull, 1)
-			return
-		}
+	st := started{caller: callerOf(&ev), src: ev.Src, dst: ev.Dst, time: ev.Time}
+	if !c.inflight.put(ev.Cookie, &st, c.cfg.MaxInFlight) {
+		c.lose(lossConnFull, 1)
 	}
-	c.inflight[ev.Cookie] = started{caller: callerOf(&ev), src: ev.Src, dst: ev.Dst, time: ev.Time}
 }
 
 // outcome completes the connect an outcome record belongs to and hands it
@@ -630,11 +673,10 @@ func (c *Collector) outcome(b []byte, bootOffset int64) {
 		c.log.Warn("dropping malformed ring buffer record", "error", err)
 		return
 	}
-	st, ok := c.inflight[o.cookie]
+	st, ok := c.inflight.take(o.cookie)
 	if !ok {
 		return
 	}
-	delete(c.inflight, o.cookie)
 	batch := c.batch
 	batch.Events = append(batch.Events, Event{
 		Kind: KindConnect, Outcome: o.outcome, Errno: o.errno,
@@ -655,9 +697,9 @@ func (c *Collector) outcome(b []byte, bootOffset int64) {
 func (c *Collector) sweep() {
 	cutoff := time.Now().Add(-c.cfg.ConnExpiry).UnixNano()
 	n := uint64(0)
-	for cookie, st := range c.inflight {
-		if st.time < cutoff {
-			delete(c.inflight, cookie)
+	for cookie, i := range c.inflight.index {
+		if c.inflight.slots[i].time < cutoff {
+			c.inflight.take(cookie)
 			n++
 		}
 	}

@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -56,7 +57,7 @@ func TestHelloTakesConnectCaller(t *testing.T) {
 // joinCollector is a collector with only what joining start and outcome
 // records needs.
 func joinCollector() *Collector {
-	c := &Collector{cfg: Config{MaxInFlight: 1024, BatchSize: 256}, inflight: map[uint64]started{}}
+	c := &Collector{cfg: Config{MaxInFlight: 1024, BatchSize: 256}, inflight: newInflight()}
 	c.batch = &Batch{Events: make([]Event, 0, 256)}
 	c.hellos = newAssembler(func(*Event) {})
 	return c
@@ -77,8 +78,8 @@ func TestJoinAllocatesNothing(t *testing.T) {
 	if e.Kind != KindConnect || e.Outcome != OutcomeEstablished || e.PID != 4242 || e.Time != 5 || e.Dst.Port() != 443 || e.CommString() != "billing" {
 		t.Errorf("joined event %+v", e)
 	}
-	if len(c.inflight) != 0 {
-		t.Errorf("%d connects still held", len(c.inflight))
+	if n := c.inflight.len(); n != 0 {
+		t.Errorf("%d connects still held", n)
 	}
 	allocs := testing.AllocsPerRun(1000, func() {
 		c.batch.Events = c.batch.Events[:0]
@@ -91,28 +92,33 @@ func TestJoinAllocatesNothing(t *testing.T) {
 }
 
 // BenchmarkJoin joins starts and outcomes as a busy node gives them: new
-// cookies all the time, with some connects still waiting for their
-// outcome while others start.
+// cookies all the time, with some connects (64, or 8,192 on a node whose
+// connects wait on slow peers) still waiting for their outcome while
+// others start.
 func BenchmarkJoin(b *testing.B) {
-	c := joinCollector()
-	ev := startEvent()
-	const waiting = 64
-	starts := make([][]byte, 1024)
-	outcomes := make([][]byte, len(starts))
-	for i := range starts {
-		ev.Cookie = uint64(i)
-		starts[i] = record(b, ev)
-		outcomes[i] = outcomeBytes(b, connectOutcomeEvent{Cookie: uint64(i), TsNs: 5, Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED)})
-	}
-	for i := range waiting {
-		c.start(starts[i], 0)
-	}
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		c.batch.Events = c.batch.Events[:0] // as the pipeline takes each batch
-		c.start(starts[(i+waiting)%len(starts)], 0)
-		c.outcome(outcomes[i%len(starts)], 0)
-		i++
+	for _, waiting := range []int{64, 8192} {
+		b.Run(fmt.Sprintf("waiting=%d", waiting), func(b *testing.B) {
+			c := joinCollector()
+			c.cfg.MaxInFlight = 32768
+			ev := startEvent()
+			starts := make([][]byte, 4*waiting)
+			outcomes := make([][]byte, len(starts))
+			for i := range starts {
+				ev.Cookie = uint64(i + 1)
+				starts[i] = record(b, ev)
+				outcomes[i] = outcomeBytes(b, connectOutcomeEvent{Cookie: uint64(i + 1), TsNs: 5, Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED)})
+			}
+			for i := range waiting {
+				c.start(starts[i], 0)
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				c.batch.Events = c.batch.Events[:0] // as the pipeline takes each batch
+				c.start(starts[(i+waiting)%len(starts)], 0)
+				c.outcome(outcomes[i%len(starts)], 0)
+				i++
+			}
+		})
 	}
 }
