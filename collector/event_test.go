@@ -14,13 +14,19 @@ import (
 )
 
 // record builds a kernel record the way the BPF program lays it out.
-func record(t testing.TB, ev connectEvent) []byte {
+// encode lays v out as the kernel writes it to the ring buffer.
+func encode[T any](t testing.TB, v T) []byte {
 	t.Helper()
 	var buf bytes.Buffer
-	if err := binary.Write(&buf, binary.NativeEndian, &ev); err != nil {
+	if err := binary.Write(&buf, binary.NativeEndian, &v); err != nil {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
+}
+
+func record(t testing.TB, ev connectEvent) []byte {
+	t.Helper()
+	return encode(t, ev)
 }
 
 func baseEvent() connectEvent {
@@ -215,15 +221,6 @@ func BenchmarkDecode(b *testing.B) {
 	}
 }
 
-func outcomeBytes(t testing.TB, o connectOutcomeEvent) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	if err := binary.Write(&buf, binary.NativeEndian, &o); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
 func startEvent() connectEvent {
 	ev := baseEvent()
 	ev.Kind, ev.Outcome = uint8(connectKindKIND_CONNECT_START), 0
@@ -244,7 +241,7 @@ func TestDecodeStartAndOutcome(t *testing.T) {
 		t.Errorf("a connect record as a start: %v, want ErrMalformed", err)
 	}
 
-	rec := outcomeBytes(t, connectOutcomeEvent{Cookie: 0xc0ffee, TsNs: 7, Err: int32(unix.ECONNREFUSED),
+	rec := encode(t, connectOutcomeEvent{Cookie: 0xc0ffee, TsNs: 7, Err: int32(unix.ECONNREFUSED),
 		Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_CLOSED)})
 	o, err := decodeOutcome(rec)
 	if err != nil || o.cookie != 0xc0ffee || o.ts != 7 || o.outcome != OutcomeRefused || o.errno != unix.ECONNREFUSED {
@@ -252,9 +249,9 @@ func TestDecodeStartAndOutcome(t *testing.T) {
 	}
 	for name, b := range map[string][]byte{
 		"short":          rec[:len(rec)-1],
-		"wrong kind":     outcomeBytes(t, connectOutcomeEvent{Kind: uint8(connectKindKIND_EXIT), Outcome: 1}),
-		"no outcome":     outcomeBytes(t, connectOutcomeEvent{Kind: uint8(connectKindKIND_OUTCOME)}),
-		"negative errno": outcomeBytes(t, connectOutcomeEvent{Kind: uint8(connectKindKIND_OUTCOME), Outcome: 2, Err: -1}),
+		"wrong kind":     encode(t, connectOutcomeEvent{Kind: uint8(connectKindKIND_EXIT), Outcome: 1}),
+		"no outcome":     encode(t, connectOutcomeEvent{Kind: uint8(connectKindKIND_OUTCOME)}),
+		"negative errno": encode(t, connectOutcomeEvent{Kind: uint8(connectKindKIND_OUTCOME), Outcome: 2, Err: -1}),
 	} {
 		if _, err := decodeOutcome(b); !errors.Is(err, ErrMalformed) {
 			t.Errorf("%s: %v, want ErrMalformed", name, err)
@@ -266,8 +263,8 @@ func TestDecodeStartAndOutcome(t *testing.T) {
 // connect or fail with ErrMalformed, whatever the bytes.
 func FuzzDecodeJoin(f *testing.F) {
 	f.Add(record(f, startEvent()))
-	f.Add(outcomeBytes(f, connectOutcomeEvent{Cookie: 1, TsNs: 2, Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED)}))
-	f.Add(outcomeBytes(f, connectOutcomeEvent{Cookie: 1, TsNs: 2, Err: int32(unix.ETIMEDOUT), Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_CLOSED)}))
+	f.Add(encode(f, connectOutcomeEvent{Cookie: 1, TsNs: 2, Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED)}))
+	f.Add(encode(f, connectOutcomeEvent{Cookie: 1, TsNs: 2, Err: int32(unix.ETIMEDOUT), Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_CLOSED)}))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if o, err := decodeOutcome(b); err != nil {
