@@ -86,12 +86,12 @@ func (o Outcome) String() string {
 
 // Loss stages and reasons, the values of a loss event and of the loss metric.
 const (
-	StageKernel = "kernel" // in the BPF programs
+	StageKernel = "kernel" // in the BPF programs, or in tracking their connects
 	StageQueue  = "queue"  // between the ring buffer reader and the pipeline
 
 	ReasonRingBufferFull = "ring_buffer_full" // bpf_ringbuf_reserve failed
-	ReasonConnFull       = "conn_full"        // more connects awaiting their outcome than the kernel map holds
-	ReasonConnExpired    = "conn_expired"     // a connect whose outcome never came (swept after an hour)
+	ReasonConnFull       = "conn_full"        // more connects awaiting their outcome than Config.MaxInFlight
+	ReasonConnExpired    = "conn_expired"     // a connect whose outcome never came (forgotten after Config.ConnExpiry)
 	ReasonPendingFull    = "pending_full"     // no room to remember a connect(2) in flight: a failure inside the syscall goes unreported
 	ReasonQueueFull      = "queue_full"       // the pipeline did not keep up
 	ReasonMalformed      = "malformed"        // a record that did not decode
