@@ -27,7 +27,8 @@ type Config struct {
 	// process below it is seen. Default: the cgroup2 mount.
 	CgroupRoot string
 	// RingBufferBytes is the size of the kernel ring buffer, a power of two
-	// and a multiple of the page size. Default 4 MiB (about 30,000 events).
+	// and a multiple of the page size. Default 4 MiB: about 25,000 connects,
+	// each a start and an outcome record (168 bytes with their headers).
 	RingBufferBytes int
 	// MaxInFlight is how many connects awaiting their outcome are
 	// tracked; beyond it new ones are counted as lost. It also sizes the
