@@ -80,12 +80,11 @@ enum outcome {
 
 enum stat {
 	STAT_RINGBUF_FULL = 0, /* bpf_ringbuf_reserve failed: an event lost */
-	STAT_CONN_FULL = 1,    /* not counted here any more: user space tracks connects in flight */
-	STAT_PENDING_FULL = 2, /* no task storage for the record: a syscall failure would go unseen */
-	STAT_EXIT_LOST = 3,    /* no room for a process exit: its cache entry ages out instead */
-	STAT_PAYLOAD_LOST = 4, /* a TLS or DNS payload record lost: the ring buffer was full */
-	STAT_EXEC_LOST = 5,    /* an execve not reported: a short-lived process may go without exe */
-	STAT_MAX = 6,
+	STAT_PENDING_FULL = 1, /* no task storage for the record: a syscall failure would go unseen */
+	STAT_EXIT_LOST = 2,    /* no room for a process exit: its cache entry ages out instead */
+	STAT_PAYLOAD_LOST = 3, /* a TLS or DNS payload record lost: the ring buffer was full */
+	STAT_EXEC_LOST = 4,    /* an execve not reported: a short-lived process may go without exe */
+	STAT_MAX = 5,
 };
 
 /* Identity of the caller, captured inside connect(2). */
@@ -161,8 +160,6 @@ struct hello {
 const struct event *unused_event __attribute__((unused));
 const struct payload_event *unused_payload_event __attribute__((unused));
 const struct outcome_event *unused_outcome_event __attribute__((unused));
-const struct hello *unused_hello __attribute__((unused));
-const enum phase *unused_phase __attribute__((unused));
 const enum outcome *unused_outcome __attribute__((unused));
 const enum kind *unused_kind __attribute__((unused));
 const enum stat *unused_stat __attribute__((unused));

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -374,7 +373,6 @@ var lossReasons = [numLossReasons]struct{ stage, reason string }{
 // marks a slot that counts no event, kept in noticesLost instead.
 var kernelLoss = [connectStatSTAT_MAX]lossReason{
 	connectStatSTAT_RINGBUF_FULL: lossRingBuffer,
-	connectStatSTAT_CONN_FULL:    lossConnFull,
 	connectStatSTAT_PENDING_FULL: lossPending,
 	connectStatSTAT_EXIT_LOST:    noLoss,
 	connectStatSTAT_PAYLOAD_LOST: lossRingBuffer,
@@ -452,8 +450,7 @@ func (c *Collector) read() {
 			}
 			if isPayload(rec.RawSample) {
 				if derr := decodePayload(rec.RawSample, bootOffset, &c.payload); derr != nil {
-					c.lose(lossMalformed, 1)
-					c.log.Warn("dropping malformed ring buffer record", "error", derr)
+					c.malformed(derr)
 					continue
 				}
 				c.hellos.add(&c.payload, time.Now())
@@ -464,8 +461,7 @@ func (c *Collector) read() {
 			ev := &batch.Events[len(batch.Events)-1]
 			if derr := ev.Decode(rec.RawSample, bootOffset); derr != nil {
 				batch.Events = batch.Events[:len(batch.Events)-1]
-				c.lose(lossMalformed, 1)
-				c.log.Warn("dropping malformed ring buffer record", "error", derr)
+				c.malformed(derr)
 				continue
 			}
 			if len(batch.Events) == cap(batch.Events) {
@@ -517,6 +513,12 @@ func (c *Collector) push(ev *Event) {
 	if len(c.batch.Events) >= cap(c.batch.Events) {
 		c.batch = c.send(c.batch, false)
 	}
+}
+
+// malformed drops a record that did not decode, and counts it.
+func (c *Collector) malformed(err error) {
+	c.lose(lossMalformed, 1)
+	c.log.Warn("dropping malformed ring buffer record", "error", err)
 }
 
 func (c *Collector) lose(r lossReason, n uint64) {
@@ -594,13 +596,6 @@ func (c *Collector) pollKernelLosses() {
 
 const sweepEvery = 30 * time.Second
 
-// started is what a start record says of a connect.
-type started struct {
-	caller   caller
-	src, dst netip.AddrPort
-	time     int64
-}
-
 // inflight holds connects awaiting their outcome: an index by cookie into
 // slots that are reused, last freed first. The index's entries stay small
 // (a cookie and a slot number), so that looking one up touches little
@@ -651,14 +646,12 @@ func (f *inflight) take(cookie uint64) (started, bool) {
 
 // start keeps a connect's start record until its outcome comes.
 func (c *Collector) start(b []byte, bootOffset int64) {
-	var ev Event
-	if err := ev.decodeStart(b, bootOffset); err != nil {
-		c.lose(lossMalformed, 1)
-		c.log.Warn("dropping malformed ring buffer record", "error", err)
+	cookie, st, err := decodeStart(b, bootOffset)
+	if err != nil {
+		c.malformed(err)
 		return
 	}
-	st := started{caller: callerOf(&ev), src: ev.Src, dst: ev.Dst, time: ev.Time}
-	if !c.inflight.put(ev.Cookie, &st, c.cfg.MaxInFlight) {
+	if !c.inflight.put(cookie, &st, c.cfg.MaxInFlight) {
 		c.lose(lossConnFull, 1)
 	}
 }
@@ -670,8 +663,7 @@ func (c *Collector) start(b []byte, bootOffset int64) {
 func (c *Collector) outcome(b []byte, bootOffset int64) {
 	o, err := decodeOutcome(b)
 	if err != nil {
-		c.lose(lossMalformed, 1)
-		c.log.Warn("dropping malformed ring buffer record", "error", err)
+		c.malformed(err)
 		return
 	}
 	st, ok := c.inflight.take(o.cookie)

@@ -105,23 +105,15 @@ type connectPending struct {
 	Pad    [7]uint8
 }
 
-type connectPhase uint32
-
-const (
-	connectPhasePHASE_CLIENT_HELLO connectPhase = 1
-	connectPhasePHASE_SERVER_HELLO connectPhase = 2
-)
-
 type connectStat uint32
 
 const (
 	connectStatSTAT_RINGBUF_FULL connectStat = 0
-	connectStatSTAT_CONN_FULL    connectStat = 1
-	connectStatSTAT_PENDING_FULL connectStat = 2
-	connectStatSTAT_EXIT_LOST    connectStat = 3
-	connectStatSTAT_PAYLOAD_LOST connectStat = 4
-	connectStatSTAT_EXEC_LOST    connectStat = 5
-	connectStatSTAT_MAX          connectStat = 6
+	connectStatSTAT_PENDING_FULL connectStat = 1
+	connectStatSTAT_EXIT_LOST    connectStat = 2
+	connectStatSTAT_PAYLOAD_LOST connectStat = 3
+	connectStatSTAT_EXEC_LOST    connectStat = 4
+	connectStatSTAT_MAX          connectStat = 5
 )
 
 // Names of all BPF objects in the ELF.
@@ -143,12 +135,10 @@ const (
 	connectProgProcessExit       = "process_exit"
 	connectProgSockOps           = "sock_ops"
 	connectVarUnusedEvent        = "unused_event"
-	connectVarUnusedHello        = "unused_hello"
 	connectVarUnusedKind         = "unused_kind"
 	connectVarUnusedOutcome      = "unused_outcome"
 	connectVarUnusedOutcomeEvent = "unused_outcome_event"
 	connectVarUnusedPayloadEvent = "unused_payload_event"
-	connectVarUnusedPhase        = "unused_phase"
 	connectVarUnusedStat         = "unused_stat"
 	connectVarWakeupBytes        = "wakeup_bytes"
 )
@@ -222,12 +212,10 @@ type connectMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectVariableSpecs struct {
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedHello        *ebpf.VariableSpec `ebpf:"unused_hello"`
 	UnusedKind         *ebpf.VariableSpec `ebpf:"unused_kind"`
 	UnusedOutcome      *ebpf.VariableSpec `ebpf:"unused_outcome"`
 	UnusedOutcomeEvent *ebpf.VariableSpec `ebpf:"unused_outcome_event"`
 	UnusedPayloadEvent *ebpf.VariableSpec `ebpf:"unused_payload_event"`
-	UnusedPhase        *ebpf.VariableSpec `ebpf:"unused_phase"`
 	UnusedStat         *ebpf.VariableSpec `ebpf:"unused_stat"`
 	WakeupBytes        *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
@@ -276,12 +264,10 @@ func (m *connectMaps) Close() error {
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectVariables struct {
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
-	UnusedHello        *ebpf.Variable `ebpf:"unused_hello"`
 	UnusedKind         *ebpf.Variable `ebpf:"unused_kind"`
 	UnusedOutcome      *ebpf.Variable `ebpf:"unused_outcome"`
 	UnusedOutcomeEvent *ebpf.Variable `ebpf:"unused_outcome_event"`
 	UnusedPayloadEvent *ebpf.Variable `ebpf:"unused_payload_event"`
-	UnusedPhase        *ebpf.Variable `ebpf:"unused_phase"`
 	UnusedStat         *ebpf.Variable `ebpf:"unused_stat"`
 	WakeupBytes        *ebpf.Variable `ebpf:"wakeup_bytes"`
 }

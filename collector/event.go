@@ -213,7 +213,7 @@ func (e *Event) Decode(b []byte, bootOffset int64) error {
 		return err
 	}
 	decodeHeader(b, bootOffset, e)
-	if err := e.decodeAddrs(b); err != nil {
+	if e.Src, e.Dst, err = decodeAddrs(b); err != nil {
 		return err
 	}
 	e.Kind, e.Outcome, e.Errno = KindConnect, outcome, unix.Errno(errno)
@@ -241,18 +241,26 @@ func isStart(b []byte) bool {
 	return len(b) == recordSize && connectKind(b[offKind]) == connectKindKIND_CONNECT_START
 }
 
-// decodeStart fills e from a start record: a connect event still without
-// its outcome. Time is when connect(2) was called.
-func (e *Event) decodeStart(b []byte, bootOffset int64) error {
+// started is what a start record says of a connect: all of its event but
+// the outcome and its time.
+type started struct {
+	caller   caller
+	src, dst netip.AddrPort
+	time     int64 // when connect(2) was called, Unix ns
+}
+
+// decodeStart reads a start record.
+func decodeStart(b []byte, bootOffset int64) (cookie uint64, st started, err error) {
 	if !isStart(b) {
-		return fmt.Errorf("%w: not a start record", ErrMalformed)
+		return 0, started{}, fmt.Errorf("%w: not a start record", ErrMalformed)
 	}
-	decodeHeader(b, bootOffset, e)
-	if err := e.decodeAddrs(b); err != nil {
-		return err
+	if st.src, st.dst, err = decodeAddrs(b); err != nil {
+		return 0, started{}, err
 	}
-	e.Kind = KindConnect
-	return nil
+	ne := binary.NativeEndian
+	st.caller = decodeCaller(b)
+	st.time = int64(ne.Uint64(b[offTs:])) + bootOffset
+	return ne.Uint64(b[offCookie:]), st, nil
 }
 
 // outcomeRecord is a decoded outcome record.
@@ -279,42 +287,64 @@ func decodeOutcome(b []byte) (outcomeRecord, error) {
 	return outcomeRecord{cookie: ne.Uint64(b[offOutcomeCookie:]), ts: int64(ne.Uint64(b[offOutcomeTs:])), outcome: o, errno: unix.Errno(errno)}, nil
 }
 
+// caller is what a record holds of its caller. The kernel sends a start's
+// caller once, and TLS records without one: the collector keeps it by
+// cookie and gives it to the connect's other events.
+type caller struct {
+	pid, tid, uid, gid uint32
+	netns              uint32
+	cgroup, procStart  uint64
+	comm               [16]byte
+}
+
+func decodeCaller(b []byte) caller {
+	ne := binary.NativeEndian
+	c := caller{
+		pid:       ne.Uint32(b[offTgid:]),
+		tid:       ne.Uint32(b[offTid:]),
+		uid:       ne.Uint32(b[offUID:]),
+		gid:       ne.Uint32(b[offGID:]),
+		netns:     ne.Uint32(b[offNetns:]),
+		cgroup:    ne.Uint64(b[offCgroup:]),
+		procStart: ne.Uint64(b[offTaskStart:]),
+	}
+	copy(c.comm[:], b[offComm:offComm+16])
+	return c
+}
+
+func (c *caller) applyTo(e *Event) {
+	e.PID, e.TID, e.UID, e.GID, e.NetNS = c.pid, c.tid, c.uid, c.gid, c.netns
+	e.CgroupID, e.ProcStart, e.Comm = c.cgroup, c.procStart, c.comm
+}
+
 // decodeHeader sets e to what the struct event at the start of every
 // record holds of the caller, and its time and cookie. Fields the kernel
 // left zero stay zero.
 func decodeHeader(b []byte, bootOffset int64, e *Event) {
 	ne := binary.NativeEndian
 	*e = Event{
-		Time:      int64(ne.Uint64(b[offTs:])) + bootOffset,
-		Cookie:    ne.Uint64(b[offCookie:]),
-		PID:       ne.Uint32(b[offTgid:]),
-		TID:       ne.Uint32(b[offTid:]),
-		UID:       ne.Uint32(b[offUID:]),
-		GID:       ne.Uint32(b[offGID:]),
-		CgroupID:  ne.Uint64(b[offCgroup:]),
-		ProcStart: ne.Uint64(b[offTaskStart:]),
-		NetNS:     ne.Uint32(b[offNetns:]),
+		Time:   int64(ne.Uint64(b[offTs:])) + bootOffset,
+		Cookie: ne.Uint64(b[offCookie:]),
 	}
-	copy(e.Comm[:], b[offComm:offComm+16])
+	c := decodeCaller(b)
+	c.applyTo(e)
 }
 
-// decodeAddrs sets e's source and destination from the record.
-func (e *Event) decodeAddrs(b []byte) error {
+// decodeAddrs reads a record's source and destination.
+func decodeAddrs(b []byte) (src, dst netip.AddrPort, err error) {
 	ne := binary.NativeEndian
-	var src, dst netip.Addr
+	var s, d netip.Addr
 	switch family := ne.Uint16(b[offFamily:]); family {
 	case afInet:
-		src = netip.AddrFrom4([4]byte(b[offSaddr : offSaddr+4]))
-		dst = netip.AddrFrom4([4]byte(b[offDaddr : offDaddr+4]))
+		s = netip.AddrFrom4([4]byte(b[offSaddr : offSaddr+4]))
+		d = netip.AddrFrom4([4]byte(b[offDaddr : offDaddr+4]))
 	case afInet6:
-		src = netip.AddrFrom16([16]byte(b[offSaddr : offSaddr+16])).Unmap()
-		dst = netip.AddrFrom16([16]byte(b[offDaddr : offDaddr+16])).Unmap()
+		s = netip.AddrFrom16([16]byte(b[offSaddr : offSaddr+16])).Unmap()
+		d = netip.AddrFrom16([16]byte(b[offDaddr : offDaddr+16])).Unmap()
 	default:
-		return fmt.Errorf("%w: address family %d", ErrMalformed, family)
+		return src, dst, fmt.Errorf("%w: address family %d", ErrMalformed, family)
 	}
-	e.Src = netip.AddrPortFrom(src, ne.Uint16(b[offSport:]))
-	e.Dst = netip.AddrPortFrom(dst, ne.Uint16(b[offDport:]))
-	return nil
+	return netip.AddrPortFrom(s, ne.Uint16(b[offSport:])), netip.AddrPortFrom(d, ne.Uint16(b[offDport:])), nil
 }
 
 // outcomeOf names what the kernel saw. A socket closed with no error before

@@ -227,17 +227,21 @@ func startEvent() connectEvent {
 	return ev
 }
 
-// TestDecodeStartAndOutcome: a start record gives a connect without its
-// outcome, and an outcome record the outcome and errno for its cookie.
+// TestDecodeStartAndOutcome: a start record gives a connect's cookie,
+// caller, addresses and start time, and an outcome record the outcome and
+// errno for its cookie.
 func TestDecodeStartAndOutcome(t *testing.T) {
-	var e Event
-	if err := e.decodeStart(record(t, startEvent()), 0); err != nil {
+	cookie, st, err := decodeStart(record(t, startEvent()), 0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Kind != KindConnect || e.Cookie != 0xc0ffee || e.PID != 4242 || e.Dst.Port() != 443 || e.Outcome != OutcomeUnknown {
-		t.Errorf("start %+v", e)
+	var e Event
+	st.caller.applyTo(&e)
+	if cookie != 0xc0ffee || e.PID != 4242 || e.TID != 4243 || e.CommString() != "billing" || st.dst.Port() != 443 ||
+		!st.src.IsValid() || st.time != 5_000_000_000 {
+		t.Errorf("start of cookie %#x: %+v, caller %+v", cookie, st, e)
 	}
-	if err := e.decodeStart(record(t, baseEvent()), 0); !errors.Is(err, ErrMalformed) {
+	if _, _, err := decodeStart(record(t, baseEvent()), 0); !errors.Is(err, ErrMalformed) {
 		t.Errorf("a connect record as a start: %v, want ErrMalformed", err)
 	}
 
@@ -274,13 +278,12 @@ func FuzzDecodeJoin(f *testing.F) {
 		} else if len(b) != outcomeRecordSize || o.outcome == OutcomeUnknown || o.errno < 0 {
 			t.Fatalf("inconsistent outcome %+v from %d bytes", o, len(b))
 		}
-		var e Event
-		if err := e.decodeStart(b, 0); err != nil {
+		if _, st, err := decodeStart(b, 0); err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("error %v is not ErrMalformed", err)
 			}
-		} else if e.Kind != KindConnect || !e.Dst.IsValid() || len(b) != recordSize {
-			t.Fatalf("inconsistent start %+v", e)
+		} else if !isStart(b) || !st.dst.IsValid() || !st.src.IsValid() || len(b) != recordSize {
+			t.Fatalf("inconsistent start %+v", st)
 		}
 	})
 }

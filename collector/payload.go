@@ -69,7 +69,9 @@ func decodePayload(b []byte, bootOffset int64, p *payload) error {
 		p.head.Exec = decodeExec(p.data, p.offset, p.want, p.more, ne.Uint32(b[offAux:]))
 		return nil
 	}
-	return p.head.decodeAddrs(b)
+	var err error
+	p.head.Src, p.head.Dst, err = decodeAddrs(b)
+	return err
 }
 
 // HelloStats counts the TLS handshakes and DNS answers the kernel passed up.
@@ -105,25 +107,6 @@ const callerSlots = 16384
 type callerSlot struct {
 	cookie uint64
 	caller caller
-}
-
-// caller is what a connect event holds of its caller: the kernel sends a
-// ClientHello without it, and the assembler gives the tls event the caller
-// of the connect with the same cookie.
-type caller struct {
-	pid, tid, uid, gid uint32
-	netns              uint32
-	cgroup, procStart  uint64
-	comm               [16]byte
-}
-
-func callerOf(e *Event) caller {
-	return caller{pid: e.PID, tid: e.TID, uid: e.UID, gid: e.GID, netns: e.NetNS, cgroup: e.CgroupID, procStart: e.ProcStart, comm: e.Comm}
-}
-
-func (c *caller) applyTo(e *Event) {
-	e.PID, e.TID, e.UID, e.GID, e.NetNS = c.pid, c.tid, c.uid, c.gid, c.netns
-	e.CgroupID, e.ProcStart, e.Comm = c.cgroup, c.procStart, c.comm
 }
 
 type assembly struct {

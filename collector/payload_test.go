@@ -24,10 +24,8 @@ func helloPiece(t *testing.T, cookie uint64) *payload {
 func TestHelloTakesConnectCaller(t *testing.T) {
 	var got []Event
 	a := newAssembler(func(e *Event) { got = append(got, *e) })
-	connect := Event{Kind: KindConnect, Outcome: OutcomeEstablished, Cookie: 1, PID: 42, TID: 43, UID: 1000, GID: 1001,
-		CgroupID: 9, ProcStart: 12345, NetNS: 4026531840, Comm: [16]byte{'c', 'u', 'r', 'l'}}
-	c := callerOf(&connect)
-	a.connected(connect.Cookie, &c)
+	c := caller{pid: 42, tid: 43, uid: 1000, gid: 1001, cgroup: 9, procStart: 12345, netns: 4026531840, comm: [16]byte{'c', 'u', 'r', 'l'}}
+	a.connected(1, &c)
 
 	now := time.Now()
 	a.add(helloPiece(t, 1), now)
