@@ -591,6 +591,27 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p)
 	return 0;
 }
 
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
+
+/* The loader sets a missing weak kfunc's address to 0 (libbpf's macro, which
+ * Debian's libbpf-dev may predate). */
+#ifndef bpf_ksym_exists
+#define bpf_ksym_exists(sym) (!!(sym))
+#endif
+
+/*
+ * skb_netns is the network namespace of the socket receiving skb: the
+ * namespace whose resolver asked. Kernels without bpf_cast_to_kern_ctx
+ * (before 6.3) give 0, and names are then shared across namespaces.
+ */
+static __always_inline __u32 skb_netns(struct __sk_buff *skb)
+{
+	if (!bpf_ksym_exists(bpf_cast_to_kern_ctx))
+		return 0;
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	return BPF_CORE_READ(kskb, sk, __sk_common.skc_net.net, ns.inum);
+}
+
 /*
  * emit_payload copies n bytes of the packet from offset from into a payload
  * record. The record goes through a per-CPU scratch buffer so that the ring
@@ -622,10 +643,10 @@ static __always_inline void scratch_exit(void)
 }
 
 static __always_inline void fill_payload(struct __sk_buff *skb, struct packet *p, struct payload_event *e, __u8 kind,
-					 struct caller *c, __u64 cookie, __u32 n, __u16 offset, __u16 want, __u8 more);
+					 __u64 cookie, __u32 n, __u16 offset, __u16 want, __u8 more);
 
-static __always_inline void emit_payload(struct __sk_buff *skb, struct packet *p, __u8 kind, struct caller *c,
-					 __u64 cookie, __u32 n, __u16 offset, __u16 want, __u8 more)
+static __always_inline void emit_payload(struct __sk_buff *skb, struct packet *p, __u8 kind, __u64 cookie, __u32 n,
+					 __u16 offset, __u16 want, __u8 more)
 {
 	if (n > PAYLOAD_MAX)
 		n = PAYLOAD_MAX;
@@ -634,12 +655,12 @@ static __always_inline void emit_payload(struct __sk_buff *skb, struct packet *p
 	struct payload_event *e = scratch_enter();
 	if (!e)
 		return;
-	fill_payload(skb, p, e, kind, c, cookie, n, offset, want, more);
+	fill_payload(skb, p, e, kind, cookie, n, offset, want, more);
 	scratch_exit();
 }
 
 static __always_inline void fill_payload(struct __sk_buff *skb, struct packet *p, struct payload_event *e, __u8 kind,
-					 struct caller *c, __u64 cookie, __u32 n, __u16 offset, __u16 want, __u8 more)
+					 __u64 cookie, __u32 n, __u16 offset, __u16 want, __u8 more)
 {
 	/*
 	 * Restate 1 <= n <= PAYLOAD_MAX in a form the verifier follows: clang
@@ -651,7 +672,15 @@ static __always_inline void fill_payload(struct __sk_buff *skb, struct packet *p
 	if (bpf_skb_load_bytes(skb, p->payload, e->data, len))
 		return;
 
-	__builtin_memcpy(&e->ev.caller, c, sizeof(*c));
+	/*
+	 * Of the caller, only the socket's cgroup, and for a DNS answer the
+	 * namespace that asked: user space gives a TLS record the caller of
+	 * the connect with the same cookie.
+	 */
+	__builtin_memset(&e->ev.caller, 0, sizeof(e->ev.caller));
+	e->ev.caller.cgroup_id = bpf_skb_cgroup_id(skb);
+	if (kind == KIND_DNS)
+		e->ev.caller.netns = skb_netns(skb);
 	e->ev.cookie = cookie;
 	e->ev.ts_ns = bpf_ktime_get_boot_ns();
 	e->ev.kind = kind;
@@ -721,12 +750,6 @@ int egress(struct __sk_buff *skb)
 	struct packet p;
 	if (parse_packet(skb, &p) || p.proto != IPPROTO_TCP || p.len == 0)
 		return 1;
-	/* Records of the hello carry the socket's cgroup; user space gives
-	 * them the caller of the connect with the same cookie. */
-	struct caller c;
-	__builtin_memset(&c, 0, sizeof(c));
-	c.cgroup_id = bpf_skb_cgroup_id(skb);
-
 	if (!h) {
 		if (tp->bytes_sent != p.len)
 			return 1;
@@ -743,7 +766,7 @@ int egress(struct __sk_buff *skb)
 			more = 1;
 		}
 		__u32 n = p.len < want ? p.len : want;
-		emit_payload(skb, &p, KIND_TLS_CLIENT, &c, cookie, n, 0, want, more);
+		emit_payload(skb, &p, KIND_TLS_CLIENT, cookie, n, 0, want, more);
 		struct hello next = {.phase = PHASE_SERVER_HELLO};
 		if (n < want) {
 			next.phase = PHASE_CLIENT_HELLO;
@@ -772,33 +795,12 @@ int egress(struct __sk_buff *skb)
 	__u32 n = h->want > h->got ? h->want - h->got : 0;
 	if (n > p.len)
 		n = p.len;
-	emit_payload(skb, &p, KIND_TLS_CLIENT, &c, cookie, n, h->got, h->want, 0);
+	emit_payload(skb, &p, KIND_TLS_CLIENT, cookie, n, h->got, h->want, 0);
 	h->got += n;
 	h->next_seq += n;
 	if (h->got >= h->want)
 		h->phase = PHASE_SERVER_HELLO;
 	return 1;
-}
-
-extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
-
-/* The loader sets a missing weak kfunc's address to 0 (libbpf's macro, which
- * Debian's libbpf-dev may predate). */
-#ifndef bpf_ksym_exists
-#define bpf_ksym_exists(sym) (!!(sym))
-#endif
-
-/*
- * skb_netns is the network namespace of the socket receiving skb: the
- * namespace whose resolver asked. Kernels without bpf_cast_to_kern_ctx
- * (before 6.3) give 0, and names are then shared across namespaces.
- */
-static __always_inline __u32 skb_netns(struct __sk_buff *skb)
-{
-	if (!bpf_ksym_exists(bpf_cast_to_kern_ctx))
-		return 0;
-	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
-	return BPF_CORE_READ(kskb, sk, __sk_common.skc_net.net, ns.inum);
 }
 
 SEC("cgroup_skb/ingress")
@@ -827,13 +829,9 @@ int ingress(struct __sk_buff *skb)
 			if (h) {
 				if (parse_packet(skb, &p) || p.proto != IPPROTO_TCP || p.len == 0)
 					return 1;
-				if (h->phase == PHASE_SERVER_HELLO) {
-					struct caller c;
-					__builtin_memset(&c, 0, sizeof(c));
-					c.cgroup_id = bpf_skb_cgroup_id(skb);
-					emit_payload(skb, &p, KIND_TLS_SERVER, &c, cookie,
+				if (h->phase == PHASE_SERVER_HELLO)
+					emit_payload(skb, &p, KIND_TLS_SERVER, cookie,
 						     p.len < SERVER_HELLO_MAX ? p.len : SERVER_HELLO_MAX, 0, 0, 0);
-				}
 				/*
 				 * The server has spoken: its hello is read, or it did
 				 * before the ClientHello was whole. Either way, done.
@@ -856,11 +854,7 @@ int ingress(struct __sk_buff *skb)
 		return 1;
 	if (!cookie)
 		cookie = bpf_get_socket_cookie(skb);
-	struct caller none;
-	__builtin_memset(&none, 0, sizeof(none));
-	none.netns = skb_netns(skb);
-	none.cgroup_id = bpf_skb_cgroup_id(skb);
-	emit_payload(skb, &p, KIND_DNS, &none, cookie, p.len, 0, 0, 0);
+	emit_payload(skb, &p, KIND_DNS, cookie, p.len, 0, 0, 0);
 	return 1;
 }
 
