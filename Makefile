@@ -12,7 +12,7 @@ FUZZTIME ?= 20s
 
 .PHONY: help
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 .PHONY: build
 build: ## build the static agent binary into bin/callscope
@@ -41,7 +41,7 @@ bench: ## run the Go benchmarks (benchstat-friendly, COUNT runs), then bench-sys
 
 # ROUNDS alternated rounds of SECS seconds each; see bench/overhead.sh.
 .PHONY: bench-system
-bench-system: build ## measure the agent's cost to a connect loop and to bulk TCP throughput (as root)
+bench-system: build ## measure the agent's cost to a connect loop and to bulk TCP throughput, then run bench-paired's pairs (as root)
 	$(SUDO) bench/overhead.sh connect $(BIN) $(or $(ROUNDS),8) $(or $(SECS),3)
 	$(SUDO) bench/overhead.sh bulk $(BIN) $(or $(ROUNDS),8) $(or $(SECS),3)
 	$(SUDO) bench/paired.sh $(BIN) $(or $(PAIRS),40) 1

@@ -48,6 +48,8 @@
 #   KEEP      a directory that keeps each run's events, logs and metrics
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 usage() { echo "usage: $0 connect|bulk [BIN] [ROUNDS] [SECS]" >&2; exit 2; }
 mode=${1:-}
@@ -83,19 +85,18 @@ cleanup() {
 trap cleanup EXIT
 
 # Drop the variants this machine or this build cannot run, and say so,
-# rather than fail after minutes of measuring.
+# rather than fail after minutes of measuring. The agent's flags, for the
+# probes: not a pipe into grep -q, whose early exit would fail under pipefail.
+help=$("$bin" run --help 2>&1 || true)
 keep=()
 for v in "${variants[@]}"; do
   case $v in
     bare | callscope) keep+=("$v") ;;
     callscope-stats)
-      # Not a pipe into grep -q: with pipefail, its early exit would fail the test.
-      help=$("$bin" run --help 2>&1 || true)
       if [[ $help == *-bpf-stats* ]]; then keep+=("$v"); else
         echo "overhead: $bin has no --bpf-stats flag: skipping $v" >&2
       fi ;;
     callscope-nosys)
-      help=$("$bin" run --help 2>&1 || true)
       if [[ $help == *-syscall-errors* ]]; then keep+=("$v"); else
         echo "overhead: $bin has no --syscall-errors flag: skipping $v" >&2
       fi ;;
@@ -106,41 +107,25 @@ for v in "${variants[@]}"; do
     *) die "unknown variant $v" ;;
   esac
 done
+((${#keep[@]} > 0)) || die "no variant left to run: of \"${VARIANTS:-$default_variants}\", none can run here"
 variants=("${keep[@]}")
 [[ ${variants[0]} == bare ]] || die "the first variant must be bare: ratios are taken against it"
 
+build_workload "$mode" "$work/load"
 case $mode in
-  connect)
-    cc -O2 -Wall -o "$work/load" bench/connectloop.c
-    unit=connects/s what=connects ;;
-  bulk)
-    cc -O2 -Wall -pthread -o "$work/load" bench/bulk.c
-    unit=B/s what=connections ;;
+  connect) unit=connects/s what=connects ;;
+  bulk) unit=B/s what=connections ;;
 esac
 
 # Programs that someone else attached at the cgroup root run in every
 # variant, bare included, and would blur the comparison.
-cgroot=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/self/mounts)
+cgroot=$(cgroup2_root)
 if [[ -n $cgroot ]] && command -v bpftool >/dev/null && [[ -n $(bpftool cgroup show "$cgroot" 2>/dev/null | tail -n +2) ]]; then
   echo "overhead: BPF programs are already attached at $cgroot; they run in every variant:" >&2
   bpftool cgroup show "$cgroot" >&2
 fi
 
 tck=$(getconf CLK_TCK)
-# cputicks prints the user+system CPU time of a process, in clock ticks.
-cputicks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
-
-# free_port prints a port no one listens on, below the ephemeral range: the
-# workload's connects take ephemeral ports, and one of them in use would
-# make the agent's bind fail.
-read -r ephemeral _ </proc/sys/net/ipv4/ip_local_port_range
-free_port() {
-  local p
-  while :; do
-    p=$((10000 + RANDOM % (ephemeral - 10000)))
-    if [[ -z $(ss -Htan "sport = :$p") ]]; then echo "$p"; return; fi
-  done
-}
 
 # workload runs the pinned workload and sets rate (per second), count (of
 # connects), percpu (units of work per CPU second the workload used) and
@@ -170,13 +155,7 @@ start_agent() {
   "${pin[@]}" "$bin" run --metrics-addr "$addr" "$@" >"$work/events" 2>"$work/log" &
   tool=$!
   bgpids+=("$tool")
-  local i
-  for ((i = 0; i < 600; i++)); do
-    if curl -sf "http://$addr/readyz" >/dev/null; then return; fi
-    kill -0 "$tool" 2>/dev/null || die "the agent exited before it was ready: $(cat "$work/log")"
-    sleep 0.1
-  done
-  die "the agent was not ready after 60 s: $(cat "$work/log")"
+  wait_ready "$addr" "$tool" "$work/log"
 }
 
 start_bpftrace() {
@@ -237,7 +216,7 @@ run() {
       stop_tool bpftrace
       events=$(grep -c "^$wpid " "$work/events" || true)
       # bpftrace reports what its perf buffer dropped as "Lost N events".
-      losses=$(cat "$work/events" "$work/log" | awk '/Lost [0-9]+ events/ {n += $2} END {print n + 0}')
+      losses=$(awk '/Lost [0-9]+ events/ {n += $2} END {print n + 0}' "$work/events" "$work/log")
       ;;
   esac
   [[ $used == - ]] || used=$(awk -v t="$used" -v h="$tck" 'BEGIN {printf "%.2f", t / h}')

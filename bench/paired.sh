@@ -9,11 +9,11 @@
 #
 # One agent runs throughout, attached to a cgroup of its own (--cgroup-root)
 # and started with --syscall-errors=false, so that all it attaches is scoped
-# to that cgroup. Each pair runs bench/connectloop (pinned to CPU $CPU) for
+# to that cgroup. Each pair runs the workload (pinned to CPU $CPU) for
 # SECS seconds in that cgroup ("on": every connect is an event) and for SECS
 # seconds in a sibling cgroup ("off": the programs never run), in an order
 # that alternates from pair to pair. Both runs share the machine with the
-# same agent, so what differs is the programs' work on the loop's CPU; the
+# same agent, so what differs is the programs' work on the workload's CPU; the
 # agent's own CPU is reported apart. Short runs close together keep a
 # drift in the machine's load out of the ratios, and many pairs narrow
 # their median: on a shared machine whose throughput moves by 15 % from one
@@ -33,8 +33,10 @@
 # written. BIN defaults to bin/callscope, PAIRS to 40, SECS to 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
-usage() { echo "usage: $0 [BIN] [PAIRS] [SECS]" >&2; exit 2; }
+usage() { echo "usage: [MODE=connect|bulk] $0 [BIN] [PAIRS] [SECS]" >&2; exit 2; }
 bin=${1:-bin/callscope}
 pairs=${2:-40}
 secs=${3:-1}
@@ -46,7 +48,7 @@ mode=${MODE:-connect}
 die() { echo "paired: $*" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || die "run as root: the agent loads BPF programs"
 [[ -x $bin ]] || die "$bin: no such executable (make build)"
-cgroot=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/self/mounts)
+cgroot=$(cgroup2_root)
 [[ -n $cgroot ]] || die "no cgroup2 mount"
 
 work=$(mktemp -d)
@@ -61,20 +63,10 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir "$on" "$off"
-if [[ $mode == connect ]]; then
-  cc -O2 -Wall -o "$work/load" bench/connectloop.c
-  unit=connects/s
-else
-  cc -O2 -Wall -pthread -o "$work/load" bench/bulk.c
-  unit=B/s
-fi
+build_workload "$mode" "$work/load"
+if [[ $mode == connect ]]; then unit=connects/s; else unit=B/s; fi
 
-read -r ephemeral _ </proc/sys/net/ipv4/ip_local_port_range
-while :; do
-  port=$((10000 + RANDOM % (ephemeral - 10000)))
-  [[ -n $(ss -Htan "sport = :$port") ]] || break
-done
-addr=127.0.0.1:$port
+addr=127.0.0.1:$(free_port)
 flags=(--cgroup-root "$on" --metrics-addr "$addr")
 # An agent from before --syscall-errors keeps its syscall tracepoint, which
 # slows both sides alike.
@@ -84,16 +76,10 @@ if [[ -n ${SYSCALL_ERRORS:-} ]]; then :; elif [[ $help == *-syscall-errors* ]]; 
 fi
 "$bin" run "${flags[@]}" >"$work/events" 2>"$work/log" &
 agent=$!
-for ((i = 0; i < 600; i++)); do
-  if curl -sf "http://$addr/readyz" >/dev/null; then break; fi
-  kill -0 "$agent" 2>/dev/null || die "the agent exited before it was ready: $(cat "$work/log")"
-  sleep 0.1
-done
-curl -sf "http://$addr/readyz" >/dev/null || die "the agent was not ready after 60 s"
+wait_ready "$addr" "$agent" "$work/log"
 sleep 1
 
 tck=$(getconf CLK_TCK)
-cputicks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
 
 # run CGROUP: runs the workload in CGROUP and prints "rate pid connects".
 # The child moves itself into the cgroup before it execs the workload, so

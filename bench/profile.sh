@@ -7,26 +7,31 @@
 #     process during the connect loop (the user-space pipeline), and of the
 #     workload's CPU during the connect loop and during bulk (callscope's
 #     programs run there, in the workload's context); then of the workload's
-#     CPU during the connect loop with the counting on, as --bpf-stats has
-#     it by default. The share of the
-#     workload's own samples spent under the kernel's entry points into the
-#     programs is its overhead, measured within one run: other processes'
-#     use of the CPU does not blur it, as it blurs throughput.
+#     CPU during the connect loop with the counting on, as the agent's
+#     --bpf-stats (off by default) turns it on. The share of the workload's
+#     own samples spent under the kernel's entry points into the programs
+#     is its overhead, measured within one run: other processes' use of the
+#     CPU does not blur it, as it blurs throughput.
 #
 #   sudo bench/profile.sh [BIN] [SECS] [OUT]
 #
 # BIN should keep its symbol table (`make build` strips it), for example
 #   CGO_ENABLED=0 go build -trimpath -o /tmp/callscope-sym ./cmd/callscope
-# SECS is the length of each phase (default 5). OUT (default a new temporary
-# directory) keeps the perf.data files and the reports (bpf-stats.txt,
-# perf.txt). The agent runs with --bpf-stats=false: the sysctl is what
+# SECS is the length of each phase, in whole seconds, at least 2 (default
+# 5; under perf the workload runs for SECS - 1 of them). OUT (default a new
+# temporary directory) keeps the perf.data files and the reports
+# (bpf-stats.txt, perf.txt). The agent runs with --bpf-stats=false: the sysctl is what
 # turns the counting on, and it is put back as it was on exit. CPU picks
 # the CPU of the workload (default 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
+usage() { echo "usage: $0 [BIN] [SECS] [OUT]" >&2; exit 2; }
 bin=${1:-bin/callscope}
 secs=${2:-5}
+[[ $secs =~ ^[1-9][0-9]*$ && $secs -ge 2 ]] || usage
 out=${3:-$(mktemp -d)}
 cpu=${CPU:-0}
 die() { echo "profile: $*" >&2; exit 1; }
@@ -46,22 +51,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cc -O2 -Wall -o "$work/connectloop" bench/connectloop.c
-cc -O2 -Wall -pthread -o "$work/bulk" bench/bulk.c
+# The names matter: perf's reports pick the workloads' samples by them.
+build_workload connect "$work/connectloop"
+build_workload bulk "$work/bulk"
 
-# A port below the ephemeral range, which the workload's connects use.
-read -r ephemeral _ </proc/sys/net/ipv4/ip_local_port_range
-port=$((10000 + RANDOM % (ephemeral - 10000)))
-while [[ -n $(ss -Htan "sport = :$port") ]]; do port=$((10000 + RANDOM % (ephemeral - 10000))); done
-"$bin" run --bpf-stats=false --metrics-addr "127.0.0.1:$port" >"$work/events" 2>"$out/agent.log" &
+addr=127.0.0.1:$(free_port)
+"$bin" run --bpf-stats=false --metrics-addr "$addr" >"$work/events" 2>"$out/agent.log" &
 agent=$!
-ready=
-for ((i = 0; i < 600; i++)); do
-  if curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; then ready=1; break; fi
-  kill -0 "$agent" 2>/dev/null || die "the agent exited: $(cat "$out/agent.log")"
-  sleep 0.1
-done
-[[ -n $ready ]] || die "the agent was not ready after 60 s"
+wait_ready "$addr" "$agent" "$out/agent.log"
 sysctl -qw kernel.bpf_stats_enabled=1
 sleep 1
 
@@ -101,27 +98,28 @@ phase() {
 # CPU. Shares of the workload's own samples are immune to the time other
 # processes take from the CPU, so they resolve overheads of a few percent
 # that throughput on a shared machine cannot.
+#
+# perf_cpu NAME PROGRAM records CPU $cpu, with call graphs, to
+# $out/NAME.data for SECS seconds, while PROGRAM runs on it for SECS - 1 of
+# them; PROGRAM's output goes to $out/perf-NAME.out.
+perf_cpu() {
+  local p
+  perf record -q -F 997 -g -C "$cpu" -o "$out/$1.data" -- sleep "$secs" 2>/dev/null &
+  p=$!
+  sleep 0.2
+  taskset -c "$cpu" "$2" "$((secs - 1))" >"$out/perf-$1.out"
+  wait "$p"
+}
 sysctl -qw kernel.bpf_stats_enabled="$stats_was"
 perf record -q -F 997 -g -p "$agent" -o "$out/agent.data" -- sleep "$secs" 2>/dev/null &
-p1=$!
-perf record -q -F 997 -g -C "$cpu" -o "$out/connect.data" -- sleep "$secs" 2>/dev/null &
-p2=$!
-sleep 0.2
-taskset -c "$cpu" "$work/connectloop" "$((secs - 1))" >"$out/perf-connect.out"
-wait "$p1" "$p2"
-perf record -q -F 997 -g -C "$cpu" -o "$out/bulk.data" -- sleep "$secs" 2>/dev/null &
-p1=$!
-sleep 0.2
-taskset -c "$cpu" "$work/bulk" "$((secs - 1))" >"$out/perf-bulk.out"
-wait "$p1"
-# The connect loop once more with the counting on, as --bpf-stats (the
-# default) has it: what the clock reads cost is the difference.
+pagent=$!
+perf_cpu connect "$work/connectloop"
+wait "$pagent"
+perf_cpu bulk "$work/bulk"
+# The connect loop once more with the counting on, as --bpf-stats (off by
+# default) turns it on: what the clock reads cost is the difference.
 sysctl -qw kernel.bpf_stats_enabled=1
-perf record -q -F 997 -g -C "$cpu" -o "$out/connect-stats.data" -- sleep "$secs" 2>/dev/null &
-p1=$!
-sleep 0.2
-taskset -c "$cpu" "$work/connectloop" "$((secs - 1))" >"$out/perf-connect-stats.out"
-wait "$p1"
+perf_cpu connect-stats "$work/connectloop"
 sysctl -qw kernel.bpf_stats_enabled="$stats_was"
 
 # top DATA [perf report options]: self time by function, top 30.

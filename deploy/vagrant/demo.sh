@@ -29,15 +29,10 @@ call '[::1]:22' "$((port + 1))"
 
 echo "--- the violation, read back from the violations topic"
 match="\"src\":{\"ip\":\"::1\",\"port\":$((port + 1))}"
-# `callscope tail` reads the topics back; the Kafka console consumer stands
-# in for an agent built before it.
-if callscope tail -h >/dev/null 2>&1; then
-  reader=(callscope tail --kafka-brokers "$brokers" --violations --from-beginning --json)
-else
-  reader=(/opt/kafka/bin/kafka-console-consumer.sh --bootstrap-server "$brokers"
-    --topic callscope.violations --from-beginning)
-fi
-found=$(timeout 30 "${reader[@]}" 2>/dev/null | grep -m1 -F "$match" || true)
+# The VM's agent is built from this tree (install-callscope.sh), so it has
+# `callscope tail` to read the topic back.
+found=$(timeout 30 callscope tail --kafka-brokers "$brokers" --violations --from-beginning --json 2>/dev/null |
+  grep -m1 -F "$match" || true)
 if [[ -z $found ]]; then
   echo "the violation did not arrive within 30 s; see journalctl -u callscope" >&2
   exit 1

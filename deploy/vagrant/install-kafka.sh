@@ -63,18 +63,30 @@ fi
 
 install -m 0644 "$here/kafka.service" /etc/systemd/system/kafka.service
 systemctl daemon-reload
-systemctl enable --now kafka.service
+systemctl enable kafka.service
+# One start or restart: a restart if the configuration changed, which
+# starts the broker too if it is not running yet (as on the first install).
 if [[ -n $restart ]]; then
   systemctl restart kafka.service
+else
+  systemctl start kafka.service
 fi
 
 echo "waiting for the broker"
+ready=
 for _ in $(seq 1 60); do
   if /opt/kafka/bin/kafka-topics.sh --bootstrap-server 127.0.0.1:9092 --list >/dev/null 2>&1; then
+    ready=yes
     break
   fi
   sleep 2
 done
+if [[ -z $ready ]]; then
+  echo "install-kafka: the broker did not answer on 127.0.0.1:9092 within 120 s" >&2
+  systemctl --no-pager status kafka.service || true
+  journalctl --no-pager -u kafka.service -n 30 || true
+  exit 1
+fi
 for topic in callscope.events callscope.violations; do
   /opt/kafka/bin/kafka-topics.sh --bootstrap-server 127.0.0.1:9092 \
     --create --if-not-exists --topic "$topic" --partitions 1 --replication-factor 1
