@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/exporter/spool"
 )
 
@@ -33,12 +34,6 @@ type KafkaConfig struct {
 	SpoolMaxBytes int64
 	Logger        *slog.Logger
 	Registerer    prometheus.Registerer
-}
-
-// Loss counts events lost at one stage for one reason.
-type Loss struct {
-	Stage, Reason string
-	Count         uint64
 }
 
 // Loss stages and reasons of the Kafka sink, besides StageSpool and
@@ -92,6 +87,9 @@ type Kafka struct {
 	transport *kafka.Transport
 	addr      net.Addr
 	m         kafkaMetrics
+	// topicNames are the topics given, built once: every metadata request
+	// carries them.
+	topicNames []string
 
 	wmu    sync.Mutex
 	recs   []spool.Record // Write's, reused
@@ -173,6 +171,7 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 	if err != nil {
 		return nil, err
 	}
+	topicNames := topicList(cfg.Topic, cfg.ViolationsTopic)
 	k := &Kafka{
 		topics: [2]string{cfg.Topic, cfg.ViolationsTopic},
 		log:    log.With("component", "kafka"),
@@ -185,13 +184,14 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 			DialTimeout: kafkaDialTimeout,
 			MetadataTTL: 5 * time.Second,
 			// Only ours: a cluster's full metadata can be large.
-			MetadataTopics: topicList(cfg.Topic, cfg.ViolationsTopic),
+			MetadataTopics: topicNames,
 			ClientID:       "callscope",
 			TLS:            cfg.TLS,
 			SASL:           mech,
 		},
-		lastLog:   map[string]time.Time{},
-		saslWatch: watch,
+		topicNames: topicNames,
+		lastLog:    map[string]time.Time{},
+		saslWatch:  watch,
 	}
 	if err := k.m.register(reg, sp); err != nil {
 		sp.Close()
@@ -248,15 +248,16 @@ func (k *Kafka) Write(msgs []Message) error {
 // leaves them ("spool_corrupt"), and events the brokers refused as
 // invalid, such as too large for the topic (stage "kafka", reason
 // "rejected").
-func (k *Kafka) TakeLosses(dst []Loss) []Loss {
-	if n := k.spool.TakeDropped(); n > 0 {
-		dst = append(dst, Loss{StageSpool, ReasonSpoolFull, n})
+func (k *Kafka) TakeLosses(dst []collector.Loss) []collector.Loss {
+	dropped, corrupt := k.spool.TakeLosses()
+	if dropped > 0 {
+		dst = append(dst, collector.Loss{Stage: StageSpool, Reason: ReasonSpoolFull, Count: dropped})
 	}
-	if n := k.spool.TakeCorrupt(); n > 0 {
-		dst = append(dst, Loss{StageSpool, ReasonSpoolCorrupt, n})
+	if corrupt > 0 {
+		dst = append(dst, collector.Loss{Stage: StageSpool, Reason: ReasonSpoolCorrupt, Count: corrupt})
 	}
 	if n := k.rejected.Swap(0); n > 0 {
-		dst = append(dst, Loss{StageKafka, ReasonKafkaRejected, n})
+		dst = append(dst, collector.Loss{Stage: StageKafka, Reason: ReasonKafkaRejected, Count: n})
 	}
 	return dst
 }
@@ -313,13 +314,12 @@ func (k *Kafka) run(ctx context.Context) {
 			continue
 		}
 		k.m.resent.Add(float64(b.Resent))
-		delivered, reused := k.deliver(ctx, b, st)
-		if !delivered {
+		if !k.deliver(ctx, b, st) {
 			k.spool.Nack(b)
 			return
 		}
 		k.spool.Ack(b)
-		if !reused {
+		if st.abandoned {
 			// A request that timed out may still be reading the batch's
 			// buffer: let it have it.
 			b = new(spool.Batch)
@@ -351,20 +351,19 @@ func (k *Kafka) probe(parent context.Context) {
 		}
 		return
 	}
-	k.log.Info("connected to Kafka", "brokers", k.addr.String(), "topics", strings.Join(topicList(k.topics[:]...), ","), "spooled", k.spool.Len())
+	k.log.Info("connected to Kafka", "brokers", k.addr.String(), "topics", strings.Join(k.topicNames, ","), "spooled", k.spool.Len())
 }
 
 // deliver produces b until the brokers acknowledged all of it, retrying
-// with backoff; false when ctx ended first. reused says whether b's
-// buffer can be used again (no request that may still read it is left).
-func (k *Kafka) deliver(ctx context.Context, b *spool.Batch, st *produceState) (delivered, reused bool) {
+// with backoff; false when ctx ended first. st.abandoned then says
+// whether b's buffer may still be read by a request left behind.
+func (k *Kafka) deliver(ctx context.Context, b *spool.Batch, st *produceState) bool {
 	st.reset(b, k.topics[kindViolations] != "")
-	reused = true
 	for attempt := 0; ; attempt++ {
 		progress, err := k.produce(ctx, b, st, attempt > 0)
-		if err == nil && st.pending() == 0 {
+		if err == nil && !st.pending() {
 			k.recovered()
-			return true, reused
+			return true
 		}
 		if err == nil {
 			// Some events were refused and their partition's batch is
@@ -372,18 +371,15 @@ func (k *Kafka) deliver(ctx context.Context, b *spool.Batch, st *produceState) (
 			attempt = -1
 			continue
 		}
-		if st.abandoned {
-			reused = false
-		}
 		if ctx.Err() != nil {
-			return false, reused
+			return false
 		}
 		k.failed(err)
 		if progress {
 			attempt = 0
 		}
 		if !sleep(ctx, backoff(attempt)) {
-			return false, reused
+			return false
 		}
 	}
 }
@@ -479,29 +475,8 @@ func (m *kafkaMetrics) register(reg prometheus.Registerer, sp *spool.Spool) erro
 		Name: "callscope_kafka_last_delivery_timestamp_seconds",
 		Help: "When the Kafka brokers last acknowledged events (Unix time).",
 	})
-	stats := func(f func(spool.Stats) float64) func() float64 {
-		return func() float64 { return f(sp.Stats()) }
-	}
 	cs := []prometheus.Collector{
-		delivered, m.failures, m.resent, m.rejected, m.lastDelivery,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "callscope_spool_bytes",
-			Help: "Bytes of the spool files: events waiting for Kafka.",
-		}, stats(func(s spool.Stats) float64 { return float64(s.Bytes) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "callscope_spool_events",
-			Help: "Events in the spool not acknowledged by Kafka yet.",
-		}, stats(func(s spool.Stats) float64 { return float64(s.Records) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name:        "callscope_spool_dropped_events_total",
-			Help:        "Events dropped from the spool, by reason: spool_full (its bound was hit: the oldest went) or spool_corrupt (a record torn by a crash, or corrupt on disk).",
-			ConstLabels: prometheus.Labels{"reason": ReasonSpoolFull},
-		}, stats(func(s spool.Stats) float64 { return float64(s.Dropped) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name:        "callscope_spool_dropped_events_total",
-			Help:        "Events dropped from the spool, by reason: spool_full (its bound was hit: the oldest went) or spool_corrupt (a record torn by a crash, or corrupt on disk).",
-			ConstLabels: prometheus.Labels{"reason": ReasonSpoolCorrupt},
-		}, stats(func(s spool.Stats) float64 { return float64(s.Corrupt) })),
+		delivered, m.failures, m.resent, m.rejected, m.lastDelivery, spoolCollector{sp},
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
@@ -509,4 +484,32 @@ func (m *kafkaMetrics) register(reg prometheus.Registerer, sp *spool.Spool) erro
 		}
 	}
 	return nil
+}
+
+var (
+	spoolBytesDesc = prometheus.NewDesc("callscope_spool_bytes",
+		"Bytes of the spool files: events waiting for Kafka.", nil, nil)
+	spoolEventsDesc = prometheus.NewDesc("callscope_spool_events",
+		"Events in the spool not acknowledged by Kafka yet.", nil, nil)
+	spoolDroppedDesc = prometheus.NewDesc("callscope_spool_dropped_events_total",
+		"Events dropped from the spool, by reason: spool_full (its bound was hit: the oldest went) or spool_corrupt (a record torn by a crash, or corrupt on disk).",
+		[]string{"reason"}, nil)
+)
+
+// spoolCollector reads the spool's counters once a scrape, under one lock
+// take, rather than once per metric.
+type spoolCollector struct{ sp *spool.Spool }
+
+func (spoolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- spoolBytesDesc
+	ch <- spoolEventsDesc
+	ch <- spoolDroppedDesc
+}
+
+func (c spoolCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.sp.Stats()
+	ch <- prometheus.MustNewConstMetric(spoolBytesDesc, prometheus.GaugeValue, float64(s.Bytes))
+	ch <- prometheus.MustNewConstMetric(spoolEventsDesc, prometheus.GaugeValue, float64(s.Records))
+	ch <- prometheus.MustNewConstMetric(spoolDroppedDesc, prometheus.CounterValue, float64(s.Dropped), ReasonSpoolFull)
+	ch <- prometheus.MustNewConstMetric(spoolDroppedDesc, prometheus.CounterValue, float64(s.Corrupt), ReasonSpoolCorrupt)
 }

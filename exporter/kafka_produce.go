@@ -32,9 +32,7 @@ import (
 
 // produceState is what a batch's delivery has achieved so far.
 type produceState struct {
-	b    *spool.Batch
-	done [2][]bool // per topic kind, per record
-	left int       // records × topics not acknowledged yet
+	done [2][]bool // per topic kind, per record: acknowledged, or not to send
 	// limit caps a partition's records per request once the broker
 	// refused them as too large or invalid, halving until the culprit is
 	// alone.
@@ -53,8 +51,6 @@ type topicPartition struct {
 
 func (st *produceState) reset(b *spool.Batch, violations bool) {
 	n := len(b.Records)
-	st.b = b
-	st.left = 0
 	st.abandoned = false
 	for kind := range st.done {
 		st.done[kind] = slices.Grow(st.done[kind][:0], n)[:n]
@@ -63,10 +59,6 @@ func (st *produceState) reset(b *spool.Batch, violations bool) {
 		st.done[kindEvents][i] = false
 		v := violations && b.Records[i].Flags&spool.FlagViolation != 0
 		st.done[kindViolations][i] = !v
-		st.left++
-		if v {
-			st.left++
-		}
 	}
 	if st.limit == nil {
 		st.limit = map[topicPartition]int{}
@@ -75,7 +67,10 @@ func (st *produceState) reset(b *spool.Batch, violations bool) {
 	clear(st.limit)
 }
 
-func (st *produceState) pending() int { return st.left }
+// pending says whether records are left to acknowledge.
+func (st *produceState) pending() bool {
+	return slices.Contains(st.done[kindEvents], false) || slices.Contains(st.done[kindViolations], false)
+}
 
 // sentPart is one partition's records in a request.
 type sentPart struct {
@@ -225,7 +220,7 @@ func (k *Kafka) produce(ctx context.Context, b *spool.Batch, st *produceState, r
 			}
 			k.m.failures.WithLabelValues("rejected").Inc()
 			k.log.Error("Kafka refused an event as invalid; it is lost", "topic", p.topic, "error", err,
-				"bytes", len(st.b.Records[p.idx[0]].Value))
+				"bytes", len(b.Records[p.idx[0]].Value))
 		}
 	}
 	return progress, firstErr
@@ -235,7 +230,6 @@ func (k *Kafka) acknowledged(st *produceState, p sentPart) {
 	for _, i := range p.idx {
 		st.done[p.tp.kind][i] = true
 	}
-	st.left -= len(p.idx)
 	k.m.delivered[p.tp.kind].Add(float64(len(p.idx)))
 }
 
@@ -349,7 +343,7 @@ func (*bytesReadCloser) Close() error { return nil }
 
 func (k *Kafka) metadata(ctx context.Context) (*metadataAPI.Response, error) {
 	// Served from the transport's cache, refreshed every MetadataTTL.
-	r, err := k.transport.RoundTrip(ctx, k.addr, &metadataAPI.Request{TopicNames: topicList(k.topics[:]...)})
+	r, err := k.transport.RoundTrip(ctx, k.addr, &metadataAPI.Request{TopicNames: k.topicNames})
 	if err != nil {
 		return nil, fmt.Errorf("metadata: %w", err)
 	}

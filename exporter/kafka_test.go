@@ -36,6 +36,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/callscope/callscope/collector"
 )
 
 const (
@@ -519,7 +521,7 @@ func TestKafkaSurvivesSIGKILL(t *testing.T) {
 	if !strings.Contains(env.logs.String(), "spool holds records from a previous run") {
 		t.Errorf("the log does not mention the spooled events:\n%s", env.logs)
 	}
-	var losses []Loss
+	var losses []collector.Loss
 	if losses = k.TakeLosses(losses); len(losses) != 0 {
 		t.Errorf("losses %+v after a kill between writes", losses)
 	}
@@ -574,7 +576,7 @@ func TestKafkaTornWrite(t *testing.T) {
 	newCluster(t, kfake.Ports(port))
 	env = newSinkEnv(t, brokers, dir)
 	k = env.start(t)
-	if got := k.TakeLosses(nil); !slices.Equal(got, []Loss{{StageSpool, ReasonSpoolCorrupt, 1}}) {
+	if got := k.TakeLosses(nil); !slices.Equal(got, []collector.Loss{{Stage: StageSpool, Reason: ReasonSpoolCorrupt, Count: 1}}) {
 		t.Errorf("TakeLosses = %+v, want the torn record", got)
 	}
 	if got := env.metric(t, "callscope_spool_dropped_events_total", "reason", "spool_corrupt"); got != 1 {

@@ -25,7 +25,7 @@ type MessageSink interface {
 	// Write takes the messages; it copies what it keeps.
 	Write(msgs []Message) error
 	// TakeLosses appends the events it lost since the last call.
-	TakeLosses(dst []Loss) []Loss
+	TakeLosses(dst []collector.Loss) []collector.Loss
 }
 
 // Message is one encoded event.
@@ -49,7 +49,7 @@ type Stream struct {
 	// explained in the stream itself.
 	unwritten uint64
 	losses    []scope.Event
-	other     []Loss
+	other     []collector.Loss
 }
 
 // NewStream returns a Stream numbering events with enc and writing them to

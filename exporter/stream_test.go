@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/scope"
 )
 
@@ -158,7 +159,7 @@ func BenchmarkJSONLinesWrite(b *testing.B) {
 // fakeSink takes messages and reports the losses it is given.
 type fakeSink struct {
 	msgs   []Message
-	losses []Loss
+	losses []collector.Loss
 }
 
 func (f *fakeSink) Write(msgs []Message) error {
@@ -168,7 +169,7 @@ func (f *fakeSink) Write(msgs []Message) error {
 	return nil
 }
 
-func (f *fakeSink) TakeLosses(dst []Loss) []Loss {
+func (f *fakeSink) TakeLosses(dst []collector.Loss) []collector.Loss {
 	dst = append(dst, f.losses...)
 	f.losses = nil
 	return dst
@@ -178,7 +179,7 @@ func (f *fakeSink) TakeLosses(dst []Loss) []Loss {
 // batch, as a loss event on every sink, once.
 func TestStreamReportsSinkLosses(t *testing.T) {
 	var w writeRecorder
-	sink := &fakeSink{losses: []Loss{{StageSpool, ReasonSpoolFull, 40}}}
+	sink := &fakeSink{losses: []collector.Loss{{Stage: StageSpool, Reason: ReasonSpoolFull, Count: 40}}}
 	s := NewStream(NewEncoder("", "inst"), &w, sink, nil)
 	if err := s.Write(batch(1)); err != nil {
 		t.Fatal(err)

@@ -37,7 +37,7 @@
 //
 // The segments never hold more than MaxBytes together. When an append
 // would cross it, the oldest segment is deleted and its records that were
-// not acknowledged yet are counted as dropped (TakeDropped). Dropping the
+// not acknowledged yet are counted as dropped (TakeLosses). Dropping the
 // oldest rather than refusing the newest keeps what a consumer most likely
 // needs after an outage, the present, and costs one unlink however many
 // records go; the stream's loss event and its gap in seq tell consumers
@@ -140,8 +140,6 @@ type Stats struct {
 // point into a buffer the Batch owns and reuses on the next call to Next.
 type Batch struct {
 	Records []Record
-	// First is the sequence number of Records[0].
-	First uint64
 	// Resent counts the records of the batch that were handed out before,
 	// by this process or one before it, so may have been delivered already.
 	Resent int
@@ -475,6 +473,14 @@ func (s *Spool) writeCursor() error {
 	return err
 }
 
+// saveCursor is writeCursor where a failure only costs records going
+// again: it is logged, not returned.
+func (s *Spool) saveCursor() {
+	if err := s.writeCursor(); err != nil {
+		s.log.Warn("write spool cursor", "error", err)
+	}
+}
+
 // recordSize is the size of r on disk.
 func recordSize(r *Record) int {
 	return frameSize + 1 + uvarintLen(uint64(r.Time)) + uvarintLen(uint64(len(r.Key))) + len(r.Key) + len(r.Value)
@@ -685,7 +691,7 @@ func (s *Spool) seal() {
 	g.w = nil
 	if g.count == 0 {
 		// Nothing to keep, nor to count.
-		s.removeSegment(0, g)
+		s.removeSegment(g)
 	}
 }
 
@@ -708,7 +714,7 @@ func (s *Spool) dropOldest() {
 	s.inflightDropped += inflight
 	s.countDropped(lost)
 	s.gen++
-	s.removeSegment(0, g)
+	s.removeSegment(g)
 	if now := time.Now(); now.Sub(s.lastDropLog) >= time.Minute {
 		s.lastDropLog = now
 		s.log.Warn("spool full: dropped its oldest undelivered events", "events", lost+inflight,
@@ -716,10 +722,8 @@ func (s *Spool) dropOldest() {
 	}
 }
 
-func (s *Spool) removeSegment(i int, g *segment) {
-	if i >= len(s.segs) || s.segs[i] != g {
-		i = slices.Index(s.segs, g)
-	}
+func (s *Spool) removeSegment(g *segment) {
+	i := slices.Index(s.segs, g)
 	s.segs = slices.Delete(s.segs, i, i+1)
 	s.bytes -= g.size
 	if g.w != nil {
@@ -735,7 +739,7 @@ func (s *Spool) removeSegment(i int, g *segment) {
 // except the one appended to.
 func (s *Spool) deleteAcked() {
 	for len(s.segs) > 0 && s.segs[0] != s.active && s.segs[0].end() <= s.acked {
-		s.removeSegment(0, s.segs[0])
+		s.removeSegment(s.segs[0])
 	}
 }
 
@@ -815,15 +819,12 @@ func (s *Spool) Next(ctx context.Context, b *Batch, maxBytes int) error {
 			s.mu.Unlock()
 			return fmt.Errorf("spool: read %s: %w", filepath.Base(path), err)
 		}
-		b.First, b.end, b.endOff = from, from+uint64(n), off+consumed
+		b.end, b.endOff = from+uint64(n), off+consumed
 		b.Resent = int(min(b.end, max(s.sent, from)) - from)
 		s.read, s.readOff = b.end, b.endOff
 		s.sent = max(s.sent, b.end)
-		err = s.writeCursor()
+		s.saveCursor()
 		s.mu.Unlock()
-		if err != nil {
-			s.log.Warn("write spool cursor", "error", err)
-		}
 		return nil
 	}
 }
@@ -901,9 +902,7 @@ func (s *Spool) skipCorrupt(g *segment, rsn uint64, err error) {
 	s.sent = max(s.sent, s.acked)
 	s.gen++
 	s.deleteAcked()
-	if err := s.writeCursor(); err != nil {
-		s.log.Warn("write spool cursor", "error", err)
-	}
+	s.saveCursor()
 }
 
 // Ack acknowledges b: its records are delivered and leave the spool.
@@ -915,9 +914,7 @@ func (s *Spool) Ack(b *Batch) {
 	}
 	s.inflightDropped = 0
 	s.deleteAcked()
-	if err := s.writeCursor(); err != nil {
-		s.log.Warn("write spool cursor", "error", err)
-	}
+	s.saveCursor()
 }
 
 // Nack gives b back: its records are handed out again by the next Next.
@@ -943,24 +940,14 @@ func (s *Spool) Stats() Stats {
 	return Stats{Bytes: s.bytes, Records: s.next - s.acked, Dropped: s.dropped, Corrupt: s.corrupt}
 }
 
-// TakeDropped returns the records dropped because the bound was hit since
-// the last call.
-func (s *Spool) TakeDropped() uint64 {
+// TakeLosses returns the records lost since the last call: dropped
+// because the bound was hit, and found torn or corrupt.
+func (s *Spool) TakeLosses() (dropped, corrupt uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := s.droppedUntaken
-	s.droppedUntaken = 0
-	return n
-}
-
-// TakeCorrupt returns the records found torn or corrupt since the last
-// call.
-func (s *Spool) TakeCorrupt() uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := s.corruptUntaken
-	s.corruptUntaken = 0
-	return n
+	dropped, corrupt = s.droppedUntaken, s.corruptUntaken
+	s.droppedUntaken, s.corruptUntaken = 0, 0
+	return dropped, corrupt
 }
 
 // syncer fsyncs the segments while delivery lags (see the package doc).

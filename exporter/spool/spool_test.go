@@ -233,11 +233,11 @@ func TestTornTail(t *testing.T) {
 	}
 
 	s = open(t, dir, opts)
-	if got := s.TakeCorrupt(); got != 1 {
-		t.Errorf("TakeCorrupt = %d, want the torn record", got)
+	if _, got := s.TakeLosses(); got != 1 {
+		t.Errorf("TakeLosses corrupt = %d, want the torn record", got)
 	}
-	if got := s.TakeCorrupt(); got != 0 {
-		t.Errorf("TakeCorrupt again = %d, want 0", got)
+	if _, got := s.TakeLosses(); got != 0 {
+		t.Errorf("TakeLosses corrupt again = %d, want 0", got)
 	}
 	if err := s.Append(recs(100, 110)); err != nil {
 		t.Fatal(err)
@@ -265,7 +265,7 @@ func TestTornHeader(t *testing.T) {
 	if got, _ := drain(t, s, 1<<20); !slices.Equal(got, seqRange(0, 5)) {
 		t.Fatalf("got %v", got)
 	}
-	if n := s.TakeCorrupt(); n != 0 {
+	if _, n := s.TakeLosses(); n != 0 {
 		t.Errorf("a header-only segment counted %d corrupt records", n)
 	}
 }
@@ -300,8 +300,8 @@ func TestCorruptSealedSegment(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
-	if c := s.TakeCorrupt(); c != uint64(lost) {
-		t.Errorf("TakeCorrupt = %d, want the %d records after the corrupt one in its segment", c, lost)
+	if _, c := s.TakeLosses(); c != uint64(lost) {
+		t.Errorf("TakeLosses corrupt = %d, want the %d records after the corrupt one in its segment", c, lost)
 	}
 }
 
@@ -323,12 +323,12 @@ func TestBound(t *testing.T) {
 			t.Fatalf("Stats.Bytes = %d, files %d", st.Bytes, segmentBytes(t, dir))
 		}
 	}
-	dropped := s.TakeDropped()
+	dropped, _ := s.TakeLosses()
 	if dropped == 0 {
 		t.Fatal("nothing dropped")
 	}
-	if s.TakeDropped() != 0 {
-		t.Error("TakeDropped counted twice")
+	if again, _ := s.TakeLosses(); again != 0 {
+		t.Error("TakeLosses counted dropped twice")
 	}
 	got, _ := drain(t, s, 1<<20)
 	if uint64(len(got))+dropped != uint64(total) {
@@ -357,13 +357,14 @@ func TestDropInFlight(t *testing.T) {
 				s.Append(recs(total, total+20))
 				total += 20
 			}
-			droppedBefore := s.TakeDropped()
+			droppedBefore, _ := s.TakeLosses()
 			if ack {
 				s.Ack(&b)
 			} else {
 				s.Nack(&b)
 			}
-			dropped := droppedBefore + s.TakeDropped()
+			droppedAfter, _ := s.TakeLosses()
+			dropped := droppedBefore + droppedAfter
 			delivered := 0
 			if ack {
 				delivered = inflight
@@ -387,8 +388,8 @@ func TestRecordTooLarge(t *testing.T) {
 	if err := s.Append([]Record{rec(0), big, rec(2)}); err != nil {
 		t.Fatal(err)
 	}
-	if d := s.TakeDropped(); d != 1 {
-		t.Errorf("TakeDropped = %d, want the record larger than the bound", d)
+	if d, _ := s.TakeLosses(); d != 1 {
+		t.Errorf("TakeLosses dropped = %d, want the record larger than the bound", d)
 	}
 	if got, _ := drain(t, s, 1<<20); !slices.Equal(got, []int{0, 2}) {
 		t.Errorf("got %v", got)
