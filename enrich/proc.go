@@ -20,6 +20,12 @@ type procKey struct {
 	start uint64 // clock ticks since boot, as /proc/<pid>/stat says
 }
 
+// keyOf keys a process by the start time the kernel reports, in
+// nanoseconds since boot, brought to /proc's unit.
+func keyOf(pid uint32, startNS uint64) procKey {
+	return procKey{pid, startNS / (1e9 / userHZ)}
+}
+
 // procCache maps (pid, start time) to what /proc said. Keying by start time
 // means a reused PID is a different key, never a stale hit.
 type procCache struct {
@@ -43,7 +49,7 @@ func newProcCache(root string, size int) *procCache {
 // The process's cached facts go: execve keeps the pid and start time but
 // changes the program, and so the identity.
 func (c *procCache) execed(pid uint32, startNS uint64, x *collector.Exec) {
-	k := procKey{pid, startNS / (1e9 / userHZ)}
+	k := keyOf(pid, startNS)
 	c.entries.Delete(k)
 	if x != nil {
 		c.execs.Put(k, x)
@@ -53,7 +59,7 @@ func (c *procCache) execed(pid uint32, startNS uint64, x *collector.Exec) {
 // get returns the process, or nil when it is gone. hit says whether /proc
 // was spared. A process found gone is remembered as gone: it cannot return.
 func (c *procCache) get(pid uint32, startNS uint64, uid uint32) (p *cachedProcess, hit bool) {
-	k := procKey{pid, startNS / (1e9 / userHZ)}
+	k := keyOf(pid, startNS)
 	if p, ok := c.entries.Get(k); ok {
 		return p, true
 	}
@@ -69,7 +75,7 @@ func (c *procCache) get(pid uint32, startNS uint64, uid uint32) (p *cachedProces
 			if p != nil && p.PPID != 0 {
 				ppid = p.PPID
 			}
-			p = &cachedProcess{Process: Process{Exe: x.Path, Cmdline: x.Args, PPID: ppid, FromExec: true}}
+			p = &cachedProcess{Process: Process{Exe: x.Path, Cmdline: x.Args, PPID: ppid}}
 		}
 	}
 	if p != nil && p.Exe != "" {
@@ -83,7 +89,7 @@ func (c *procCache) get(pid uint32, startNS uint64, uid uint32) (p *cachedProces
 // forget drops a process that exited: its facts are of no further use, and
 // its PID may soon name another.
 func (c *procCache) forget(pid uint32, startNS uint64) {
-	k := procKey{pid, startNS / (1e9 / userHZ)}
+	k := keyOf(pid, startNS)
 	c.entries.Delete(k)
 	c.execs.Delete(k)
 }

@@ -20,22 +20,28 @@ const fixedStart = 2 + 32
 // wrapping one of the package's Err values, for anything that is not a
 // TLS ClientHello or whose lengths contradict each other.
 func ParseClientHello(b []byte) (*ClientHello, error) {
-	ch, _, err := parseClientHello(b, false)
+	var room listRoom
+	ch, fp, err := parseClientHello(b, &room)
+	if err == nil && !ch.Truncated {
+		ch.JA4 = fp.ja4(ch)
+	}
 	return ch, err
 }
 
-// parseClientHello is ParseClientHello that also returns, when raw is set,
-// JA4_r: the fingerprint before its lists are hashed.
-func parseClientHello(b []byte, raw bool) (*ClientHello, string, error) {
+// parseClientHello is ParseClientHello short of rendering the JA4: it
+// returns the fingerprint of a whole hello instead, which JA4 and its raw
+// form (JA4_r) are both made from. The fingerprint's lists are in room
+// where they fit.
+func parseClientHello(b []byte, room *listRoom) (*ClientHello, fingerprint, error) {
 	c, err := readHandshake(b, typeClientHello)
 	if err != nil {
-		return nil, "", fmt.Errorf("tlshello: client hello: %w", err)
+		return nil, fingerprint{}, fmt.Errorf("tlshello: client hello: %w", err)
 	}
 	if c.left < fixedStart {
-		return nil, "", fmt.Errorf("tlshello: client hello: length %d: %w", c.left, ErrMalformed)
+		return nil, fingerprint{}, fmt.Errorf("tlshello: client hello: length %d: %w", c.left, ErrMalformed)
 	}
 	if len(c.s) < fixedStart {
-		return nil, "", fmt.Errorf("tlshello: client hello: %w", ErrShort)
+		return nil, fingerprint{}, fmt.Errorf("tlshello: client hello: %w", ErrShort)
 	}
 
 	var (
@@ -47,12 +53,12 @@ func parseClientHello(b []byte, raw bool) (*ClientHello, string, error) {
 
 	// stop ends the parse at a field that could not be read: cut by the
 	// capture (the hello so far is returned) or malformed.
-	stop := func(field string, err error) (*ClientHello, string, error) {
+	stop := func(field string, err error) (*ClientHello, fingerprint, error) {
 		if errors.Is(err, errCut) {
 			ch.Truncated = true
-			return &ch, "", nil
+			return &ch, fingerprint{}, nil
 		}
-		return nil, "", fmt.Errorf("tlshello: client hello: %s: %w", field, err)
+		return nil, fingerprint{}, fmt.Errorf("tlshello: client hello: %s: %w", field, err)
 	}
 
 	sessionID, err := c.vector(1)
@@ -77,7 +83,7 @@ func parseClientHello(b []byte, raw bool) (*ClientHello, string, error) {
 		// A partial count would understate what the client offers.
 		return stop("cipher suites", errCut)
 	}
-	fp.ciphers = fp.cipherBuf[:0]
+	fp.ciphers = room.ciphers[:0]
 	for !suites.s.Empty() {
 		var id uint16
 		suites.s.ReadUint16(&id)
@@ -95,10 +101,9 @@ func parseClientHello(b []byte, raw bool) (*ClientHello, string, error) {
 		return stop("compression methods", errCut)
 	}
 
-	fp.legacyVersion = ch.LegacyVersion
 	if c.left == 0 {
 		// No extensions at all, as before TLS 1.2 it was allowed.
-		return ch.fingerprinted(&fp, raw)
+		return &ch, fp, nil
 	}
 	exts, err := c.vector(2)
 	if err != nil {
@@ -107,7 +112,7 @@ func parseClientHello(b []byte, raw bool) (*ClientHello, string, error) {
 	if c.left != 0 {
 		return stop("extensions", fmt.Errorf("%d bytes after them: %w", c.left, ErrMalformed))
 	}
-	fp.exts = fp.extBuf[:0]
+	fp.exts = room.exts[:0]
 	for exts.left > 0 {
 		typ, err := exts.uint16()
 		if err != nil {
@@ -128,24 +133,14 @@ func parseClientHello(b []byte, raw bool) (*ClientHello, string, error) {
 			return stop(fmt.Sprintf("extension 0x%04x", typ), errCut)
 		}
 		if typ == extSignatureAlgorithms && !fp.sigAlgsSeen {
-			// Here, not in extension: fp's own array must not be
-			// stored through a pointer, or fp would leave the stack.
+			// Here, not in extension: room must not be stored
+			// through a pointer, or it would leave the stack.
 			fp.sigAlgsSeen = true
-			fp.sigAlgs = signatureAlgorithms(fp.sigAlgBuf[:0], data.s)
+			fp.sigAlgs = signatureAlgorithms(room.sigAlgs[:0], data.s)
 		}
 		ch.extension(typ, data.s, &fp)
 	}
-	return ch.fingerprinted(&fp, raw)
-}
-
-// fingerprinted sets the JA4 of a whole hello.
-func (ch *ClientHello) fingerprinted(fp *fingerprint, raw bool) (*ClientHello, string, error) {
-	ch.JA4 = fp.ja4()
-	if !raw {
-		return ch, "", nil
-	}
-	a, b, c := fp.parts(nil)
-	return ch, string(a[:]) + "_" + string(b) + "_" + string(c), nil
+	return &ch, fp, nil
 }
 
 // extension reads what the hello reports of one whole extension. An
@@ -161,16 +156,16 @@ func (ch *ClientHello) extension(typ uint16, data cryptobyte.String, fp *fingerp
 			ch.SNI = serverName(data)
 		}
 	case extALPN:
+		// protocols may give nil, which would let a later ALPN
+		// extension win.
 		if !fp.alpnSeen {
 			fp.alpnSeen = true
 			ch.ALPN = protocols(data)
-			fp.alpn = ch.ALPN
 		}
 	case extSupportedVersions:
-		if !fp.versionsSeen {
-			fp.versionsSeen = true
+		// versions never gives nil: a seen extension is told by it.
+		if ch.Versions == nil {
 			ch.Versions = versions(data)
-			fp.versions = ch.Versions
 		}
 	case extECH:
 		ch.ECH = true

@@ -6,33 +6,32 @@ import (
 	"slices"
 )
 
-// fingerprint gathers what JA4 needs of a ClientHello, GREASE removed,
-// in the client's order.
+// fingerprint gathers what JA4 needs of a ClientHello beyond what the
+// ClientHello itself holds, GREASE removed, in the client's order.
 type fingerprint struct {
-	legacyVersion uint16
-	ciphers       []uint16
-	exts          []uint16
-	sigAlgs       []uint16
-	sni           bool
+	ciphers []uint16
+	exts    []uint16
+	sigAlgs []uint16
+	sni     bool
 
-	alpnSeen     bool
-	versionsSeen bool
-	sigAlgsSeen  bool
-
-	alpn     []string // the hello's ALPN, for its first protocol
-	versions []uint16 // the hello's supported_versions
-
-	// Room for the lists of common hellos, so that only the hello's own
-	// fields are allocated.
-	cipherBuf [64]uint16
-	extBuf    [32]uint16
-	sigAlgBuf [32]uint16
+	alpnSeen    bool
+	sigAlgsSeen bool
 }
 
-// ja4 renders the fingerprint as the package doc describes.
-func (fp *fingerprint) ja4() string {
+// listRoom is room for a fingerprint's lists in common hellos, so that
+// only the hello's own fields are allocated. It stays in the caller's
+// frame: a fingerprint is returned by value, and one holding its own
+// arrays would have to leave the stack.
+type listRoom struct {
+	ciphers [64]uint16
+	exts    [32]uint16
+	sigAlgs [32]uint16
+}
+
+// ja4 renders the fingerprint of ch as the package doc describes.
+func (fp *fingerprint) ja4(ch *ClientHello) string {
 	var scratch [1024]byte
-	a, b, c := fp.parts(scratch[:0])
+	a, b, c := fp.parts(ch, scratch[:0])
 	out := make([]byte, 0, len(a)+1+12+1+12)
 	out = append(out, a[:]...)
 	out = append(out, '_')
@@ -44,9 +43,9 @@ func (fp *fingerprint) ja4() string {
 
 // parts returns part a and the strings that parts b and c are hashes of
 // (JA4_r, the "raw" fingerprint, joins them unhashed), written to buf.
-func (fp *fingerprint) parts(buf []byte) (a [10]byte, b, c []byte) {
+func (fp *fingerprint) parts(ch *ClientHello, buf []byte) (a [10]byte, b, c []byte) {
 	a[0] = 't'
-	v := ja4Version(fp.version())
+	v := ja4Version(ch.version())
 	a[1], a[2] = v[0], v[1]
 	a[3] = 'i'
 	if fp.sni {
@@ -55,8 +54,8 @@ func (fp *fingerprint) parts(buf []byte) (a [10]byte, b, c []byte) {
 	a[4], a[5] = twoDigits(len(fp.ciphers))
 	a[6], a[7] = twoDigits(len(fp.exts))
 	var first string
-	if len(fp.alpn) > 0 {
-		first = fp.alpn[0]
+	if len(ch.ALPN) > 0 {
+		first = ch.ALPN[0]
 	}
 	a[8], a[9] = alpnChars(first)
 
@@ -86,13 +85,13 @@ func (fp *fingerprint) parts(buf []byte) (a [10]byte, b, c []byte) {
 }
 
 // version is the highest supported_versions value when the extension is
-// there, else the legacy version.
-func (fp *fingerprint) version() uint16 {
-	if !fp.versionsSeen {
-		return fp.legacyVersion
+// there (it never parses to nil), else the legacy version.
+func (ch *ClientHello) version() uint16 {
+	if ch.Versions == nil {
+		return ch.LegacyVersion
 	}
 	var v uint16
-	for _, x := range fp.versions {
+	for _, x := range ch.Versions {
 		v = max(v, x)
 	}
 	return v

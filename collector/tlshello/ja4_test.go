@@ -12,11 +12,13 @@ func hash12(s string) string { return string(appendHash12(nil, []byte(s))) }
 // ja4Raw returns JA4_r, the fingerprint before hashing, of the hello in b.
 func ja4Raw(tb testing.TB, b []byte) string {
 	tb.Helper()
-	h, raw, err := parseClientHello(b, true)
-	if err != nil || h.JA4 == "" {
+	var room listRoom
+	h, fp, err := parseClientHello(b, &room)
+	if err != nil || h.Truncated {
 		tb.Fatalf("%+v, %v", h, err)
 	}
-	return raw
+	a, partB, partC := fp.parts(h, nil)
+	return string(a[:]) + "_" + string(partB) + "_" + string(partC)
 }
 
 // specHello builds the ClientHello of the example in FoxIO's JA4 spec
@@ -148,8 +150,8 @@ func TestJA4Version(t *testing.T) {
 		{0x0303, []uint16{0x7f1c}, "00"},
 		{0xfefd, nil, "d2"},
 	} {
-		fp := fingerprint{legacyVersion: tc.legacy, versionsSeen: tc.versions != nil, versions: tc.versions}
-		if got := ja4Version(fp.version()); got != tc.want {
+		ch := ClientHello{LegacyVersion: tc.legacy, Versions: tc.versions}
+		if got := ja4Version(ch.version()); got != tc.want {
 			t.Errorf("legacy %#04x, supported %x: %q, want %q", tc.legacy, tc.versions, got, tc.want)
 		}
 	}
@@ -175,8 +177,8 @@ func TestJA4ALPN(t *testing.T) {
 		}
 	}
 	// An empty first protocol gives "00" even with others after it.
-	fp := fingerprint{alpn: []string{"", "h2"}}
-	if a, _, _ := fp.parts(nil); string(a[8:]) != "00" {
+	var fp fingerprint
+	if a, _, _ := fp.parts(&ClientHello{ALPN: []string{"", "h2"}}, nil); string(a[8:]) != "00" {
 		t.Errorf("empty first protocol: %q", a[8:])
 	}
 }

@@ -91,14 +91,11 @@ func readHandshake(b []byte, want uint8) (cursor, error) {
 		}
 	}
 
-	if len(msg) > 0 && msg[0] != want {
-		return cursor{}, fmt.Errorf("handshake type %d: %w", msg[0], ErrUnexpectedMessage)
-	}
-	if len(msg) < handshakeHeaderLen {
+	total, ok := messageLen(msg)
+	if !ok {
 		return cursor{}, fmt.Errorf("handshake header: %w", ErrShort)
 	}
-	declared := int(msg[1])<<16 | int(msg[2])<<8 | int(msg[3])
-	return cursor{s: cryptobyte.String(msg[handshakeHeaderLen:]), left: declared}, nil
+	return cursor{s: cryptobyte.String(msg[handshakeHeaderLen:]), left: total - handshakeHeaderLen}, nil
 }
 
 // messageLen returns the length of the handshake message that starts m,
