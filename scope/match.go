@@ -56,18 +56,6 @@ const (
 	ViaSNI                 // the TLS server name matches an sni pattern
 )
 
-func (v Via) String() string {
-	switch v {
-	case ViaCIDR:
-		return "cidr"
-	case ViaDNS:
-		return "dns"
-	case ViaSNI:
-		return "sni"
-	}
-	return ""
-}
-
 // Judgement is the verdict on one call, and what it rests on. It holds no
 // memory of its own: strings point into the compiled policies and the
 // event's names.

@@ -26,20 +26,6 @@ const (
 	CauseTrackingFull
 )
 
-func (c Cause) String() string {
-	switch c {
-	case CauseRules:
-		return "rules"
-	case CauseNoHello:
-		return "no_hello"
-	case CauseStopped:
-		return "stopped"
-	case CauseTrackingFull:
-		return "tracking_full"
-	}
-	return "unknown"
-}
-
 // AppendReason appends to dst the sentence that explains ev's verdict to a
 // person, the reason of the event's scope object: nothing when there is no
 // verdict or nothing to add. With room in dst it does not allocate, so the

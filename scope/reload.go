@@ -17,12 +17,6 @@ import (
 	"github.com/fsnotify/fsnotify"
 )
 
-// Results of a reload, as onReload and the reload metric name them.
-const (
-	ReloadOK    = "ok"
-	ReloadError = "error"
-)
-
 // debounce is how long the files must stay quiet before a reload: an
 // editor's save or a ConfigMap update is a burst of events.
 var debounce = 200 * time.Millisecond
@@ -37,7 +31,6 @@ type Policies struct {
 	ok, failed  atomic.Uint64
 	paths       []string
 	log         *slog.Logger
-	onReload    func(result string)
 	mu          sync.Mutex // one reload at a time
 	loaded      []Policy   // what cur was compiled from; guarded by mu
 	watcherDone chan struct{}
@@ -58,9 +51,8 @@ func NewPolicies(m *Matcher) *Policies {
 // replaced by a rename (as editors save) or a Kubernetes ConfigMap volume
 // swapping its ..data link. A policy that does not load at start is
 // returned as the error, an *Errors when the policies themselves are at
-// fault. The watch ends with ctx; onReload, if not nil, hears the result
-// of each reload.
-func Watch(ctx context.Context, paths []string, log *slog.Logger, onReload func(result string)) (*Policies, error) {
+// fault. The watch ends with ctx; Reloads counts the reloads by result.
+func Watch(ctx context.Context, paths []string, log *slog.Logger) (*Policies, error) {
 	if len(paths) == 0 {
 		return nil, errors.New("watch policies: no path given")
 	}
@@ -70,7 +62,6 @@ func Watch(ctx context.Context, paths []string, log *slog.Logger, onReload func(
 	p := &Policies{
 		paths:       paths,
 		log:         log.With("component", "policy"),
-		onReload:    onReload,
 		watcherDone: make(chan struct{}),
 	}
 
@@ -140,7 +131,6 @@ func (p *Policies) Reload() error {
 	start := time.Now()
 	policies, err := Load(p.paths...)
 	if err != nil {
-		p.failed.Add(1)
 		var perr *Errors
 		if errors.As(err, &perr) {
 			for _, e := range *perr {
@@ -152,21 +142,21 @@ func (p *Policies) Reload() error {
 			p.log.Error("policy reload failed; the running policies stay in force",
 				"err", err, "generation", p.Generation())
 		}
-		p.report(ReloadError)
+		// Counted once done, so that whoever sees the count change sees
+		// the reload's log and policies too.
+		p.failed.Add(1)
 		return err
 	}
-	p.ok.Add(1)
+	defer p.ok.Add(1) // once done, likewise
 	// A reload that changes nothing keeps the matcher and its warm cache:
 	// file systems and ConfigMap updates send events that change nothing.
 	if reflect.DeepEqual(policies, p.loaded) {
 		p.log.Debug("policies unchanged", "scopes", len(policies))
-		p.report(ReloadOK)
 		return nil
 	}
 	p.install(policies)
 	p.log.Info("policies reloaded", "scopes", len(policies), "generation", p.Generation(),
 		"took", time.Since(start))
-	p.report(ReloadOK)
 	return nil
 }
 
@@ -174,12 +164,6 @@ func (p *Policies) install(policies []Policy) {
 	p.loaded = policies
 	p.cur.Store(Compile(policies))
 	p.generation.Add(1)
-}
-
-func (p *Policies) report(result string) {
-	if p.onReload != nil {
-		p.onReload(result)
-	}
 }
 
 // watch reloads once the watched files have been quiet for debounce.

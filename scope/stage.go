@@ -63,7 +63,7 @@ type Stage struct {
 	warnedFull bool
 
 	allowed, violation, unscoped, pendingVerdicts atomic.Uint64
-	timedOut, stopped, trackingFull               atomic.Uint64
+	closed                                        [CauseTrackingFull + 1]atomic.Uint64 // pending calls closed, by cause
 	pendingNow                                    atomic.Int64
 }
 
@@ -103,9 +103,9 @@ func (s *Stage) Stats() StageStats {
 		Violation:    s.violation.Load(),
 		Unscoped:     s.unscoped.Load(),
 		Pending:      s.pendingVerdicts.Load(),
-		TimedOut:     s.timedOut.Load(),
-		Stopped:      s.stopped.Load(),
-		TrackingFull: s.trackingFull.Load(),
+		TimedOut:     s.closed[CauseNoHello].Load(),
+		Stopped:      s.closed[CauseStopped].Load(),
+		TrackingFull: s.closed[CauseTrackingFull].Load(),
 		PendingNow:   uint64(max(s.pendingNow.Load(), 0)),
 	}
 }
@@ -188,7 +188,6 @@ func (s *Stage) await(out []Event, i int, now time.Time) []Event {
 		// The socket connected again, so its earlier connection ended
 		// without the ClientHello that would have settled it.
 		out = s.close(out, slot, now, CauseNoHello, now.Sub(s.slots[slot].since))
-		s.timedOut.Add(1)
 	} else if len(s.pending) >= s.cfg.MaxPending {
 		// The oldest call is the least likely to send a ClientHello still:
 		// most send it within a round trip of the connect.
@@ -198,7 +197,6 @@ func (s *Stage) await(out []Event, i int, now time.Time) []Event {
 				"max_pending", s.cfg.MaxPending)
 		}
 		out = s.close(out, s.head, now, CauseTrackingFull, now.Sub(s.slots[s.head].since))
-		s.trackingFull.Add(1)
 	}
 
 	slot := s.alloc()
@@ -224,17 +222,13 @@ func (s *Stage) await(out []Event, i int, now time.Time) []Event {
 func (s *Stage) Expire(out []Event, now time.Time, all bool) []Event {
 	for s.head >= 0 {
 		waited := now.Sub(s.slots[s.head].since)
-		switch {
-		case waited >= s.cfg.PendingTimeout:
+		if waited >= s.cfg.PendingTimeout {
 			out = s.close(out, s.head, now, CauseNoHello, s.cfg.PendingTimeout)
-			s.timedOut.Add(1)
-		case all:
+		} else if all {
 			out = s.close(out, s.head, now, CauseStopped, waited)
-			s.stopped.Add(1)
-		default:
+		} else {
 			// The list is ordered by since: the rest are younger.
-			s.rearmWarning()
-			return out
+			break
 		}
 	}
 	s.rearmWarning()
@@ -265,6 +259,7 @@ func (s *Stage) close(out []Event, slot int32, now time.Time, cause Cause, wait 
 		Wait:    wait,
 	}
 	s.count(Violation)
+	s.closed[cause].Add(1)
 	s.forget(slot)
 	return out
 }

@@ -65,11 +65,10 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 
 	var policies *scope.Policies
 	if len(cfg.policies) > 0 {
-		policies, err = scope.Watch(ctx, cfg.policies, log, nil)
+		policies, err = scope.Watch(ctx, cfg.policies, log)
 		if err != nil {
 			return fmt.Errorf("load policies: %w", err)
 		}
-		log.Info("policies loaded", "scopes", policies.Len(), "paths", []string(cfg.policies))
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)

@@ -81,9 +81,7 @@ func parseRunConfig(args []string, getenv func(string) string) (*runConfig, erro
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	onCommandLine := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
-	fromEnv, err := applyEnv(fs, onCommandLine, getenv)
+	set, err := applyEnv(fs, getenv)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +92,7 @@ func parseRunConfig(args []string, getenv func(string) string) (*runConfig, erro
 			return nil, err
 		}
 		for _, kv := range values {
-			if onCommandLine[kv.name] || fromEnv[kv.name] {
+			if set[kv.name] {
 				continue
 			}
 			if err := fs.Set(kv.name, kv.value); err != nil {
@@ -120,22 +118,24 @@ func parseRunConfig(args []string, getenv func(string) string) (*runConfig, erro
 }
 
 // applyEnv sets each flag not on the command line from its CALLSCOPE_<NAME>
-// variable, and returns the names it set.
-func applyEnv(fs *flag.FlagSet, onCommandLine map[string]bool, getenv func(string) string) (map[string]bool, error) {
-	fromEnv := map[string]bool{}
+// variable, and returns the names set either way: what a config file must
+// leave alone.
+func applyEnv(fs *flag.FlagSet, getenv func(string) string) (map[string]bool, error) {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		v := getenv(envName(f.Name))
-		if onCommandLine[f.Name] || v == "" || err != nil {
+		if set[f.Name] || v == "" || err != nil {
 			return
 		}
 		if serr := fs.Set(f.Name, v); serr != nil {
 			err = fmt.Errorf("%s: invalid value %q for --%s", envName(f.Name), v, f.Name)
 			return
 		}
-		fromEnv[f.Name] = true
+		set[f.Name] = true
 	})
-	return fromEnv, err
+	return set, err
 }
 
 // stringList is a repeatable flag; each value may also list several,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -85,6 +86,29 @@ func TestConfigErrors(t *testing.T) {
 			_, err := parseRunConfig(tc.args, env(tc.env))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// --kafka-brokers lists brokers as --policy lists paths: blanks name none,
+// so " , " leaves Kafka off rather than dialing nothing.
+func TestConfigBrokers(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want []string
+	}{
+		{"blank", []string{"--kafka-brokers", " , "}, nil, nil},
+		{"flag", []string{"--kafka-brokers", "a:9092, b:9092"}, nil, []string{"a:9092", "b:9092"}},
+		{"env", nil, map[string]string{"CALLSCOPE_KAFKA_BROKERS": "a:9092,"}, []string{"a:9092"}},
+		{"file", []string{"--config", writeConfig(t, "kafka-brokers: a:9092,b:9092\n")}, nil, []string{"a:9092", "b:9092"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := parseRunConfig(tc.args, env(tc.env))
+			if err != nil || !slices.Equal(cfg.kafka.brokers, tc.want) {
+				t.Errorf("got %+v, %v; want brokers %q", cfg, err, tc.want)
 			}
 		})
 	}

@@ -14,7 +14,7 @@ import (
 // kafkaFlags are how run and tail reach Kafka: the same flags, with the
 // same names and meanings, for both.
 type kafkaFlags struct {
-	brokers          string
+	brokers          stringList
 	topic            string
 	violationsTopic  string
 	tls              bool
@@ -27,7 +27,7 @@ type kafkaFlags struct {
 }
 
 func (k *kafkaFlags) register(fs *flag.FlagSet, brokersUsage string) {
-	fs.StringVar(&k.brokers, "kafka-brokers", "", brokersUsage)
+	fs.Var(&k.brokers, "kafka-brokers", brokersUsage)
 	fs.StringVar(&k.topic, "kafka-topic", "callscope.events", "Kafka `topic` of every event")
 	fs.StringVar(&k.violationsTopic, "kafka-violations-topic", "callscope.violations", "Kafka `topic` of violations, in addition to the events topic")
 	fs.BoolVar(&k.tls, "kafka-tls", false, "connect to the brokers over TLS")
@@ -37,17 +37,6 @@ func (k *kafkaFlags) register(fs *flag.FlagSet, brokersUsage string) {
 	fs.StringVar(&k.saslMechanism, "kafka-sasl-mechanism", "", "SASL `mechanism`: plain, scram-sha-256 or scram-sha-512; empty turns SASL off")
 	fs.StringVar(&k.saslUsername, "kafka-sasl-username", "", "SASL user `name`")
 	fs.StringVar(&k.saslPasswordFile, "kafka-sasl-password-file", "", "`file` holding the SASL password")
-}
-
-// brokerList splits --kafka-brokers, dropping blanks.
-func (k *kafkaFlags) brokerList() []string {
-	var out []string
-	for _, p := range strings.Split(k.brokers, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // tlsConfig is the TLS to the brokers; nil when it is off. A CA or a
@@ -78,7 +67,7 @@ func (k *kafkaFlags) password() (string, error) {
 // startKafka starts the Kafka sink when brokers are given.
 func startKafka(cfg *runConfig, m *exporter.Metrics) (*exporter.Kafka, error) {
 	k := &cfg.kafka
-	if k.brokers == "" {
+	if len(k.brokers) == 0 {
 		return nil, nil
 	}
 	tc, err := k.tlsConfig()
@@ -90,7 +79,7 @@ func startKafka(cfg *runConfig, m *exporter.Metrics) (*exporter.Kafka, error) {
 		return nil, err
 	}
 	sink, err := exporter.NewKafka(exporter.KafkaConfig{
-		Brokers:         k.brokerList(),
+		Brokers:         k.brokers,
 		Topic:           k.topic,
 		ViolationsTopic: k.violationsTopic,
 		TLS:             tc,

@@ -63,12 +63,10 @@ func parseTailConfig(args []string, getenv func(string) string, stderr io.Writer
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	if _, err := applyEnv(fs, set, getenv); err != nil {
+	if _, err := applyEnv(fs, getenv); err != nil {
 		return nil, err
 	}
-	if cfg.kafka.brokers == "" {
+	if len(cfg.kafka.brokers) == 0 {
 		return nil, errors.New("tail: --kafka-brokers (or CALLSCOPE_KAFKA_BROKERS) is needed")
 	}
 	return cfg, nil
@@ -108,7 +106,7 @@ func runTail(ctx context.Context, args []string, getenv func(string) string, std
 	if cfg.violations {
 		topic = cfg.kafka.violationsTopic
 	}
-	brokers := cfg.kafka.brokerList()
+	brokers := cfg.kafka.brokers
 	partitions, err := lookupPartitions(ctx, dialer, brokers, topic)
 	if err != nil {
 		// Brokers answer bad credentials with an error, or just hang up.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -164,10 +165,14 @@ func TestTailErrors(t *testing.T) {
 	if _, err := parseTailConfig(nil, func(string) string { return "" }, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "--kafka-brokers") {
 		t.Errorf("no brokers: %v", err)
 	}
+	// Blanks between commas name no broker.
+	if _, err := parseTailConfig([]string{"--kafka-brokers", " , "}, func(string) string { return "" }, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "--kafka-brokers") {
+		t.Errorf("blank brokers: %v", err)
+	}
 	cfg, err := parseTailConfig([]string{"--json"}, func(k string) string {
 		return map[string]string{"CALLSCOPE_KAFKA_BROKERS": "k:9092", "CALLSCOPE_KAFKA_TOPIC": "t"}[k]
 	}, &bytes.Buffer{})
-	if err != nil || cfg.kafka.brokers != "k:9092" || cfg.kafka.topic != "t" || !cfg.json {
+	if err != nil || !slices.Equal(cfg.kafka.brokers, []string{"k:9092"}) || cfg.kafka.topic != "t" || !cfg.json {
 		t.Errorf("from the environment: %+v, %v", cfg, err)
 	}
 
