@@ -5,12 +5,14 @@ import "github.com/callscope/callscope/collector"
 // Process is what /proc said about a process while it lived. Once cached it
 // is shared between events and never changed.
 type Process struct {
-	Exe     string   // resolved /proc/<pid>/exe; "" when unreadable
-	Cmdline []string // nil when unreadable or empty (kernel threads)
+	// Exe is /proc/<pid>/exe resolved, or, for a process gone before /proc
+	// could be read, the path execve was given (not resolved); "" when
+	// neither is known.
+	Exe string
+	// Cmdline is nil when unreadable or empty (kernel threads); it may be
+	// cut when it came from execve's record.
+	Cmdline []string
 	PPID    uint32
-	// FromExec says the process was gone before /proc could be read: Exe
-	// is the path execve was given, not resolved, and Cmdline may be cut.
-	FromExec bool
 }
 
 // Event is a kernel event with what is known of its caller. Fields that
