@@ -3,6 +3,7 @@
 GO       ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BIN      := bin/callscope
+FLOOR    := bin/floor
 # Kernel tests need root: as another user, test binaries run under sudo.
 SUDO     := $(if $(filter 0,$(shell id -u)),,sudo)
 GOTEST   := $(GO) test $(if $(SUDO),-exec sudo)
@@ -41,15 +42,22 @@ bench: ## run the Go benchmarks (benchstat-friendly, COUNT runs), then bench-sys
 
 # ROUNDS alternated rounds of SECS seconds each; see bench/overhead.sh.
 .PHONY: bench-system
-bench-system: build ## measure the agent's cost to a connect loop and to bulk TCP throughput, then run bench-paired's pairs (as root)
+bench-system: build $(FLOOR) ## measure the agent's cost to a connect loop and to bulk TCP throughput, then run bench-paired's pairs (as root)
 	$(SUDO) bench/overhead.sh connect $(BIN) $(or $(ROUNDS),8) $(or $(SECS),3)
 	$(SUDO) bench/overhead.sh bulk $(BIN) $(or $(ROUNDS),8) $(or $(SECS),3)
-	$(SUDO) bench/paired.sh $(BIN) $(or $(PAIRS),40) 1
+	$(SUDO) env FLOOR=$(FLOOR) bench/paired.sh $(BIN) $(or $(PAIRS),40) 1
 
-# PAIRS pairs of 1 s runs, with and without the programs; see bench/paired.sh.
+# PAIRS rounds of 1 s runs: with the agent's programs, without, and with
+# bench/floor's programs that do nothing (the hooks' own cost); see bench/paired.sh.
 .PHONY: bench-paired
-bench-paired: build ## measure the kernel programs' cost to a connect loop in interleaved pairs of runs (as root)
-	$(SUDO) bench/paired.sh $(BIN) $(or $(PAIRS),40) 1
+bench-paired: build $(FLOOR) ## measure the kernel programs' cost to a connect loop in interleaved runs, beside the hooks' own cost (as root)
+	$(SUDO) env FLOOR=$(FLOOR) bench/paired.sh $(BIN) $(or $(PAIRS),40) 1
+
+$(FLOOR): FORCE
+	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./bench/floor
+
+.PHONY: FORCE
+FORCE:
 
 .PHONY: bench-connect
 bench-connect: build ## measure the agent's cost to a connect loop: bare, with the agent, with bpftrace (as root)

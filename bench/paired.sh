@@ -27,10 +27,20 @@
 # SYSCALL_ERRORS=1 to run the agent with it anyway (both sides pay it), as
 # an agent from before the flag does.
 #
-# Prints each pair, then the median, quartiles and mean of the per-pair
-# throughput ratios (on/off), the agent's CPU per event, and checks
-# that every connect of the "on" runs gave one event and no loss event was
-# written. BIN defaults to bin/callscope, PAIRS to 40, SECS to 1.
+# FLOOR=1 (or FLOOR=PATH, a bench/floor binary; 1 builds one with go)
+# adds two more sides to each round, each a cgroup of its own:
+# "floor", where bench/floor attaches programs that do nothing at the hooks
+# the agent uses (the kernel's dispatch alone), and "floor+rec", where they
+# also write a 24-byte ring-buffer record at each connect's start and
+# establishment (the least a per-connect report costs). The order of the
+# sides rotates from round to round. Ratios of these sides against "off"
+# say how much of the agent's cost any program at those hooks would pay.
+#
+# Prints each pair (round), then the median, quartiles and mean of the
+# per-pair throughput ratios (on/off, and floor/off), the agent's CPU per
+# event, and checks that every connect of the "on" runs gave one event and
+# no loss event was written. BIN defaults to bin/callscope, PAIRS to 40,
+# SECS to 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -54,15 +64,23 @@ cgroot=$(cgroup2_root)
 work=$(mktemp -d)
 on=$cgroot/callscope-bench-on-$$
 off=$cgroot/callscope-bench-off-$$
+sides=(on off)
+cgroups=("$on" "$off")
+if [[ -n ${FLOOR:-} ]]; then
+  sides+=(floor floor+rec)
+  cgroups+=("$cgroot/callscope-bench-floor-$$" "$cgroot/callscope-bench-floorrec-$$")
+fi
 agent=
+floors=()
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
   if [[ -n $agent ]]; then kill -INT "$agent" 2>/dev/null || true; wait "$agent" 2>/dev/null || true; fi
-  rmdir "$on" "$off" 2>/dev/null || true
+  for f in "${floors[@]}"; do kill -TERM "$f" 2>/dev/null || true; wait "$f" 2>/dev/null || true; done
+  rmdir "${cgroups[@]}" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
-mkdir "$on" "$off"
+mkdir "${cgroups[@]}"
 build_workload "$mode" "$work/load"
 if [[ $mode == connect ]]; then unit=connects/s; else unit=B/s; fi
 
@@ -77,6 +95,23 @@ fi
 "$bin" run "${flags[@]}" >"$work/events" 2>"$work/log" &
 agent=$!
 wait_ready "$addr" "$agent" "$work/log"
+if [[ -n ${FLOOR:-} ]]; then
+  floor=$FLOOR
+  if [[ $floor == 1 ]]; then
+    command -v go >/dev/null || die "FLOOR=1 builds bench/floor, and go is not installed: give FLOOR the path of a floor binary"
+    CGO_ENABLED=0 go build -o "$work/floor" ./bench/floor
+    floor=$work/floor
+  fi
+  [[ -x $floor ]] || die "FLOOR=$floor: not an executable"
+  "$floor" -cgroup "${cgroups[2]}" 2>"$work/floor.log" &
+  floors+=($!)
+  "$floor" -cgroup "${cgroups[3]}" -records 2>"$work/floorrec.log" &
+  floors+=($!)
+  for f in floor floorrec; do
+    for ((i = 0; i < 100; i++)); do grep -q attached "$work/$f.log" && break; sleep 0.1; done
+    grep -q attached "$work/$f.log" || die "bench/floor did not attach: $(cat "$work/$f.log")"
+  done
+fi
 sleep 1
 
 tck=$(getconf CLK_TCK)
@@ -95,24 +130,29 @@ run() {
 }
 
 agent_before=$(cputicks "$agent")
-printf 'pair  %18s  %18s   ratio\n' "on: $unit" "off: $unit"
+n=${#sides[@]}
+printf 'pair '
+for side in "${sides[@]}"; do printf ' %18s' "$side: $unit"; done
+printf '   ratio on/off\n'
 : >"$work/pairs"
 on_connects=0
 on_pids=()
+declare -a rate
 for ((p = 1; p <= pairs; p++)); do
-  if ((p % 2)); then order=(on off); else order=(off on); fi
-  for side in "${order[@]}"; do
-    if [[ $side == on ]]; then
-      read -r rate_on pid n < <(run "$on")
+  # Rotate the order: each side runs first, second, ... in turn.
+  for ((k = 0; k < n; k++)); do
+    j=$(((k + p) % n))
+    read -r "rate[j]" pid c < <(run "${cgroups[j]}")
+    if ((j == 0)); then
       on_pids+=("$pid")
-      on_connects=$((on_connects + n))
-    else
-      read -r rate_off _ _ < <(run "$off")
+      on_connects=$((on_connects + c))
     fi
   done
-  ratio=$(awk -v a="$rate_on" -v b="$rate_off" 'BEGIN {printf "%.4f", a / b}')
-  printf '%-4d  %18s  %18s   %s\n' "$p" "$rate_on" "$rate_off" "$ratio"
-  echo "$rate_on $rate_off $ratio" >>"$work/pairs"
+  ratio=$(awk -v a="${rate[0]}" -v b="${rate[1]}" 'BEGIN {printf "%.4f", a / b}')
+  printf '%-4d ' "$p"
+  for ((j = 0; j < n; j++)); do printf ' %18s' "${rate[j]}"; done
+  printf '   %s\n' "$ratio"
+  echo "${rate[*]}" >>"$work/pairs"
 done
 agent_used=$(($(cputicks "$agent") - agent_before))
 
@@ -122,21 +162,29 @@ agent=
 
 events=0
 for pid in "${on_pids[@]}"; do
-  n=$(grep -c "\"kind\":\"connect\".*\"process\":{\"pid\":$pid," "$work/events" || true)
-  events=$((events + n))
+  c=$(grep -c "\"kind\":\"connect\".*\"process\":{\"pid\":$pid," "$work/events" || true)
+  events=$((events + c))
 done
 losses=$(grep -c '"kind":"loss"' "$work/events" || true)
 
 echo
 echo "$(date -u +%FT%TZ) $mode: $pairs pairs of $secs s, workload on CPU $cpu; kernel $(uname -r), $(nproc) CPUs"
 echo "agent: $("$bin" version 2>/dev/null | head -1), ${flags[*]}"
-sort -g -k3 "$work/pairs" | awk -v unit="$unit" '{r[NR] = $3; s += $3; on += $1; off += $2}
+for ((j = 0; j < n; j++)); do
+  ((j == 1)) && continue
+  awk -v j=$((j + 1)) '{print $j / $2}' "$work/pairs" | sort -g | awk -v side="${sides[j]}" '{r[NR] = $1; s += $1}
+    END {
+      n = NR
+      printf "ratio %s/off per pair: median %.4f, quartiles %.4f-%.4f, mean %.4f, min %.4f, max %.4f\n",
+        side, r[int((n + 1) / 2)], r[int((n + 3) / 4)], r[int((3 * n + 1) / 4)], s / n, r[1], r[n]
+    }'
+done
+awk -v unit="$unit" -v names="${sides[*]}" 'BEGIN {split(names, name, " ")}
+  {for (j = 1; j <= NF; j++) sum[j] += $j}
   END {
-    n = NR
-    printf "ratio on/off per pair: median %.4f, quartiles %.4f-%.4f, mean %.4f, min %.4f, max %.4f\n",
-      r[int((n + 1) / 2)], r[int((n + 3) / 4)], r[int((3 * n + 1) / 4)], s / n, r[1], r[n]
-    printf "mean %s: on %.0f, off %.0f\n", unit, on / n, off / n
-  }'
+    printf "mean %s:", unit
+    for (j = 1; j <= NF; j++) printf " %s %.0f%s", name[j], sum[j] / NR, (j < NF ? "," : "\n")
+  }' "$work/pairs"
 echo "events: $events of $on_connects connects in the on runs; loss events: $losses"
 awk -v t="$agent_used" -v h="$tck" -v n="$events" -v m="$mode" 'BEGIN {
   printf "agent CPU: %.2f s", t / h
