@@ -239,6 +239,10 @@ struct {
  */
 volatile const __u64 wakeup_bytes = 1 << 20;
 
+/* Whether connect4/6 and the syscall-exit tracepoint are attached; when they
+ * are not, TCP_CONNECT has no record of theirs to clear and skips the lookup. */
+volatile const __u8 syscall_errors = 1;
+
 static __always_inline void count(enum stat s)
 {
 	__u32 key = s;
@@ -262,20 +266,24 @@ static __always_inline void submit(struct event *e)
 static __always_inline void fill_caller(struct caller *c)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 uid_gid = bpf_get_current_uid_gid();
 	struct task_struct *task = bpf_get_current_task_btf();
+	const struct cred *cred = task->cred;
 
 	c->tgid = pid_tgid >> 32;
 	c->tid = (__u32)pid_tgid;
-	c->uid = (__u32)uid_gid;
-	c->gid = uid_gid >> 32;
+	c->uid = cred->uid.val;
+	c->gid = cred->gid.val;
 	c->cgroup_id = bpf_get_current_cgroup_id();
-	/* Direct loads through BTF pointers: no helper call per level. */
+	/*
+	 * Direct loads through BTF pointers instead of helper calls. The ids
+	 * are the kernel's own, those of the initial user namespace, as
+	 * bpf_get_current_uid_gid gives them.
+	 */
 	c->task_start = task->group_leader->start_boottime;
 	c->start_ns = bpf_ktime_get_boot_ns();
 	c->netns = 0;
 	c->_pad = 0;
-	bpf_get_current_comm(&c->comm, sizeof(c->comm));
+	__builtin_memcpy(c->comm, task->comm, sizeof(c->comm));
 }
 
 static __always_inline __u32 sock_netns(struct bpf_sock *sk)
@@ -411,9 +419,11 @@ int sock_ops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
 		/* Inside connect(2), as the caller: the SYN goes out, so connect4's
 		 * record of a possible syscall failure is not needed. */
-		struct pending *p = bpf_task_storage_get(&pendings, bpf_get_current_task_btf(), 0, 0);
-		if (p)
-			p->armed = 0;
+		if (syscall_errors) {
+			struct pending *p = bpf_task_storage_get(&pendings, bpf_get_current_task_btf(), 0, 0);
+			if (p)
+				p->armed = 0;
+		}
 
 		struct bpf_sock *sk = skops->sk;
 		if (!sk)

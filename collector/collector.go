@@ -226,6 +226,9 @@ func (c *Collector) load() error {
 	}
 	spec.Maps["events"].MaxEntries = uint32(c.cfg.RingBufferBytes)
 	spec.Maps["hellos"].MaxEntries = uint32(c.cfg.MaxInFlight)
+	if err := spec.Variables["syscall_errors"].Set(!c.cfg.NoSyscallErrors); err != nil {
+		return fmt.Errorf("set syscall errors: %w", err)
+	}
 	if err := spec.Variables["wakeup_bytes"].Set(uint64(c.cfg.WakeupBytes)); err != nil {
 		return fmt.Errorf("set wakeup threshold: %w", err)
 	}

@@ -204,6 +204,26 @@ func TestConnectEstablished(t *testing.T) {
 	}
 }
 
+// TestCallerUser: a connect names the uid and gid of the thread that made
+// it, not those of whoever else shares its cgroup (root, here).
+func TestCallerUser(t *testing.T) {
+	_, s := start(t)
+	cg := kerneltest.NewCgroup(t, "user")
+	dst, _ := listen(t, "tcp4", "127.0.0.1:0")
+	user := &kerneltest.User{UID: 4242, GID: 4343}
+	pid, res := kerneltest.Connect{Addrs: []netip.AddrPort{dst}, Cgroup: cg, User: user}.Run(t)
+	if want := []string{dst.String() + "=ok"}; !slices.Equal(res, want) {
+		t.Fatalf("helper said %v, want %v", res, want)
+	}
+	e := s.await(t, 1, 5*time.Second, pid)[0]
+	if e.UID != uint32(user.UID) || e.GID != uint32(user.GID) {
+		t.Errorf("uid %d gid %d, want %d %d", e.UID, e.GID, user.UID, user.GID)
+	}
+	if e.CommString() != comm() {
+		t.Errorf("comm %q, want %q", e.CommString(), comm())
+	}
+}
+
 // TestProcessExit: when a caller ends, an exit record names it by the same
 // pid and start time as its events, so its cached facts can go.
 func TestProcessExit(t *testing.T) {

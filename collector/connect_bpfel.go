@@ -134,6 +134,7 @@ const (
 	connectProgProcessExec       = "process_exec"
 	connectProgProcessExit       = "process_exit"
 	connectProgSockOps           = "sock_ops"
+	connectVarSyscallErrors      = "syscall_errors"
 	connectVarUnusedEvent        = "unused_event"
 	connectVarUnusedKind         = "unused_kind"
 	connectVarUnusedOutcome      = "unused_outcome"
@@ -211,6 +212,7 @@ type connectMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectVariableSpecs struct {
+	SyscallErrors      *ebpf.VariableSpec `ebpf:"syscall_errors"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedKind         *ebpf.VariableSpec `ebpf:"unused_kind"`
 	UnusedOutcome      *ebpf.VariableSpec `ebpf:"unused_outcome"`
@@ -263,6 +265,7 @@ func (m *connectMaps) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectVariables struct {
+	SyscallErrors      *ebpf.Variable `ebpf:"syscall_errors"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
 	UnusedKind         *ebpf.Variable `ebpf:"unused_kind"`
 	UnusedOutcome      *ebpf.Variable `ebpf:"unused_outcome"`

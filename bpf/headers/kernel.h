@@ -61,8 +61,23 @@ struct mm_struct {
 	unsigned long arg_end;
 };
 
+typedef struct {
+	unsigned int val;
+} kuid_t;
+
+typedef struct {
+	unsigned int val;
+} kgid_t;
+
+struct cred {
+	kuid_t uid;
+	kgid_t gid;
+};
+
 struct task_struct {
 	int tgid;
+	char comm[16];
+	const struct cred *cred;
 	__u64 start_boottime;
 	struct task_struct *group_leader;
 	struct task_struct *real_parent;

@@ -62,7 +62,13 @@ type Connect struct {
 	// Linger keeps the process alive after its connects until its stdin is
 	// closed, so that /proc can still be read.
 	Linger bool
+	// User, if set, is the uid and gid the process takes (real, effective
+	// and saved) before its connects.
+	User *User
 }
+
+// User is a uid and a gid.
+type User struct{ UID, GID int }
 
 // Command returns the helper process for c; its stdout has one line per
 // connect: the address and the errno name, or "ok".
@@ -78,6 +84,9 @@ func (c Connect) Command(t testing.TB) *exec.Cmd {
 		"CALLSCOPE_TEST_SYNCNT="+strconv.Itoa(c.SynCnt),
 		"CALLSCOPE_TEST_NETNS="+c.NetNS,
 		"CALLSCOPE_TEST_LINGER="+strconv.FormatBool(c.Linger))
+	if c.User != nil {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("CALLSCOPE_TEST_USER=%d:%d", c.User.UID, c.User.GID))
+	}
 	InCgroup(cmd, c.Cgroup)
 	return cmd
 }
@@ -102,6 +111,19 @@ func connectMain(args []string) error {
 		}
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
 			return fmt.Errorf("setns: %w", err)
+		}
+	}
+	if u := os.Getenv("CALLSCOPE_TEST_USER"); u != "" {
+		var uid, gid int
+		if _, err := fmt.Sscanf(u, "%d:%d", &uid, &gid); err != nil {
+			return fmt.Errorf("CALLSCOPE_TEST_USER %q: %w", u, err)
+		}
+		// The gid first: without root, the uid could no longer change it.
+		if err := unix.Setresgid(gid, gid, gid); err != nil {
+			return fmt.Errorf("setresgid: %w", err)
+		}
+		if err := unix.Setresuid(uid, uid, uid); err != nil {
+			return fmt.Errorf("setresuid: %w", err)
 		}
 	}
 	repeat, _ := strconv.Atoi(os.Getenv("CALLSCOPE_TEST_REPEAT"))
