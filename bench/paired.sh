@@ -160,11 +160,12 @@ kill -INT "$agent"
 wait "$agent" || die "the agent exited with status $?: $(tail -5 "$work/log")"
 agent=
 
-events=0
-for pid in "${on_pids[@]}"; do
-  c=$(grep -c "\"kind\":\"connect\".*\"process\":{\"pid\":$pid," "$work/events" || true)
-  events=$((events + c))
-done
+# One pass over the events: the connects of the "on" runs' processes.
+events=$(awk -v pids="${on_pids[*]}" 'BEGIN {split(pids, p, " "); for (i in p) on[p[i]] = 1}
+  /"kind":"connect"/ && match($0, /"process":\{"pid":[0-9]+,/) {
+    if (substr($0, RSTART + 17, RLENGTH - 18) in on) n++
+  }
+  END {print n + 0}' "$work/events")
 losses=$(grep -c '"kind":"loss"' "$work/events" || true)
 
 echo
