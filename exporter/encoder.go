@@ -419,10 +419,32 @@ var jsonPlain = func() (t [256]bool) {
 	return t
 }()
 
+// load8 reads s[i:i+8] as a little-endian word; the compiler makes one
+// load of it.
+func load8(s string, i int) uint64 {
+	_ = s[i+7]
+	return uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+		uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+}
+
+// plain8 reports whether all eight bytes of x stand for themselves in a JSON
+// string (jsonPlain): none below 0x20, none of '"' or '\\', none from 0x80.
+// Each term is the word-wide "some byte is zero" test, (v - 0x01…) &^ v,
+// whose high bits are exact as a whole though not byte by byte.
+func plain8(x uint64) bool {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	quote, backslash := x^(lo*'"'), x^(lo*'\\')
+	return ((x-lo*0x20)&^x|(quote-lo)&^quote|(backslash-lo)&^backslash|x)&hi == 0
+}
+
 func appendEscaped(dst []byte, s string) []byte {
 	start := 0
 	for i := 0; i < len(s); {
-		// Most strings are plain ASCII: skip runs of it a table load a byte.
+		// Most strings are plain ASCII: skip runs of it eight bytes at a
+		// time, then a table load a byte.
+		for i+8 <= len(s) && plain8(load8(s, i)) {
+			i += 8
+		}
 		for i < len(s) && jsonPlain[s[i]] {
 			i++
 		}

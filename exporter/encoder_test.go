@@ -351,6 +351,40 @@ func TestAppendStringMatchesEncodingJSON(t *testing.T) {
 	}
 }
 
+// TestAppendStringWordBoundaries puts each kind of byte that needs escaping
+// (or is not ASCII) at every position of strings long enough to be read a
+// word at a time, so that one missed by the word test shows.
+func TestAppendStringWordBoundaries(t *testing.T) {
+	specials := []string{"\x00", "\x1f", "\x7f", "\"", "\\", "\n", "\xff", "é", "\u2028", "🦫", " ", "~", "!", "#", "[", "]"}
+	for _, c := range specials {
+		for n := 1; n <= 26; n++ {
+			for at := 0; at+len(c) <= n; at++ {
+				s := strings.Repeat("a", at) + c + strings.Repeat("b", n-at-len(c))
+				got := appendString(nil, s)
+				if want := encodingJSONString(t, s); !bytes.Equal(got, want) {
+					t.Fatalf("appendString(%q) = %s, want %s", s, got, want)
+				}
+			}
+		}
+	}
+}
+
+func TestPlain8(t *testing.T) {
+	for b := range 256 {
+		for at := range 8 {
+			w := []byte("abcdefgh")
+			w[at] = byte(b)
+			x := uint64(0)
+			for i := range 8 {
+				x |= uint64(w[i]) << (8 * i)
+			}
+			if got, want := plain8(x), jsonPlain[b]; got != want {
+				t.Errorf("plain8(%q) = %v, want %v", w, got, want)
+			}
+		}
+	}
+}
+
 func TestEncoderEscaping(t *testing.T) {
 	for _, s := range awkwardStrings {
 		ev := connectEvent()
