@@ -27,9 +27,11 @@ const timeLayout = "2006-01-02T15:04:05.000000000Z07:00"
 // Encoder turns events into the contract's JSON lines. It numbers them:
 // seq rises by one per event of this agent instance. Not safe for concurrent use.
 type Encoder struct {
-	node     string
-	instance string
-	seq      uint64
+	// The line's start up to the id's seq, and the node member: the same
+	// in every line, so escaped once.
+	head []byte
+	node []byte
+	seq  uint64
 	reason   []byte // scratch for a verdict's reason, escaped on its way out
 	// The formatted second of the last event: events come in bursts of
 	// the same second, and formatting a date costs more than the rest of
@@ -65,7 +67,15 @@ func (e *Encoder) appendTime(dst []byte, t int64) []byte {
 // this agent run; event ids are "<instance>-<seq>", so they stay unique
 // across restarts that start seq again from 1.
 func NewEncoder(node, instance string) *Encoder {
-	return &Encoder{node: node, instance: instance}
+	e := &Encoder{}
+	e.head = append(e.head, `{"schema":"`+Schema+`","id":"`...)
+	e.head = appendEscaped(e.head, instance)
+	e.head = append(e.head, '-')
+	if node != "" {
+		e.node = append(e.node, `,"node":`...)
+		e.node = appendString(e.node, node)
+	}
+	return e
 }
 
 // Seq returns the last seq assigned (0 before any).
@@ -80,19 +90,14 @@ func (e *Encoder) Seq() uint64 { return e.seq }
 func (e *Encoder) Append(dst []byte, sev *scope.Event) []byte {
 	ev := &sev.Event
 	e.seq++
-	dst = append(dst, `{"schema":"`+Schema+`","id":"`...)
-	dst = appendEscaped(dst, e.instance)
-	dst = append(dst, '-')
+	dst = append(dst, e.head...)
 	dst = strconv.AppendUint(dst, e.seq, 10)
 	dst = append(dst, `","seq":`...)
 	dst = strconv.AppendUint(dst, e.seq, 10)
 	dst = append(dst, `,"time":"`...)
 	dst = e.appendTime(dst, ev.Time)
 	dst = append(dst, '"')
-	if e.node != "" {
-		dst = append(dst, `,"node":`...)
-		dst = appendString(dst, e.node)
-	}
+	dst = append(dst, e.node...)
 	dst = append(dst, `,"kind":"`...)
 	dst = append(dst, ev.Kind.String()...)
 	dst = append(dst, '"')
