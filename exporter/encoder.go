@@ -29,18 +29,18 @@ const timeLayout = "2006-01-02T15:04:05.000000000Z07:00"
 type Encoder struct {
 	// The line's start up to the id's seq, and the node member: the same
 	// in every line, so escaped once.
-	head []byte
-	node []byte
-	seq  uint64
-	reason   []byte // scratch for a verdict's reason, escaped on its way out
+	head   []byte
+	node   []byte
+	seq    uint64
+	reason []byte // scratch for a verdict's reason, escaped on its way out
 	// The formatted second of the last event: events come in bursts of
 	// the same second, and formatting a date costs more than the rest of
 	// the timestamp.
 	sec    int64
 	secFmt []byte
-	// facts holds each process's exe and cmdline, encoded. The key keeps
-	// the Process alive, so an address is never reused while it is here.
-	facts map[*enrich.Process][]byte
+	// processes holds what was encoded of each process. The key keeps the
+	// Process alive, so an address is never reused while it is here.
+	processes map[*enrich.Process]*encodedProcess
 }
 
 // appendTime appends t (Unix nanoseconds) in timeLayout.
@@ -330,7 +330,30 @@ func appendOptional(dst []byte, key, v string) []byte {
 // appendProcess writes the caller. pid, tid, uid and gid come from the
 // kernel with every event, and 0 is a real uid (root), so they are always
 // written; what /proc told is written only while it was readable.
+//
+// A process's events come in runs, mostly from one thread, so the member
+// written for its last event is kept and copied while the kernel's facts
+// (pid, tid, comm, uid, gid) stay the same; /proc's never change once
+// cached.
 func (e *Encoder) appendProcess(dst []byte, ev *enrich.Event) []byte {
+	p := ev.Process
+	if p == nil {
+		return appendProcessMember(dst, ev, nil)
+	}
+	c := e.processCache(p)
+	if c.member != nil && c.pid == ev.PID && c.tid == ev.TID && c.uid == ev.UID && c.gid == ev.GID && c.comm == ev.Comm {
+		return append(dst, c.member...)
+	}
+	start := len(dst)
+	dst = appendProcessMember(dst, ev, c.facts)
+	c.member = append(c.member[:0], dst[start:]...)
+	c.pid, c.tid, c.uid, c.gid, c.comm = ev.PID, ev.TID, ev.UID, ev.GID, ev.Comm
+	return dst
+}
+
+// appendProcessMember writes the process member; facts are /proc's exe
+// and cmdline, encoded.
+func appendProcessMember(dst []byte, ev *enrich.Event, facts []byte) []byte {
 	dst = append(dst, `,"process":{"pid":`...)
 	dst = strconv.AppendUint(dst, uint64(ev.PID), 10)
 	dst = append(dst, `,"tid":`...)
@@ -341,9 +364,7 @@ func (e *Encoder) appendProcess(dst []byte, ev *enrich.Event) []byte {
 		dst = append(dst, `,"comm":`...)
 		dst = appendString(dst, comm)
 	}
-	if p := ev.Process; p != nil {
-		dst = append(dst, e.processFacts(p)...)
-	}
+	dst = append(dst, facts...)
 	dst = append(dst, `,"uid":`...)
 	dst = strconv.AppendUint(dst, uint64(ev.UID), 10)
 	dst = append(dst, `,"gid":`...)
@@ -355,30 +376,41 @@ func (e *Encoder) appendProcess(dst []byte, ev *enrich.Event) []byte {
 	return append(dst, '}')
 }
 
-// maxFacts bounds the processes whose encoded facts are kept.
-const maxFacts = 4096
+// maxProcesses bounds the processes whose encoded members are kept.
+const maxProcesses = 4096
 
-// processFacts returns p's exe and cmdline as JSON members. A process's
-// facts never change once cached, and its events come in runs, so they
-// are escaped once per process rather than once per event: escaping a
-// command line is most of the cost of an event.
-func (e *Encoder) processFacts(p *enrich.Process) []byte {
-	if f, ok := e.facts[p]; ok {
-		return f
+// encodedProcess is what the encoder keeps of a process.
+type encodedProcess struct {
+	// facts are the exe and cmdline members, escaped once per process
+	// rather than once per event: escaping a command line is most of the
+	// cost of an event.
+	facts []byte
+	// member is the whole process member of the last event written, and
+	// the kernel's facts it holds.
+	member             []byte
+	pid, tid, uid, gid uint32
+	comm               [16]byte
+}
+
+// processCache returns what is kept for p, encoding its facts on the
+// first call.
+func (e *Encoder) processCache(p *enrich.Process) *encodedProcess {
+	if c, ok := e.processes[p]; ok {
+		return c
 	}
-	var f []byte
+	c := &encodedProcess{}
 	if p.Exe != "" {
-		f = append(f, `,"exe":`...)
-		f = appendString(f, p.Exe)
+		c.facts = append(c.facts, `,"exe":`...)
+		c.facts = appendString(c.facts, p.Exe)
 	}
-	f = appendStrings(f, `,"cmdline":`, p.Cmdline)
-	if e.facts == nil || len(e.facts) >= maxFacts {
+	c.facts = appendStrings(c.facts, `,"cmdline":`, p.Cmdline)
+	if e.processes == nil || len(e.processes) >= maxProcesses {
 		// Dropping them all is simpler than an LRU and as good: the
 		// processes that are still calling are encoded again at once.
-		e.facts = make(map[*enrich.Process][]byte, maxFacts)
+		e.processes = make(map[*enrich.Process]*encodedProcess, maxProcesses)
 	}
-	e.facts[p] = f
-	return f
+	e.processes[p] = c
+	return c
 }
 
 func appendAddrPort(dst []byte, ap netip.AddrPort) []byte {

@@ -72,6 +72,46 @@ func decodeLine(t *testing.T, line []byte) obj {
 	return m
 }
 
+// TestEncoderProcessRuns: the process member kept from a process's last
+// event is reused only while the kernel's facts are the same.
+func TestEncoderProcessRuns(t *testing.T) {
+	enc := NewEncoder("worker-1", "i")
+	base := connectEvent()
+	type facts struct {
+		tid, uid, gid uint32
+		comm          string
+	}
+	steps := []facts{
+		{4243, 1000, 1001, "billing"},
+		{4243, 1000, 1001, "billing"},
+		{4244, 1000, 1001, "billing"},
+		{4244, 0, 1001, "billing"},
+		{4244, 0, 0, "billing"},
+		{4244, 0, 0, "billing-2"},
+		{4243, 1000, 1001, "billing"},
+	}
+	for i, f := range steps {
+		ev := base // the same *Process throughout
+		ev.TID, ev.UID, ev.GID, ev.Comm = f.tid, f.uid, f.gid, comm(f.comm)
+		line := enc.Append(nil, &scope.Event{Event: ev})
+		got := decodeLine(t, line)["process"].(obj)
+		want := obj{
+			"pid": float64(4242), "tid": float64(f.tid), "comm": f.comm, "exe": "/app/billing",
+			"cmdline": []any{"/app/billing", "--prod"}, "uid": float64(f.uid), "gid": float64(f.gid), "ppid": float64(1),
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("step %d: process %v, want %v", i, got, want)
+		}
+	}
+	// Another process with the same kernel facts gets its own member.
+	other := base
+	other.Process = &enrich.Process{Exe: "/app/other", PPID: 7}
+	got := decodeLine(t, enc.Append(nil, &scope.Event{Event: other}))["process"].(obj)
+	if got["exe"] != "/app/other" || got["ppid"] != float64(7) || got["cmdline"] != nil {
+		t.Errorf("other process: %v", got)
+	}
+}
+
 func TestEncoderAppend(t *testing.T) {
 	header := func(seq int, kind string) obj {
 		return obj{
