@@ -33,6 +33,12 @@ type Encoder struct {
 	node   []byte
 	seq    uint64
 	reason []byte // scratch for a verdict's reason, escaped on its way out
+	// The scope member up to its reason, as written last, and what it says.
+	scopeHead struct {
+		enc          []byte
+		verdict      scope.Verdict
+		scopes, rule string
+	}
 	// The formatted second of the last event: events come in bursts of
 	// the same second, and formatting a date costs more than the rest of
 	// the timestamp.
@@ -124,11 +130,17 @@ func (e *Encoder) Append(dst []byte, sev *scope.Event) []byte {
 // caller, rule the one that allowed the call.
 func (e *Encoder) appendScope(dst []byte, ev *scope.Event) []byte {
 	j := &ev.Scope
-	dst = append(dst, `,"scope":{"verdict":"`...)
-	dst = append(dst, j.Verdict.String()...)
-	dst = append(dst, '"')
-	dst = appendOptional(dst, `,"policy":`, j.Scopes)
-	dst = appendOptional(dst, `,"rule":`, j.Rule)
+	// Verdicts come in runs of the same scope and rule: their members are
+	// escaped once per run.
+	if h := &e.scopeHead; h.enc == nil || h.verdict != j.Verdict || h.scopes != j.Scopes || h.rule != j.Rule {
+		h.verdict, h.scopes, h.rule = j.Verdict, j.Scopes, j.Rule
+		h.enc = append(h.enc[:0], `,"scope":{"verdict":"`...)
+		h.enc = append(h.enc, j.Verdict.String()...)
+		h.enc = append(h.enc, '"')
+		h.enc = appendOptional(h.enc, `,"policy":`, j.Scopes)
+		h.enc = appendOptional(h.enc, `,"rule":`, j.Rule)
+	}
+	dst = append(dst, e.scopeHead.enc...)
 	e.reason = scope.AppendReason(e.reason[:0], ev)
 	if len(e.reason) > 0 {
 		dst = append(dst, `,"reason":`...)

@@ -112,6 +112,47 @@ func TestEncoderProcessRuns(t *testing.T) {
 	}
 }
 
+// TestEncoderScopeRuns: the scope member's head kept from the last verdict
+// is reused only while verdict, scopes and rule are the same.
+func TestEncoderScopeRuns(t *testing.T) {
+	enc := NewEncoder("", "i")
+	steps := []scope.Judgement{
+		{Verdict: scope.Allowed, Scopes: "a", Rule: "a/egress[0]", Via: scope.ViaCIDR},
+		{Verdict: scope.Allowed, Scopes: "a", Rule: "a/egress[0]", Via: scope.ViaCIDR},
+		{Verdict: scope.Allowed, Scopes: "a", Rule: "a/egress[1]", Via: scope.ViaCIDR},
+		{Verdict: scope.Allowed, Scopes: "a,b", Rule: "a/egress[1]", Via: scope.ViaCIDR},
+		{Verdict: scope.Violation, Scopes: "a,b"},
+		{Verdict: scope.Pending, Scopes: "a,b"},
+		{Verdict: scope.Unscoped},
+		{},
+		{Verdict: scope.Allowed, Scopes: "a", Rule: "a/egress[0]", Via: scope.ViaCIDR},
+	}
+	for i, j := range steps {
+		ev := &scope.Event{Event: connectEvent(), Scope: j}
+		line := decodeLine(t, enc.Append(nil, ev))
+		got, ok := line["scope"].(obj)
+		if j.Verdict == 0 {
+			if ok {
+				t.Errorf("step %d: scope %v for no verdict", i, got)
+			}
+			continue
+		}
+		want := obj{"verdict": j.Verdict.String()}
+		if j.Scopes != "" {
+			want["policy"] = j.Scopes
+		}
+		if j.Rule != "" {
+			want["rule"] = j.Rule
+		}
+		if r := scope.AppendReason(nil, ev); len(r) > 0 {
+			want["reason"] = string(r)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("step %d: scope %v, want %v", i, got, want)
+		}
+	}
+}
+
 func TestEncoderAppend(t *testing.T) {
 	header := func(seq int, kind string) obj {
 		return obj{
