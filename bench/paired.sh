@@ -27,20 +27,25 @@
 # SYSCALL_ERRORS=1 to run the agent with it anyway (both sides pay it), as
 # an agent from before the flag does.
 #
-# FLOOR=1 (or FLOOR=PATH, a bench/floor binary; 1 builds one with go)
+# FLOOR=1 (or FLOOR=PATH, a bench/floor binary, relative to the top of
+# the repository as BIN is; 1 builds one with go; empty or 0 leaves it out)
 # adds two more sides to each round, each a cgroup of its own:
 # "floor", where bench/floor attaches programs that do nothing at the hooks
 # the agent uses (the kernel's dispatch alone), and "floor+rec", where they
 # also write a 24-byte ring-buffer record at each connect's start and
-# establishment (the least a per-connect report costs). The order of the
-# sides rotates from round to round. Ratios of these sides against "off"
-# say how much of the agent's cost any program at those hooks would pay.
+# establishment (the least a per-connect report costs). Ratios of these
+# sides against "off" say how much of the agent's cost any program at
+# those hooks would pay. The order of the sides in a round follows a
+# balanced Latin square (Williams): over each run of as many rounds as
+# there are sides, every side runs in every position once and right after
+# every other side once, so that what one run leaves behind (the agent
+# still draining its ring buffer, say) falls on each side alike.
 #
-# Prints each pair (round), then the median, quartiles and mean of the
-# per-pair throughput ratios (on/off, and floor/off), the agent's CPU per
-# event, and checks that every connect of the "on" runs gave one event and
-# no loss event was written. BIN defaults to bin/callscope, PAIRS to 40,
-# SECS to 1.
+# Prints each round, then the median, quartiles and mean of the per-round
+# throughput ratios (on/off, and floor/off and floor+rec/off), the agent's
+# CPU per event, and checks that every connect of the "on" runs gave one
+# event and no loss event was written. BIN defaults to bin/callscope, PAIRS
+# (rounds) to 40, SECS to 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -66,7 +71,7 @@ on=$cgroot/callscope-bench-on-$$
 off=$cgroot/callscope-bench-off-$$
 sides=(on off)
 cgroups=("$on" "$off")
-if [[ -n ${FLOOR:-} ]]; then
+if [[ ${FLOOR:-0} != 0 ]]; then
   sides+=(floor floor+rec)
   cgroups+=("$cgroot/callscope-bench-floor-$$" "$cgroot/callscope-bench-floorrec-$$")
 fi
@@ -75,7 +80,7 @@ floors=()
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
   if [[ -n $agent ]]; then kill -INT "$agent" 2>/dev/null || true; wait "$agent" 2>/dev/null || true; fi
-  for f in "${floors[@]}"; do kill -TERM "$f" 2>/dev/null || true; wait "$f" 2>/dev/null || true; done
+  for f in ${floors[@]+"${floors[@]}"}; do kill -TERM "$f" 2>/dev/null || true; wait "$f" 2>/dev/null || true; done
   rmdir "${cgroups[@]}" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -95,7 +100,7 @@ fi
 "$bin" run "${flags[@]}" >"$work/events" 2>"$work/log" &
 agent=$!
 wait_ready "$addr" "$agent" "$work/log"
-if [[ -n ${FLOOR:-} ]]; then
+if [[ ${FLOOR:-0} != 0 ]]; then
   floor=$FLOOR
   if [[ $floor == 1 ]]; then
     command -v go >/dev/null || die "FLOOR=1 builds bench/floor, and go is not installed: give FLOOR the path of a floor binary"
@@ -103,13 +108,18 @@ if [[ -n ${FLOOR:-} ]]; then
     floor=$work/floor
   fi
   [[ -x $floor ]] || die "FLOOR=$floor: not an executable"
-  "$floor" -cgroup "${cgroups[2]}" 2>"$work/floor.log" &
+  "$floor" -cgroup "${cgroups[2]}" 2>"$work/floor0.log" &
   floors+=($!)
-  "$floor" -cgroup "${cgroups[3]}" -records 2>"$work/floorrec.log" &
+  "$floor" -cgroup "${cgroups[3]}" -records 2>"$work/floor1.log" &
   floors+=($!)
-  for f in floor floorrec; do
-    for ((i = 0; i < 100; i++)); do grep -q attached "$work/$f.log" && break; sleep 0.1; done
-    grep -q attached "$work/$f.log" || die "bench/floor did not attach: $(cat "$work/$f.log")"
+  for f in 0 1; do
+    log=$work/floor$f.log
+    for ((i = 0; i < 100; i++)); do
+      grep -q attached "$log" && break
+      kill -0 "${floors[f]}" 2>/dev/null || break
+      sleep 0.1
+    done
+    grep -q attached "$log" || die "bench/floor did not attach: $(cat "$log")"
   done
 fi
 sleep 1
@@ -131,7 +141,14 @@ run() {
 
 agent_before=$(cputicks "$agent")
 n=${#sides[@]}
-printf 'pair '
+# The first row of a Williams square for an even n: 0, 1, n-1, 2, n-2, ...;
+# round p adds p to each.
+order=(0)
+lo=1 hi=$((n - 1))
+for ((k = 1; k < n; k++)); do
+  if ((k % 2)); then order+=("$lo"); lo=$((lo + 1)); else order+=("$hi"); hi=$((hi - 1)); fi
+done
+printf 'round'
 for side in "${sides[@]}"; do printf ' %18s' "$side: $unit"; done
 printf '   ratio on/off\n'
 : >"$work/pairs"
@@ -139,9 +156,8 @@ on_connects=0
 on_pids=()
 declare -a rate
 for ((p = 1; p <= pairs; p++)); do
-  # Rotate the order: each side runs first, second, ... in turn.
   for ((k = 0; k < n; k++)); do
-    j=$(((k + p) % n))
+    j=$(((order[k] + p) % n))
     read -r "rate[j]" pid c < <(run "${cgroups[j]}")
     if ((j == 0)); then
       on_pids+=("$pid")
@@ -149,7 +165,7 @@ for ((p = 1; p <= pairs; p++)); do
     fi
   done
   ratio=$(awk -v a="${rate[0]}" -v b="${rate[1]}" 'BEGIN {printf "%.4f", a / b}')
-  printf '%-4d ' "$p"
+  printf '%-5d' "$p"
   for ((j = 0; j < n; j++)); do printf ' %18s' "${rate[j]}"; done
   printf '   %s\n' "$ratio"
   echo "${rate[*]}" >>"$work/pairs"
@@ -169,14 +185,14 @@ events=$(awk -v pids="${on_pids[*]}" 'BEGIN {split(pids, p, " "); for (i in p) o
 losses=$(grep -c '"kind":"loss"' "$work/events" || true)
 
 echo
-echo "$(date -u +%FT%TZ) $mode: $pairs pairs of $secs s, workload on CPU $cpu; kernel $(uname -r), $(nproc) CPUs"
+echo "$(date -u +%FT%TZ) $mode: $pairs rounds of $secs s runs (${sides[*]}), workload on CPU $cpu; kernel $(uname -r), $(nproc) CPUs"
 echo "agent: $("$bin" version 2>/dev/null | head -1), ${flags[*]}"
 for ((j = 0; j < n; j++)); do
   ((j == 1)) && continue
   awk -v j=$((j + 1)) '{print $j / $2}' "$work/pairs" | sort -g | awk -v side="${sides[j]}" '{r[NR] = $1; s += $1}
     END {
       n = NR
-      printf "ratio %s/off per pair: median %.4f, quartiles %.4f-%.4f, mean %.4f, min %.4f, max %.4f\n",
+      printf "ratio %s/off per round: median %.4f, quartiles %.4f-%.4f, mean %.4f, min %.4f, max %.4f\n",
         side, r[int((n + 1) / 2)], r[int((n + 3) / 4)], r[int((3 * n + 1) / 4)], s / n, r[1], r[n]
     }'
 done

@@ -343,40 +343,43 @@ func appendOptional(dst []byte, key, v string) []byte {
 // kernel with every event, and 0 is a real uid (root), so they are always
 // written; what /proc told is written only while it was readable.
 //
-// A process's events come in runs, mostly from one thread, so the member
-// written for its last event is kept and copied while the kernel's facts
-// (pid, tid, comm, uid, gid) stay the same; /proc's never change once
-// cached.
+// A process's events come in runs, so the member's tail after the tid
+// (comm, /proc's exe and cmdline, uid, gid, ppid) written for its last
+// event is kept and copied while comm, uid and gid stay the same: /proc's
+// facts never change once cached, and the threads of a pool differ only
+// in their tid.
 func (e *Encoder) appendProcess(dst []byte, ev *enrich.Event) []byte {
-	p := ev.Process
-	if p == nil {
-		return appendProcessMember(dst, ev, nil)
-	}
-	c := e.processCache(p)
-	if c.member != nil && c.pid == ev.PID && c.tid == ev.TID && c.uid == ev.UID && c.gid == ev.GID && c.comm == ev.Comm {
-		return append(dst, c.member...)
-	}
-	start := len(dst)
-	dst = appendProcessMember(dst, ev, c.facts)
-	c.member = append(c.member[:0], dst[start:]...)
-	c.pid, c.tid, c.uid, c.gid, c.comm = ev.PID, ev.TID, ev.UID, ev.GID, ev.Comm
-	return dst
-}
-
-// appendProcessMember writes the process member; facts are /proc's exe
-// and cmdline, encoded.
-func appendProcessMember(dst []byte, ev *enrich.Event, facts []byte) []byte {
 	dst = append(dst, `,"process":{"pid":`...)
 	dst = strconv.AppendUint(dst, uint64(ev.PID), 10)
 	dst = append(dst, `,"tid":`...)
 	dst = strconv.AppendUint(dst, uint64(ev.TID), 10)
+	p := ev.Process
+	if p == nil {
+		return appendProcessTail(dst, ev)
+	}
+	c := e.processCache(p)
+	if c.tail == nil || c.uid != ev.UID || c.gid != ev.GID || c.comm != ev.Comm {
+		c.tail = appendProcessTail(c.tail[:0], ev)
+		c.uid, c.gid, c.comm = ev.UID, ev.GID, ev.Comm
+	}
+	return append(dst, c.tail...)
+}
+
+// appendProcessTail writes the process member from its comm to its end.
+func appendProcessTail(dst []byte, ev *enrich.Event) []byte {
 	// The conversion does not allocate: comm is short and appendString
 	// does not keep it.
 	if comm := ev.CommString(); comm != "" {
 		dst = append(dst, `,"comm":`...)
 		dst = appendString(dst, comm)
 	}
-	dst = append(dst, facts...)
+	if p := ev.Process; p != nil {
+		if p.Exe != "" {
+			dst = append(dst, `,"exe":`...)
+			dst = appendString(dst, p.Exe)
+		}
+		dst = appendStrings(dst, `,"cmdline":`, p.Cmdline)
+	}
 	dst = append(dst, `,"uid":`...)
 	dst = strconv.AppendUint(dst, uint64(ev.UID), 10)
 	dst = append(dst, `,"gid":`...)
@@ -391,36 +394,26 @@ func appendProcessMember(dst []byte, ev *enrich.Event, facts []byte) []byte {
 // maxProcesses bounds the processes whose encoded members are kept.
 const maxProcesses = 4096
 
-// encodedProcess is what the encoder keeps of a process.
+// encodedProcess is what the encoder keeps of a process: the tail of its
+// process member as last written (escaping a command line is most of the
+// cost of an event), and the kernel's facts that tail holds.
 type encodedProcess struct {
-	// facts are the exe and cmdline members, escaped once per process
-	// rather than once per event: escaping a command line is most of the
-	// cost of an event.
-	facts []byte
-	// member is the whole process member of the last event written, and
-	// the kernel's facts it holds.
-	member             []byte
-	pid, tid, uid, gid uint32
-	comm               [16]byte
+	tail     []byte
+	uid, gid uint32
+	comm     [16]byte
 }
 
-// processCache returns what is kept for p, encoding its facts on the
-// first call.
+// processCache returns what is kept for p.
 func (e *Encoder) processCache(p *enrich.Process) *encodedProcess {
 	if c, ok := e.processes[p]; ok {
 		return c
 	}
-	c := &encodedProcess{}
-	if p.Exe != "" {
-		c.facts = append(c.facts, `,"exe":`...)
-		c.facts = appendString(c.facts, p.Exe)
-	}
-	c.facts = appendStrings(c.facts, `,"cmdline":`, p.Cmdline)
 	if e.processes == nil || len(e.processes) >= maxProcesses {
 		// Dropping them all is simpler than an LRU and as good: the
 		// processes that are still calling are encoded again at once.
 		e.processes = make(map[*enrich.Process]*encodedProcess, maxProcesses)
 	}
+	c := &encodedProcess{}
 	e.processes[p] = c
 	return c
 }
@@ -478,8 +471,10 @@ func load8(s string, i int) uint64 {
 
 // plain8 reports whether all eight bytes of x stand for themselves in a JSON
 // string (jsonPlain): none below 0x20, none of '"' or '\\', none from 0x80.
-// Each term is the word-wide "some byte is zero" test, (v - 0x01…) &^ v,
-// whose high bits are exact as a whole though not byte by byte.
+// The first term is the word-wide "some byte is below 0x20" test,
+// (x - 0x20…) &^ x, the next two the "some byte is zero" test of x with
+// '"' and '\\' xored out, the last the bytes from 0x80; their high bits
+// are exact as a whole though not byte by byte.
 func plain8(x uint64) bool {
 	const lo, hi = 0x0101010101010101, 0x8080808080808080
 	quote, backslash := x^(lo*'"'), x^(lo*'\\')

@@ -37,10 +37,11 @@ import (
 
 // From include/uapi/linux/bpf.h.
 const (
-	opTCPConnect        = 3 // BPF_SOCK_OPS_TCP_CONNECT_CB
-	opActiveEstablished = 4 // BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
-	stateCBFlag         = 4 // BPF_SOCK_OPS_STATE_CB_FLAG
-	ringbufNoWakeup     = 1 // BPF_RB_NO_WAKEUP
+	opTCPConnect        = 3  // BPF_SOCK_OPS_TCP_CONNECT_CB
+	opActiveEstablished = 4  // BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
+	stateCBFlag         = 4  // BPF_SOCK_OPS_STATE_CB_FLAG
+	cbFlagsOffset       = 84 // offsetof(struct bpf_sock_ops, bpf_sock_ops_cb_flags)
+	ringbufNoWakeup     = 1  // BPF_RB_NO_WAKEUP
 	recordBytes         = 24
 )
 
@@ -55,7 +56,11 @@ func run() error {
 	cgroup := flag.String("cgroup", "", "cgroup2 `directory` to attach to")
 	records := flag.Bool("records", false, "write a record at each connect's start and establishment")
 	flag.Parse()
-	if *cgroup == "" || flag.NArg() != 0 {
+	if flag.NArg() != 0 {
+		flag.Usage()
+		return fmt.Errorf("unexpected arguments %q", flag.Args())
+	}
+	if *cgroup == "" {
 		flag.Usage()
 		return errors.New("-cgroup is required")
 	}
@@ -150,9 +155,12 @@ func sockOps(events *ebpf.Map) asm.Instructions {
 		insns = append(insns, asm.JEq.Imm(asm.R7, opActiveEstablished, "established"))
 	}
 	insns = append(insns, asm.Mov.Imm(asm.R0, 1).WithSymbol("out"), asm.Return())
+	// Add the flag to the socket's, as the agent does, so as not to take
+	// away what another program set.
 	insns = append(insns,
-		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("connect"),
-		asm.Mov.Imm(asm.R2, stateCBFlag),
+		asm.LoadMem(asm.R2, asm.R6, cbFlagsOffset, asm.Word).WithSymbol("connect"),
+		asm.Or.Imm(asm.R2, stateCBFlag),
+		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.FnSockOpsCbFlagsSet.Call(),
 	)
 	if events == nil {
