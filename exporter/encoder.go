@@ -343,26 +343,38 @@ func appendOptional(dst []byte, key, v string) []byte {
 // kernel with every event, and 0 is a real uid (root), so they are always
 // written; what /proc told is written only while it was readable.
 //
-// A process's events come in runs, so the member's tail after the tid
-// (comm, /proc's exe and cmdline, uid, gid, ppid) written for its last
-// event is kept and copied while comm, uid and gid stay the same: /proc's
-// facts never change once cached, and the threads of a pool differ only
-// in their tid.
+// A process's events come in runs, so the member written for its last
+// event is kept: copied whole while the kernel's facts (pid, tid, comm,
+// uid, gid) stay the same, and from the comm on when only the thread
+// differs, as in a pool. /proc's facts never change once cached.
 func (e *Encoder) appendProcess(dst []byte, ev *enrich.Event) []byte {
+	p := ev.Process
+	if p == nil {
+		return appendProcessTail(appendProcessHead(dst, ev), ev)
+	}
+	c := e.processCache(p)
+	if c.member != nil && c.comm == ev.Comm && c.uid == ev.UID && c.gid == ev.GID {
+		if c.pid == ev.PID && c.tid == ev.TID {
+			return append(dst, c.member...)
+		}
+		return append(appendProcessHead(dst, ev), c.member[c.tail:]...)
+	}
+	start := len(dst)
+	dst = appendProcessHead(dst, ev)
+	tail := len(dst) - start
+	dst = appendProcessTail(dst, ev)
+	c.member = append(c.member[:0], dst[start:]...)
+	c.tail = tail
+	c.pid, c.tid, c.comm, c.uid, c.gid = ev.PID, ev.TID, ev.Comm, ev.UID, ev.GID
+	return dst
+}
+
+// appendProcessHead opens the process member and writes its pid and tid.
+func appendProcessHead(dst []byte, ev *enrich.Event) []byte {
 	dst = append(dst, `,"process":{"pid":`...)
 	dst = strconv.AppendUint(dst, uint64(ev.PID), 10)
 	dst = append(dst, `,"tid":`...)
-	dst = strconv.AppendUint(dst, uint64(ev.TID), 10)
-	p := ev.Process
-	if p == nil {
-		return appendProcessTail(dst, ev)
-	}
-	c := e.processCache(p)
-	if c.tail == nil || c.uid != ev.UID || c.gid != ev.GID || c.comm != ev.Comm {
-		c.tail = appendProcessTail(c.tail[:0], ev)
-		c.uid, c.gid, c.comm = ev.UID, ev.GID, ev.Comm
-	}
-	return append(dst, c.tail...)
+	return strconv.AppendUint(dst, uint64(ev.TID), 10)
 }
 
 // appendProcessTail writes the process member from its comm to its end.
@@ -394,13 +406,15 @@ func appendProcessTail(dst []byte, ev *enrich.Event) []byte {
 // maxProcesses bounds the processes whose encoded members are kept.
 const maxProcesses = 4096
 
-// encodedProcess is what the encoder keeps of a process: the tail of its
-// process member as last written (escaping a command line is most of the
-// cost of an event), and the kernel's facts that tail holds.
+// encodedProcess is what the encoder keeps of a process: its process
+// member as last written (escaping a command line is most of the cost of
+// an event), where in it the part after the tid starts, and the kernel's
+// facts it holds.
 type encodedProcess struct {
-	tail     []byte
-	uid, gid uint32
-	comm     [16]byte
+	member             []byte
+	tail               int
+	pid, tid, uid, gid uint32
+	comm               [16]byte
 }
 
 // processCache returns what is kept for p.
