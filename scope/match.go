@@ -82,6 +82,12 @@ type Matcher struct {
 	// bindings caches which scopes bind a caller: callers are few and
 	// come back, and matching every subject on every event would not do.
 	bindings *gencache.Cache[callerKey, *binding]
+	// last is the caller bound last and its binding: events come in runs
+	// of one caller, and comparing its key costs less than hashing it.
+	last struct {
+		key callerKey
+		b   *binding
+	}
 }
 
 type compiledPolicy struct {
@@ -185,11 +191,15 @@ func (m *Matcher) bind(ev *enrich.Event) *binding {
 	if ev.Process != nil {
 		k.exe = ev.Process.Exe
 	}
-	if b, ok := m.bindings.Get(k); ok {
-		return b
+	if m.last.b != nil && m.last.key == k {
+		return m.last.b
 	}
-	b := m.computeBinding(ev, &k)
-	m.bindings.Put(k, b)
+	b, ok := m.bindings.Get(k)
+	if !ok {
+		b = m.computeBinding(ev, &k)
+		m.bindings.Put(k, b)
+	}
+	m.last.key, m.last.b = k, b
 	return b
 }
 

@@ -62,7 +62,7 @@ func TestJudge(t *testing.T) {
 	}
 	shop := &enrich.Pod{Namespace: "shop", ServiceAccount: "cart"}
 
-	for _, tc := range []struct {
+	cases := []struct {
 		name    string
 		ev      *enrich.Event
 		names   Names
@@ -93,7 +93,8 @@ func TestJudge(t *testing.T) {
 		{"spiffe glob, no egress: every call is a violation", call(shop, "10.0.0.1:443"), Names{SNIFinal: true}, Violation, "spiffe-ns", ""},
 		{"caller no scope names", call(nil, "10.0.0.1:443"), Names{}, Unscoped, "", ""},
 		{"pod of another namespace", call(&enrich.Pod{Namespace: "other", ServiceAccount: "billing"}, "10.0.0.1:443"), Names{}, Unscoped, "", ""},
-	} {
+	}
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			m := Compile(policies)
 			var j Judgement
@@ -108,6 +109,24 @@ func TestJudge(t *testing.T) {
 				t.Errorf("cached judgement %+v differs from %+v", again, j)
 			}
 		})
+	}
+
+	// One matcher judging every caller in turn, forwards then backwards:
+	// a binding remembered for one caller must not answer for the next.
+	m := Compile(policies)
+	for pass := range 2 {
+		for n := range cases {
+			tc := cases[n]
+			if pass == 1 {
+				tc = cases[len(cases)-1-n]
+			}
+			var j Judgement
+			m.Judge(tc.ev, tc.names, &j)
+			if j.Verdict != tc.verdict || j.Scopes != tc.scopes || j.Rule != tc.rule {
+				t.Errorf("shared matcher, pass %d, %s: got %v scopes %q rule %q; want %v %q %q",
+					pass, tc.name, j.Verdict, j.Scopes, j.Rule, tc.verdict, tc.scopes, tc.rule)
+			}
+		}
 	}
 }
 
