@@ -3,6 +3,7 @@ package collector
 import (
 	"fmt"
 	"os"
+	"slices"
 	"testing"
 	"time"
 )
@@ -47,8 +48,37 @@ func TestHelloTakesConnectCaller(t *testing.T) {
 	if a.stats.Unattributed != 1 || a.stats.ClientHellos != 2 {
 		t.Errorf("stats %+v, want 1 unattributed of 2", a.stats)
 	}
-	if s := a.callers[1%callerSlots]; s.cookie != 0 {
+	if _, ok := a.callers.Get(1); ok {
 		t.Errorf("caller of cookie 1 kept after its hello")
+	}
+}
+
+// TestHelloCallersByExactCookie: the kernel hands out socket cookies in
+// per-CPU batches, so cookies far apart are in use at once; each hello
+// gets the caller of its own connect however the cookies relate.
+func TestHelloCallersByExactCookie(t *testing.T) {
+	var got []Event
+	a := newAssembler(func(e *Event) { got = append(got, *e) })
+	cookies := []uint64{4096, 4096 + 16384, 4096 + 32768, 1 << 40}
+	for i, cookie := range cookies {
+		a.connected(cookie, &caller{pid: uint32(100 + i)})
+	}
+	now := time.Now()
+	for _, cookie := range cookies {
+		a.add(helloPiece(t, cookie), now)
+	}
+	a.expire(now.Add(helloWait), false)
+	if len(got) != len(cookies) {
+		t.Fatalf("%d tls events, want %d", len(got), len(cookies))
+	}
+	for _, e := range got {
+		i := slices.Index(cookies, e.Cookie)
+		if e.PID != uint32(100+i) {
+			t.Errorf("hello of cookie %d has pid %d, want %d", e.Cookie, e.PID, 100+i)
+		}
+	}
+	if a.stats.Unattributed != 0 {
+		t.Errorf("%d unattributed", a.stats.Unattributed)
 	}
 }
 
