@@ -344,54 +344,58 @@ func appendOptional(dst []byte, key, v string) []byte {
 // written; what /proc told is written only while it was readable.
 //
 // A process's events come in runs, so the member written for its last
-// event is kept: copied whole while the kernel's facts (pid, tid, comm,
-// uid, gid) stay the same, and from the comm on when only the thread
-// differs, as in a pool. /proc's facts never change once cached.
+// event is kept and copied whole while the thread's facts (tid, comm, uid,
+// gid) stay the same. For another thread, as in a pool whose threads have
+// names of their own, only /proc's exe and cmdline are copied from it:
+// they never change once cached, and escaping a command line is most of
+// the cost of an event.
 func (e *Encoder) appendProcess(dst []byte, ev *enrich.Event) []byte {
 	p := ev.Process
 	if p == nil {
-		return appendProcessTail(appendProcessHead(dst, ev), ev)
+		return appendProcessRest(appendProcessHead(dst, ev), ev)
 	}
 	c := e.processCache(p)
-	if c.member != nil && c.comm == ev.Comm && c.uid == ev.UID && c.gid == ev.GID {
-		if c.pid == ev.PID && c.tid == ev.TID {
-			return append(dst, c.member...)
-		}
-		return append(appendProcessHead(dst, ev), c.member[c.tail:]...)
+	if c.member != nil && c.tid == ev.TID && c.comm == ev.Comm && c.uid == ev.UID && c.gid == ev.GID {
+		return append(dst, c.member...)
 	}
 	start := len(dst)
 	dst = appendProcessHead(dst, ev)
-	tail := len(dst) - start
-	dst = appendProcessTail(dst, ev)
-	c.member = append(c.member[:0], dst[start:]...)
-	c.tail = tail
-	c.pid, c.tid, c.comm, c.uid, c.gid = ev.PID, ev.TID, ev.Comm, ev.UID, ev.GID
-	return dst
-}
-
-// appendProcessHead opens the process member and writes its pid and tid.
-func appendProcessHead(dst []byte, ev *enrich.Event) []byte {
-	dst = append(dst, `,"process":{"pid":`...)
-	dst = strconv.AppendUint(dst, uint64(ev.PID), 10)
-	dst = append(dst, `,"tid":`...)
-	return strconv.AppendUint(dst, uint64(ev.TID), 10)
-}
-
-// appendProcessTail writes the process member from its comm to its end.
-func appendProcessTail(dst []byte, ev *enrich.Event) []byte {
-	// The conversion does not allocate: comm is short and appendString
-	// does not keep it.
-	if comm := ev.CommString(); comm != "" {
-		dst = append(dst, `,"comm":`...)
-		dst = appendString(dst, comm)
-	}
-	if p := ev.Process; p != nil {
+	factsStart := len(dst) - start
+	if c.member != nil {
+		dst = append(dst, c.member[c.factsStart:c.factsEnd]...)
+	} else {
 		if p.Exe != "" {
 			dst = append(dst, `,"exe":`...)
 			dst = appendString(dst, p.Exe)
 		}
 		dst = appendStrings(dst, `,"cmdline":`, p.Cmdline)
 	}
+	factsEnd := len(dst) - start
+	dst = appendProcessRest(dst, ev)
+	c.member = append(c.member[:0], dst[start:]...)
+	c.factsStart, c.factsEnd = factsStart, factsEnd
+	c.tid, c.comm, c.uid, c.gid = ev.TID, ev.Comm, ev.UID, ev.GID
+	return dst
+}
+
+// appendProcessHead opens the process member and writes the thread's
+// pid, tid and comm.
+func appendProcessHead(dst []byte, ev *enrich.Event) []byte {
+	dst = append(dst, `,"process":{"pid":`...)
+	dst = strconv.AppendUint(dst, uint64(ev.PID), 10)
+	dst = append(dst, `,"tid":`...)
+	dst = strconv.AppendUint(dst, uint64(ev.TID), 10)
+	// The conversion does not allocate: comm is short and appendString
+	// does not keep it.
+	if comm := ev.CommString(); comm != "" {
+		dst = append(dst, `,"comm":`...)
+		dst = appendString(dst, comm)
+	}
+	return dst
+}
+
+// appendProcessRest writes what follows /proc's facts, and closes the member.
+func appendProcessRest(dst []byte, ev *enrich.Event) []byte {
 	dst = append(dst, `,"uid":`...)
 	dst = strconv.AppendUint(dst, uint64(ev.UID), 10)
 	dst = append(dst, `,"gid":`...)
@@ -407,14 +411,14 @@ func appendProcessTail(dst []byte, ev *enrich.Event) []byte {
 const maxProcesses = 4096
 
 // encodedProcess is what the encoder keeps of a process: its process
-// member as last written (escaping a command line is most of the cost of
-// an event), where in it the part after the tid starts, and the kernel's
-// facts it holds.
+// member as last written, where /proc's exe and cmdline lie in it, and the
+// thread's facts it holds. A *enrich.Process is of one pid, so the pid
+// needs no check.
 type encodedProcess struct {
-	member             []byte
-	tail               int
-	pid, tid, uid, gid uint32
-	comm               [16]byte
+	member               []byte
+	factsStart, factsEnd int
+	tid, uid, gid        uint32
+	comm                 [16]byte
 }
 
 // processCache returns what is kept for p.
