@@ -32,7 +32,11 @@ func (c *Cache[K, V]) Get(k K) (V, bool) {
 // Put sets the value of k.
 func (c *Cache[K, V]) Put(k K, v V) {
 	if _, ok := c.young[k]; !ok && len(c.young) >= c.half {
-		c.old, c.young = c.young, make(map[K]V, c.half)
+		// The dropped generation's map, emptied, becomes the young one:
+		// a cache that turns over often (one entry per connect, say)
+		// allocates nothing once both maps have grown.
+		clear(c.old)
+		c.old, c.young = c.young, c.old
 	}
 	c.young[k] = v
 }

@@ -1,6 +1,9 @@
 package gencache
 
-import "testing"
+import (
+	"runtime"
+	"testing"
+)
 
 func TestBounded(t *testing.T) {
 	c := New[int, int](10)
@@ -65,5 +68,31 @@ func TestGetAllocs(t *testing.T) {
 	c.Put(k, 1)
 	if n := testing.AllocsPerRun(100, func() { c.Get(k) }); n != 0 {
 		t.Errorf("%v allocations per hit", n)
+	}
+}
+
+// TestTurnoverAllocatesNothing: a cache whose entries are all new, one per
+// connect say, reuses its two maps from generation to generation.
+func TestTurnoverAllocatesNothing(t *testing.T) {
+	c := New[uint64, int](64)
+	k := uint64(0)
+	for range 256 { // both maps grown
+		k++
+		c.Put(k, 1)
+	}
+	// Counted over all the Puts: testing.AllocsPerRun rounds an
+	// allocation every 32 Puts down to 0.
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range 1000 {
+		k++
+		c.Put(k, 1)
+	}
+	runtime.ReadMemStats(&after)
+	if n := after.Mallocs - before.Mallocs; n != 0 {
+		t.Errorf("%d allocations in 1,000 Puts, want 0", n)
+	}
+	if n := c.Len(); n > 64 {
+		t.Errorf("%d entries held, want at most 64", n)
 	}
 }
