@@ -12,8 +12,8 @@
  * marks the socket as tracked) a socket that leaves the handshake otherwise,
  * with sk_err telling refused from timed out from unreachable. The ring
  * buffer keeps the order in which records were reserved, so a start always
- * comes before its outcome. No map is touched on the way: a hash insert,
- * lookup and delete per connect cost more than both records.
+ * comes before its outcome. No hash map holds the connect on the way: a
+ * hash insert, lookup and delete per connect cost more than both records.
  *
  * A connect that fails inside the syscall, before any SYN is sent (no route,
  * a local firewall), never reaches TCP_CONNECT. cgroup/connect4 and
@@ -53,7 +53,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define TASK_COMM_LEN 16
 
 enum kind {
-	KIND_CONNECT = 1,
+	KIND_CONNECT = 1,    /* a connect that failed inside connect(2), before a SYN: the whole event */
 	KIND_EXIT = 2,       /* a process ended: user space forgets what it cached of it */
 	KIND_TLS_CLIENT = 3, /* bytes of the client's first flight (struct payload_event) */
 	KIND_TLS_SERVER = 4, /* the server's first bytes (struct payload_event) */
@@ -258,7 +258,7 @@ static __always_inline __u64 wakeup_flags(void)
 	return BPF_RB_NO_WAKEUP;
 }
 
-static __always_inline void submit(struct event *e)
+static __always_inline void submit(void *e)
 {
 	bpf_ringbuf_submit(e, wakeup_flags());
 }
@@ -266,6 +266,12 @@ static __always_inline void submit(struct event *e)
 static __always_inline void fill_caller(struct caller *c)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	/*
+	 * The credentials, start time and comm are direct loads through the
+	 * task's BTF pointer instead of helper calls. The ids are the kernel's
+	 * own, those of the initial user namespace, as bpf_get_current_uid_gid
+	 * gives them.
+	 */
 	struct task_struct *task = bpf_get_current_task_btf();
 	const struct cred *cred = task->cred;
 
@@ -274,11 +280,6 @@ static __always_inline void fill_caller(struct caller *c)
 	c->uid = cred->uid.val;
 	c->gid = cred->gid.val;
 	c->cgroup_id = bpf_get_current_cgroup_id();
-	/*
-	 * Direct loads through BTF pointers instead of helper calls. The ids
-	 * are the kernel's own, those of the initial user namespace, as
-	 * bpf_get_current_uid_gid gives them.
-	 */
 	c->task_start = task->group_leader->start_boottime;
 	c->start_ns = bpf_ktime_get_boot_ns();
 	c->netns = 0;
@@ -409,7 +410,7 @@ static __always_inline void report(struct bpf_sock_ops *skops, __u8 outcome, __s
 	e->kind = KIND_OUTCOME;
 	e->outcome = outcome;
 	e->_pad = 0;
-	bpf_ringbuf_submit(e, wakeup_flags());
+	submit(e);
 }
 
 SEC("sockops")
@@ -450,9 +451,10 @@ int sock_ops(struct bpf_sock_ops *skops)
 			 * connect closed before it was established. */
 			if (to != TCP_ESTABLISHED && to != TCP_SYN_RECV)
 				report(skops, OUTCOME_CLOSED, sock_err(skops));
-		} else if (to == TCP_CLOSE && skops->data_segs_out > 0) {
-			/* A connection that sent data closed: forget its hello,
-			 * if it was one that still waited for an answer. */
+		} else if (to == TCP_CLOSE && skops->data_segs_out > 0 && skops->data_segs_in == 0) {
+			/* A connection that sent data and got none closed: forget
+			 * its hello, if it was one. Once the server has spoken,
+			 * ingress has already forgotten it. */
 			__u64 cookie = bpf_get_socket_cookie(skops);
 			bpf_map_delete_elem(&hellos, &cookie);
 		}

@@ -39,7 +39,8 @@ struct sk_buff {
 };
 
 /* RFC 4898 counters, which the kernel updates before the cgroup_skb hooks see
- * a segment sent and after they see one received. */
+ * a segment sent and after they see one received, and the sock_ops callback
+ * flags, whose STATE flag marks a tracked connect. */
 struct tcp_sock {
 	__u64 bytes_sent;
 	__u32 segs_in;
