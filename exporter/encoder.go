@@ -465,11 +465,6 @@ func appendString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// appendEscaped appends s escaped for a JSON string as encoding/json does
-// it, so that any bytes at all (comm, argv and paths are whatever the
-// caller made them) come out as valid JSON that decodes to what
-// encoding/json would give. The HTML escapes of <, > and & are left out:
-// nothing reading these lines renders them as HTML.
 // jsonPlain marks the bytes that stand for themselves in a JSON string:
 // printable ASCII but '"' and '\\'.
 var jsonPlain = func() (t [256]bool) {
@@ -499,6 +494,11 @@ func plain8(x uint64) bool {
 	return ((x-lo*0x20)&^x|(quote-lo)&^quote|(backslash-lo)&^backslash|x)&hi == 0
 }
 
+// appendEscaped appends s escaped for a JSON string as encoding/json does
+// it, so that any bytes at all (comm, argv and paths are whatever the
+// caller made them) come out as valid JSON that decodes to what
+// encoding/json would give. The HTML escapes of <, > and & are left out:
+// nothing reading these lines renders them as HTML.
 func appendEscaped(dst []byte, s string) []byte {
 	start := 0
 	for i := 0; i < len(s); {

@@ -355,7 +355,7 @@ func (k *Kafka) probe(parent context.Context) {
 }
 
 // deliver produces b until the brokers acknowledged all of it, retrying
-// with backoff; false when ctx ended first. st.abandoned then says
+// with backoff; false when ctx ended first. Either way, st.abandoned says
 // whether b's buffer may still be read by a request left behind.
 func (k *Kafka) deliver(ctx context.Context, b *spool.Batch, st *produceState) bool {
 	st.reset(b, k.topics[kindViolations] != "")

@@ -24,6 +24,8 @@ const (
 	// CauseTrackingFull: too many calls were pending to keep waiting for
 	// this one, the oldest. Wait is how long it had been pending.
 	CauseTrackingFull
+
+	numCauses // the number of causes; keep last
 )
 
 // AppendReason appends to dst the sentence that explains ev's verdict to a

@@ -63,7 +63,7 @@ type Stage struct {
 	warnedFull bool
 
 	allowed, violation, unscoped, pendingVerdicts atomic.Uint64
-	closed                                        [CauseTrackingFull + 1]atomic.Uint64 // pending calls closed, by cause
+	closed                                        [numCauses]atomic.Uint64 // pending calls closed, by cause
 	pendingNow                                    atomic.Int64
 }
 

@@ -63,7 +63,7 @@ type Connect struct {
 	// closed, so that /proc can still be read.
 	Linger bool
 	// User, if set, is the uid and gid the process takes (real, effective
-	// and saved) before its connects.
+	// and saved, with no supplementary groups) before its connects.
 	User *User
 }
 
@@ -118,7 +118,10 @@ func connectMain(args []string) error {
 		if _, err := fmt.Sscanf(u, "%d:%d", &uid, &gid); err != nil {
 			return fmt.Errorf("CALLSCOPE_TEST_USER %q: %w", u, err)
 		}
-		// The gid first: without root, the uid could no longer change it.
+		// The groups first: without root, the uid could no longer change them.
+		if err := unix.Setgroups(nil); err != nil {
+			return fmt.Errorf("setgroups: %w", err)
+		}
 		if err := unix.Setresgid(gid, gid, gid); err != nil {
 			return fmt.Errorf("setresgid: %w", err)
 		}
