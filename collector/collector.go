@@ -459,17 +459,13 @@ func (c *Collector) read() {
 				c.hellos.add(&c.payload, time.Now())
 				continue
 			}
-			batch := c.batch
-			batch.Events = batch.Events[:len(batch.Events)+1]
-			ev := &batch.Events[len(batch.Events)-1]
+			ev := c.next()
 			if derr := ev.Decode(rec.RawSample, bootOffset); derr != nil {
-				batch.Events = batch.Events[:len(batch.Events)-1]
+				c.batch.Events = c.batch.Events[:len(c.batch.Events)-1]
 				c.malformed(derr)
 				continue
 			}
-			if len(batch.Events) == cap(batch.Events) {
-				c.batch = c.send(batch, false)
-			}
+			c.filled()
 			continue
 		}
 
@@ -512,8 +508,22 @@ func (c *Collector) read() {
 // push adds an event made outside Decode (a tls or dns event) to the
 // batch being filled.
 func (c *Collector) push(ev *Event) {
-	c.batch.Events = append(c.batch.Events, *ev)
-	if len(c.batch.Events) >= cap(c.batch.Events) {
+	*c.next() = *ev
+	c.filled()
+}
+
+// next adds a slot to the batch being filled and returns it, as it was
+// left by an earlier use: the caller sets every field. The batch always
+// has room, as filled hands it on once full.
+func (c *Collector) next() *Event {
+	b := c.batch
+	b.Events = b.Events[:len(b.Events)+1]
+	return &b.Events[len(b.Events)-1]
+}
+
+// filled hands the batch on once it is full.
+func (c *Collector) filled() {
+	if len(c.batch.Events) == cap(c.batch.Events) {
 		c.batch = c.send(c.batch, false)
 	}
 }
@@ -673,18 +683,16 @@ func (c *Collector) outcome(b []byte, bootOffset int64) {
 	if !ok {
 		return
 	}
-	batch := c.batch
-	batch.Events = append(batch.Events, Event{
+	ev := c.next()
+	*ev = Event{
 		Kind: KindConnect, Outcome: o.outcome, Errno: o.errno,
 		Time: o.ts + bootOffset, Cookie: o.cookie, Src: st.src, Dst: st.dst,
-	})
-	st.caller.applyTo(&batch.Events[len(batch.Events)-1])
+	}
+	st.caller.applyTo(ev)
 	if o.outcome == OutcomeEstablished {
 		c.hellos.connected(o.cookie, &st.caller)
 	}
-	if len(batch.Events) == cap(batch.Events) {
-		c.batch = c.send(batch, false)
-	}
+	c.filled()
 }
 
 // sweep forgets connects whose outcome can no longer come: a socket that
