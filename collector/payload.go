@@ -99,8 +99,11 @@ const maxAssembling = 8192
 // maxCallers bounds the established connects whose callers are kept for a
 // ClientHello still to come, by exact cookie. A client sends its hello as
 // soon as it is connected; an entry outlives at least maxCallers/2 later
-// connects (a gencache generation), about 0.3 s at 28,000 connects/s.
-const maxCallers = 32768
+// connects (a gencache generation), about 0.15 s at 28,000 connects/s. A
+// larger cache cost the join more than the margin is worth: BenchmarkJoin
+// with 8,192 connects waiting took 560-700 ns with 32,768, 370-430 with
+// 8,192.
+const maxCallers = 8192
 
 type assembly struct {
 	ev       Event // the tls event being made: caller, addresses, time
