@@ -18,6 +18,8 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
+
+	"github.com/callscope/callscope/internal/cookieindex"
 )
 
 // Config tunes the collector. The zero value of each field picks a default.
@@ -436,7 +438,6 @@ func (c *Collector) read() {
 	var rec ringbuf.Record
 	c.batch = c.pool.Get().(*Batch)
 	c.hellos = newAssembler(c.push)
-	c.inflight = newInflight()
 	bootOffset := bootTimeOffset()
 	c.reader.SetDeadline(time.Now().Add(c.cfg.FlushInterval))
 
@@ -615,44 +616,42 @@ const sweepEvery = 30 * time.Second
 // memory however many connects wait, and nothing is allocated once the
 // slots have grown to the most that waited at once.
 type inflight struct {
-	index map[uint64]int32
+	index cookieindex.Index
 	slots []started
 	free  []int32
 }
 
-func newInflight() inflight { return inflight{index: map[uint64]int32{}} }
-
-func (f *inflight) len() int { return len(f.index) }
+func (f *inflight) len() int { return f.index.Len() }
 
 // put keeps st for cookie, in place of what an earlier connect of the same
 // socket left; it reports false when cookie is new and max are held.
 func (f *inflight) put(cookie uint64, st *started, max int) bool {
-	if i, ok := f.index[cookie]; ok {
-		f.slots[i] = *st
-		return true
+	if f.index.Len() >= max {
+		i, ok := f.index.Get(cookie)
+		if ok {
+			f.slots[i] = *st
+		}
+		return ok
 	}
-	if len(f.index) >= max {
-		return false
+	v, found := f.index.Upsert(cookie)
+	if !found {
+		if n := len(f.free); n > 0 {
+			*v, f.free = f.free[n-1], f.free[:n-1]
+		} else {
+			*v = int32(len(f.slots))
+			f.slots = append(f.slots, started{})
+		}
 	}
-	var i int32
-	if n := len(f.free); n > 0 {
-		i, f.free = f.free[n-1], f.free[:n-1]
-	} else {
-		i = int32(len(f.slots))
-		f.slots = append(f.slots, started{})
-	}
-	f.slots[i] = *st
-	f.index[cookie] = i
+	f.slots[*v] = *st
 	return true
 }
 
 // take removes and returns what was kept for cookie.
 func (f *inflight) take(cookie uint64) (started, bool) {
-	i, ok := f.index[cookie]
+	i, ok := f.index.Delete(cookie)
 	if !ok {
 		return started{}, false
 	}
-	delete(f.index, cookie)
 	f.free = append(f.free, i)
 	return f.slots[i], true
 }
@@ -700,14 +699,19 @@ func (c *Collector) outcome(b []byte, bootOffset int64) {
 // or whose outcome record the ring buffer had no room for (counted then).
 func (c *Collector) sweep() {
 	cutoff := time.Now().Add(-c.cfg.ConnExpiry).UnixNano()
-	n := uint64(0)
-	for cookie, i := range c.inflight.index {
+	// The index cannot change while it is ranged over: the expired are
+	// gathered first. A sweep finds few, and runs every sweepEvery.
+	var expired []uint64
+	c.inflight.index.Range(func(cookie uint64, i int32) bool {
 		if c.inflight.slots[i].time < cutoff {
-			c.inflight.take(cookie)
-			n++
+			expired = append(expired, cookie)
 		}
+		return true
+	})
+	for _, cookie := range expired {
+		c.inflight.take(cookie)
 	}
-	if n > 0 {
+	if n := uint64(len(expired)); n > 0 {
 		c.lose(lossConnExpired, n)
 	}
 }

@@ -85,7 +85,7 @@ func TestHelloCallersByExactCookie(t *testing.T) {
 // joinCollector is a collector with only what joining start and outcome
 // records needs.
 func joinCollector() *Collector {
-	c := &Collector{cfg: Config{MaxInFlight: 1024, BatchSize: 256}, inflight: newInflight()}
+	c := &Collector{cfg: Config{MaxInFlight: 1024, BatchSize: 256}}
 	c.batch = &Batch{Events: make([]Event, 0, 256)}
 	c.hellos = newAssembler(func(*Event) {})
 	return c
