@@ -8,7 +8,7 @@ import (
 	"unsafe"
 
 	"github.com/callscope/callscope/collector/tlshello"
-	"github.com/callscope/callscope/internal/gencache"
+	"github.com/callscope/callscope/internal/cookieindex"
 )
 
 // Payload records are a struct event followed by a few fields and the
@@ -96,14 +96,54 @@ const helloWait = time.Second
 // few KiB at most.
 const maxAssembling = 8192
 
-// maxCallers bounds the established connects whose callers are kept for a
-// ClientHello still to come, by exact cookie. A client sends its hello as
-// soon as it is connected; an entry outlives at least maxCallers/2 later
-// connects (a gencache generation), about 0.15 s at 28,000 connects/s. A
-// larger cache cost the join more than the margin is worth: BenchmarkJoin
-// with 8,192 connects waiting took 560-700 ns with 32,768, 370-430 with
-// 8,192.
+// maxCallers is how many established connects' callers are kept for a
+// ClientHello still to come, by exact cookie: the last maxCallers, about
+// 0.3 s at 28,000 connects/s. A client sends its hello as soon as it is
+// connected.
 const maxCallers = 8192
+
+// callerRing keeps the callers of the last maxCallers established
+// connects, each found by its cookie. The oldest makes room for the
+// newest; one taken leaves its slot to be reused in turn.
+type callerRing struct {
+	index cookieindex.Index // cookie to slot
+	slots []ringCaller
+	next  int32 // the slot the next caller goes to
+}
+
+type ringCaller struct {
+	cookie uint64
+	caller caller
+}
+
+func newCallerRing() *callerRing {
+	return &callerRing{slots: make([]ringCaller, maxCallers)}
+}
+
+func (r *callerRing) put(cookie uint64, c *caller) {
+	i := r.next
+	r.next = (i + 1) % int32(len(r.slots))
+	// The slot's last caller leaves, unless it was taken already (its
+	// cookie is then not indexed, or indexed to a later slot).
+	if old := r.slots[i].cookie; old != cookie {
+		if j, ok := r.index.Get(old); ok && j == i {
+			r.index.Delete(old)
+		}
+	}
+	r.slots[i] = ringCaller{cookie: cookie, caller: *c}
+	r.index.Put(cookie, i)
+}
+
+// take removes and returns the caller kept for cookie.
+func (r *callerRing) take(cookie uint64) (caller, bool) {
+	i, ok := r.index.Delete(cookie)
+	if !ok {
+		return caller{}, false
+	}
+	return r.slots[i].caller, true
+}
+
+func (r *callerRing) len() int { return r.index.Len() }
 
 type assembly struct {
 	ev       Event // the tls event being made: caller, addresses, time
@@ -118,18 +158,18 @@ type assembly struct {
 // ServerHello into one tls event. It belongs to the read goroutine.
 type assembler struct {
 	conns   map[uint64]*assembly
-	callers *gencache.Cache[uint64, caller] // of established connects, by cookie
+	callers *callerRing // of established connects
 	stats   HelloStats
 	emit    func(*Event)
 }
 
 func newAssembler(emit func(*Event)) *assembler {
-	return &assembler{conns: make(map[uint64]*assembly), callers: gencache.New[uint64, caller](maxCallers), emit: emit}
+	return &assembler{conns: make(map[uint64]*assembly), callers: newCallerRing(), emit: emit}
 }
 
 // connected keeps the caller of an established connect for its ClientHello.
 func (a *assembler) connected(cookie uint64, c *caller) {
-	a.callers.Put(cookie, *c)
+	a.callers.put(cookie, c)
 }
 
 func (a *assembler) add(p *payload, now time.Time) {
@@ -178,9 +218,9 @@ func (a *assembler) client(p *payload, now time.Time) {
 		want := max(p.want, len(p.data))
 		as = &assembly{ev: p.head, want: want, buf: make([]byte, 0, want), deadline: now.Add(helloWait)}
 		as.ev.Kind = KindTLS
-		if c, ok := a.callers.Get(cookie); ok {
+		// A connection starts one ClientHello: its caller is taken.
+		if c, ok := a.callers.take(cookie); ok {
 			c.applyTo(&as.ev)
-			a.callers.Delete(cookie) // a connection starts one ClientHello
 		} else {
 			a.stats.Unattributed++
 		}

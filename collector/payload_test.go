@@ -48,7 +48,7 @@ func TestHelloTakesConnectCaller(t *testing.T) {
 	if a.stats.Unattributed != 1 || a.stats.ClientHellos != 2 {
 		t.Errorf("stats %+v, want 1 unattributed of 2", a.stats)
 	}
-	if _, ok := a.callers.Get(1); ok {
+	if _, ok := a.callers.take(1); ok {
 		t.Errorf("caller of cookie 1 kept after its hello")
 	}
 }
@@ -79,6 +79,60 @@ func TestHelloCallersByExactCookie(t *testing.T) {
 	}
 	if a.stats.Unattributed != 0 {
 		t.Errorf("%d unattributed", a.stats.Unattributed)
+	}
+}
+
+// TestCallerRing: the ring keeps exactly the callers of the last
+// maxCallers connects, however many were taken or connected twice on the
+// way, and holds no more.
+func TestCallerRing(t *testing.T) {
+	r := newCallerRing()
+	// The model: each cookie held, and when it was last put.
+	puts := 0
+	lastPut := map[uint64]int{}
+	put := func(cookie uint64) {
+		r.put(cookie, &caller{pid: uint32(cookie)})
+		puts++
+		lastPut[cookie] = puts
+	}
+	// Twice around the ring: every third connect's hello takes its caller
+	// at once, and every seventh connect comes with another of a socket
+	// that connected 1,500 connects before.
+	const n = 2*maxCallers + 100
+	for cookie := uint64(1); cookie <= n; cookie++ {
+		put(cookie)
+		if cookie%3 == 0 {
+			if c, ok := r.take(cookie); !ok || c.pid != uint32(cookie) {
+				t.Fatalf("take(%d) = %+v, %v", cookie, c, ok)
+			}
+			delete(lastPut, cookie)
+		}
+		if cookie%7 == 0 && cookie > 1500 {
+			put(cookie - 1500)
+		}
+		if r.len() > maxCallers {
+			t.Fatalf("%d callers held, at most %d", r.len(), maxCallers)
+		}
+	}
+	kept := 0
+	for cookie := uint64(1); cookie <= n; cookie++ {
+		last, held := lastPut[cookie]
+		want := held && last > puts-maxCallers
+		if want {
+			kept++
+		}
+		c, ok := r.take(cookie)
+		if ok != want {
+			t.Errorf("cookie %d kept: %v, want %v", cookie, ok, want)
+		} else if ok && c.pid != uint32(cookie) {
+			t.Errorf("cookie %d has the caller of %d", cookie, c.pid)
+		}
+	}
+	if kept < maxCallers/2 {
+		t.Errorf("only %d callers expected kept: the test does not exercise the ring", kept)
+	}
+	if r.len() != 0 {
+		t.Errorf("%d callers left after taking every one", r.len())
 	}
 }
 
