@@ -256,6 +256,37 @@ func BenchmarkEnrichHit(b *testing.B) {
 	}
 }
 
+// TestEnrichBatchRereadsAfterExecAndExit: a run of one process's events
+// reads /proc once, and an execve or an exit in between makes the next
+// event read it again, however the last lookup was remembered.
+func TestEnrichBatchRereadsAfterExecAndExit(t *testing.T) {
+	e := newTestEnricher(t)
+	start := startTicks(t, os.Getpid()) * (1e9 / userHZ)
+	connect := collector.Event{Kind: collector.KindConnect, PID: uint32(os.Getpid()), ProcStart: start}
+	exec := collector.Event{Kind: collector.KindExec, PID: connect.PID, ProcStart: start, Exec: &collector.Exec{Path: "/usr/bin/next"}}
+	exit := collector.Event{Kind: collector.KindExit, PID: connect.PID, ProcStart: start}
+	steps := []struct {
+		in           []collector.Event
+		hits, misses uint64 // counts after the step
+	}{
+		{[]collector.Event{connect, connect, connect}, 2, 1},
+		{[]collector.Event{exec, connect, connect}, 3, 2},
+		{[]collector.Event{exit, connect}, 3, 3},
+	}
+	var out []Event
+	for i, s := range steps {
+		out = e.EnrichBatch(s.in, out, time.Now())
+		for _, ev := range out {
+			if ev.Process == nil || ev.Process.Exe == "" {
+				t.Fatalf("step %d: event without its process: %+v", i, ev)
+			}
+		}
+		if st := e.Stats(); st.ProcessHits != s.hits || st.ProcessMisses != s.misses {
+			t.Errorf("step %d: %d hits, %d misses; want %d, %d", i, st.ProcessHits, st.ProcessMisses, s.hits, s.misses)
+		}
+	}
+}
+
 // TestEnrichBatchForgetsExited: a process exit drops the cached process and
 // is not passed on.
 func TestEnrichBatchForgetsExited(t *testing.T) {

@@ -35,6 +35,13 @@ type procCache struct {
 	// gone before its /proc could be read: a short-lived caller such as
 	// curl in a CI job would otherwise go without exe or identity.
 	execs *gencache.Cache[procKey, *collector.Exec]
+	// last is what the previous get returned: a caller's events come in
+	// runs, and comparing its key costs less than hashing it. Such a run
+	// adds no entry, so the cache ages the process no sooner than if each
+	// of its events had looked it up.
+	last    procKey
+	lastP   *cachedProcess
+	hasLast bool
 }
 
 func newProcCache(root string, size int) *procCache {
@@ -51,6 +58,7 @@ func newProcCache(root string, size int) *procCache {
 func (c *procCache) execed(pid uint32, startNS uint64, x *collector.Exec) {
 	k := keyOf(pid, startNS)
 	c.entries.Delete(k)
+	c.drop(k)
 	if x != nil {
 		c.execs.Put(k, x)
 	}
@@ -60,7 +68,11 @@ func (c *procCache) execed(pid uint32, startNS uint64, x *collector.Exec) {
 // was spared. A process found gone is remembered as gone: it cannot return.
 func (c *procCache) get(pid uint32, startNS uint64, uid uint32) (p *cachedProcess, hit bool) {
 	k := keyOf(pid, startNS)
+	if c.hasLast && c.last == k {
+		return c.lastP, true
+	}
 	if p, ok := c.entries.Get(k); ok {
+		c.last, c.lastP, c.hasLast = k, p, true
 		return p, true
 	}
 	p, err := readProcess(c.root, k)
@@ -83,6 +95,7 @@ func (c *procCache) get(pid uint32, startNS uint64, uid uint32) (p *cachedProces
 	}
 	c.execs.Delete(k)
 	c.entries.Put(k, p)
+	c.last, c.lastP, c.hasLast = k, p, true
 	return p, false
 }
 
@@ -92,6 +105,14 @@ func (c *procCache) forget(pid uint32, startNS uint64) {
 	k := keyOf(pid, startNS)
 	c.entries.Delete(k)
 	c.execs.Delete(k)
+	c.drop(k)
+}
+
+// drop forgets the remembered get of k.
+func (c *procCache) drop(k procKey) {
+	if c.hasLast && c.last == k {
+		c.hasLast, c.lastP = false, nil
+	}
 }
 
 var errGone = errors.New("process gone")
