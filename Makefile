@@ -48,10 +48,11 @@ bench-system: build $(FLOOR) ## measure the agent's cost to a connect loop and t
 	$(SUDO) env FLOOR=$(FLOOR) bench/paired.sh $(BIN) $(or $(PAIRS),40) 1
 
 # PAIRS rounds of 1 s runs: with the agent's programs, without, and with
-# bench/floor's programs that do nothing (the hooks' own cost); see bench/paired.sh.
+# bench/floor's programs that do nothing (the hooks' own cost); BPF_STATS=1
+# adds each side's program run time per connect. See bench/paired.sh.
 .PHONY: bench-paired
 bench-paired: build $(FLOOR) ## measure the kernel programs' cost to a connect loop in interleaved runs, beside the hooks' own cost (as root)
-	$(SUDO) env FLOOR=$(FLOOR) bench/paired.sh $(BIN) $(or $(PAIRS),40) 1
+	$(SUDO) env FLOOR=$(FLOOR) BPF_STATS=$(or $(BPF_STATS),0) bench/paired.sh $(BIN) $(or $(PAIRS),40) 1
 
 $(FLOOR): FORCE
 	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./bench/floor

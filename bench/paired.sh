@@ -41,6 +41,14 @@
 # every other side once, so that what one run leaves behind (the agent
 # still draining its ring buffer, say) falls on each side alike.
 #
+# BPF_STATS=1 also has the kernel count the run time of the programs
+# attached to each side's cgroup (the kernel.bpf_stats_enabled sysctl, put
+# back as it was on exit), and prints it per connect: what the agent's
+# programs do beyond bench/floor's, measured without the throughput's
+# noise. The counting itself costs every side a clock read per program run
+# (about 11 sock_ops and 8 cgroup_skb runs per connect), so the ratios of a
+# run with it are a little lower. Needs bpftool and jq.
+#
 # Prints each round, then the median, quartiles and mean of the per-round
 # throughput ratios (on/off, and floor/off and floor+rec/off), the agent's
 # CPU per event, and checks that every connect of the "on" runs gave one
@@ -77,10 +85,12 @@ if [[ ${FLOOR:-0} != 0 ]]; then
 fi
 agent=
 floors=()
+stats_was=
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
   if [[ -n $agent ]]; then kill -INT "$agent" 2>/dev/null || true; wait "$agent" 2>/dev/null || true; fi
   for f in ${floors[@]+"${floors[@]}"}; do kill -TERM "$f" 2>/dev/null || true; wait "$f" 2>/dev/null || true; done
+  if [[ -n $stats_was ]]; then sysctl -qw kernel.bpf_stats_enabled="$stats_was" || true; fi
   rmdir "${cgroups[@]}" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -139,8 +149,24 @@ run() {
   awk -v pid="$pid" -v m="$mode" '{print $6, pid, (m == "bulk" ? $8 : $2)}' "$work/out"
 }
 
-agent_before=$(cputicks "$agent")
 n=${#sides[@]}
+# progtime CGROUP: the run time, in ns, the kernel has counted for the
+# programs attached to CGROUP.
+progtime() {
+  bpftool prog show -j | jq --argjson ids "$(bpftool cgroup show "$1" -j | jq -s 'map(.[].id)')" \
+    '[.[] | select(.id as $i | $ids | index($i)) | .run_time_ns // 0] | add // 0'
+}
+stats=${BPF_STATS:-0}
+[[ $stats == 0 || $stats == 1 ]] || die "BPF_STATS=$stats: want 0 or 1"
+declare -a time_before side_count
+for ((j = 0; j < n; j++)); do side_count[j]=0; done
+if [[ $stats == 1 ]]; then
+  for t in bpftool jq; do command -v "$t" >/dev/null || die "BPF_STATS=1 needs $t"; done
+  stats_was=$(sysctl -n kernel.bpf_stats_enabled)
+  sysctl -qw kernel.bpf_stats_enabled=1
+  for ((j = 0; j < n; j++)); do time_before[j]=$(progtime "${cgroups[j]}"); done
+fi
+agent_before=$(cputicks "$agent")
 # The first row of a Williams square for an even n: 0, 1, n-1, 2, n-2, ...;
 # round p adds p to each.
 order=(0)
@@ -159,6 +185,7 @@ for ((p = 1; p <= pairs; p++)); do
   for ((k = 0; k < n; k++)); do
     j=$(((order[k] + p) % n))
     read -r "rate[j]" pid c < <(run "${cgroups[j]}")
+    side_count[j]=$((side_count[j] + c))
     if ((j == 0)); then
       on_pids+=("$pid")
       on_connects=$((on_connects + c))
@@ -171,6 +198,12 @@ for ((p = 1; p <= pairs; p++)); do
   echo "${rate[*]}" >>"$work/pairs"
 done
 agent_used=$(($(cputicks "$agent") - agent_before))
+declare -a time_used
+if [[ $stats == 1 ]]; then
+  for ((j = 0; j < n; j++)); do time_used[j]=$(($(progtime "${cgroups[j]}") - time_before[j])); done
+  sysctl -qw kernel.bpf_stats_enabled="$stats_was"
+  stats_was=
+fi
 
 kill -INT "$agent"
 wait "$agent" || die "the agent exited with status $?: $(tail -5 "$work/log")"
@@ -203,6 +236,16 @@ awk -v unit="$unit" -v names="${sides[*]}" 'BEGIN {split(names, name, " ")}
     for (j = 1; j <= NF; j++) printf " %s %.0f%s", name[j], sum[j] / NR, (j < NF ? "," : "\n")
   }' "$work/pairs"
 echo "events: $events of $on_connects connects in the on runs; loss events: $losses"
+if [[ $stats == 1 ]]; then
+  if [[ $mode == connect ]]; then printf 'program run time per connect (kernel.bpf_stats_enabled):'; else printf 'program run time (kernel.bpf_stats_enabled):'; fi
+  for ((j = 0; j < n; j++)); do
+    ((j == 1)) && continue
+    awk -v side="${sides[j]}" -v t="${time_used[j]}" -v c="${side_count[j]}" -v m="$mode" -v last=$((j == n - 1)) 'BEGIN {
+      if (m == "connect") printf " %s %.0f ns", side, (c > 0 ? t / c : 0); else printf " %s %.1f ms", side, t / 1e6
+      printf "%s", (last ? "\n" : ",")
+    }'
+  done
+fi
 awk -v t="$agent_used" -v h="$tck" -v n="$events" -v m="$mode" 'BEGIN {
   printf "agent CPU: %.2f s", t / h
   if (m == "connect" && n > 0) printf ", %.2f µs per event", t / h * 1e6 / n
