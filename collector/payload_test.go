@@ -136,6 +136,45 @@ func TestCallerRing(t *testing.T) {
 	}
 }
 
+// TestInflightLimit: connects awaiting their outcome are held up to the
+// limit; at the limit a held cookie is still updated and a new one
+// refused, and a slot freed by a take is reused.
+func TestInflightLimit(t *testing.T) {
+	var f inflight
+	st := func(n int64) *started { return &started{time: n} }
+	for _, c := range []uint64{0, 1, 2, 3} { // 0 too: a record could carry it
+		if !f.put(c, st(int64(c)), 4) {
+			t.Fatalf("cookie %d refused below the limit", c)
+		}
+	}
+	if f.put(9, st(9), 4) {
+		t.Error("a fifth connect held at a limit of 4")
+	}
+	if !f.put(2, st(20), 4) {
+		t.Error("a held cookie refused at the limit")
+	}
+	if s, ok := f.take(2); !ok || s.time != 20 {
+		t.Errorf("take(2) = %+v, %v; want the update at the limit", s, ok)
+	}
+	if _, ok := f.take(2); ok {
+		t.Error("cookie 2 taken twice")
+	}
+	if !f.put(9, st(9), 4) {
+		t.Error("no room after a take")
+	}
+	if len(f.slots) != 4 {
+		t.Errorf("%d slots for 4 connects: the freed one was not reused", len(f.slots))
+	}
+	for _, c := range []uint64{0, 1, 3, 9} {
+		if s, ok := f.take(c); !ok || s.time != int64(c) {
+			t.Errorf("take(%d) = %+v, %v", c, s, ok)
+		}
+	}
+	if f.len() != 0 {
+		t.Errorf("%d held after taking all", f.len())
+	}
+}
+
 // joinCollector is a collector with only what joining start and outcome
 // records needs.
 func joinCollector() *Collector {
