@@ -44,6 +44,18 @@ type Encoder struct {
 	// the timestamp.
 	sec    int64
 	secFmt []byte
+	// The last source address and destination written: a caller's calls
+	// leave from one address, mostly for a few, and formatting an address
+	// costs more than comparing it. A source's port changes with each
+	// connect, so only its address is kept.
+	src struct {
+		addr netip.Addr
+		enc  []byte // {"ip":"…"
+	}
+	dst struct {
+		addr netip.AddrPort
+		enc  []byte // {"ip":"…","port":N}
+	}
 	// processes holds what was encoded of each process. The key keeps the
 	// Process alive, so an address is never reused while it is here.
 	processes map[*enrich.Process]*encodedProcess
@@ -171,13 +183,20 @@ func (e *Encoder) appendCall(dst []byte, ev *enrich.Event) []byte {
 		dst = strconv.AppendUint(dst, uint64(ev.NetNS), 10)
 	}
 	// A connect that failed before a SYN was sent never got a source address.
-	if ev.Src.Addr().IsValid() {
+	if src := ev.Src.Addr(); src.IsValid() {
+		if e.src.enc == nil || src != e.src.addr {
+			e.src.addr, e.src.enc = src, appendIP(e.src.enc[:0], src)
+		}
 		dst = append(dst, `,"src":`...)
-		dst = appendAddrPort(dst, ev.Src)
+		dst = append(dst, e.src.enc...)
+		dst = appendPort(dst, ev.Src.Port())
 	}
 	if ev.Dst.Addr().IsValid() {
+		if e.dst.enc == nil || ev.Dst != e.dst.addr {
+			e.dst.addr, e.dst.enc = ev.Dst, appendPort(appendIP(e.dst.enc[:0], ev.Dst.Addr()), ev.Dst.Port())
+		}
 		dst = append(dst, `,"dst":`...)
-		dst = appendAddrPort(dst, ev.Dst)
+		dst = append(dst, e.dst.enc...)
 		if ev.DstName != "" {
 			// Reopen the object: the name belongs with the address.
 			dst = dst[:len(dst)-1]
@@ -436,8 +455,8 @@ func (e *Encoder) processCache(p *enrich.Process) *encodedProcess {
 	return c
 }
 
-func appendAddrPort(dst []byte, ap netip.AddrPort) []byte {
-	ip := ap.Addr()
+// appendIP opens an address object: {"ip":"…"; appendPort closes it.
+func appendIP(dst []byte, ip netip.Addr) []byte {
 	dst = append(dst, `{"ip":"`...)
 	// A zone is free text; write it escaped so it cannot break the line.
 	dst = ip.WithZone("").AppendTo(dst)
@@ -445,8 +464,12 @@ func appendAddrPort(dst []byte, ap netip.AddrPort) []byte {
 		dst = append(dst, '%')
 		dst = appendEscaped(dst, zone)
 	}
-	dst = append(dst, `","port":`...)
-	dst = strconv.AppendUint(dst, uint64(ap.Port()), 10)
+	return append(dst, '"')
+}
+
+func appendPort(dst []byte, port uint16) []byte {
+	dst = append(dst, `,"port":`...)
+	dst = strconv.AppendUint(dst, uint64(port), 10)
 	return append(dst, '}')
 }
 

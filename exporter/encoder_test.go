@@ -153,6 +153,49 @@ func TestEncoderScopeRuns(t *testing.T) {
 	}
 }
 
+// TestEncoderAddressRuns: the source address and the destination kept
+// written from one event to the next are written anew when any part of
+// them changes, the zone included.
+func TestEncoderAddressRuns(t *testing.T) {
+	enc := NewEncoder("", "i")
+	steps := []struct{ src, dst string }{
+		{"10.0.3.7:43210", "10.96.0.15:443"},
+		{"10.0.3.7:43211", "10.96.0.15:443"},  // the next connect: a new source port
+		{"10.0.3.8:43211", "10.96.0.15:443"},  // another source address
+		{"10.0.3.8:43211", "10.96.0.15:8443"}, // another port of the same destination
+		{"10.0.3.8:43211", "10.96.0.16:8443"}, // another destination, same port
+		{"[fe80::1%eth0]:5000", "[fe80::2%eth0]:443"},
+		{"[fe80::1%eth1]:5000", "[fe80::2%eth1]:443"}, // only the zones differ
+		{"", "[fe80::2%eth1]:443"},                    // failed before a source was bound
+		{"10.0.3.7:43210", "10.96.0.15:443"},
+	}
+	member := func(s string) any {
+		if s == "" {
+			return nil
+		}
+		ap := netip.MustParseAddrPort(s)
+		return obj{"ip": ap.Addr().String(), "port": float64(ap.Port())}
+	}
+	for i, step := range steps {
+		ev := &scope.Event{Event: connectEvent()}
+		ev.Src = netip.AddrPort{}
+		if step.src != "" {
+			ev.Src = netip.MustParseAddrPort(step.src)
+		}
+		ev.Dst = netip.MustParseAddrPort(step.dst)
+		line := decodeLine(t, enc.Append(nil, ev))
+		if got, want := line["src"], member(step.src); !reflect.DeepEqual(got, want) {
+			t.Errorf("step %d: src %v, want %v", i, got, want)
+		}
+		dst, _ := line["dst"].(obj)
+		delete(dst, "name")
+		delete(dst, "name_source")
+		if want := member(step.dst); !reflect.DeepEqual(dst, want) {
+			t.Errorf("step %d: dst %v, want %v", i, dst, want)
+		}
+	}
+}
+
 func TestEncoderAppend(t *testing.T) {
 	header := func(seq int, kind string) obj {
 		return obj{
