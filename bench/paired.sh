@@ -45,9 +45,9 @@
 # attached to each side's cgroup (the kernel.bpf_stats_enabled sysctl, put
 # back as it was on exit), and prints it per connect: what the agent's
 # programs do beyond bench/floor's, measured without the throughput's
-# noise. The counting itself costs every side a clock read per program run
-# (about 11 sock_ops and 8 cgroup_skb runs per connect), so the ratios of a
-# run with it are a little lower. Needs bpftool and jq.
+# noise. The counting itself costs every side two clock reads per program
+# run (about 11 sock_ops and 8 cgroup_skb runs per connect), so the ratios
+# of a run with it are a little lower. Needs bpftool and jq.
 #
 # Prints each round, then the median, quartiles and mean of the per-round
 # throughput ratios (on/off, and floor/off and floor+rec/off), the agent's
@@ -153,7 +153,9 @@ n=${#sides[@]}
 # progtime CGROUP: the run time, in ns, the kernel has counted for the
 # programs attached to CGROUP.
 progtime() {
-  bpftool prog show -j | jq --argjson ids "$(bpftool cgroup show "$1" -j | jq -s 'map(.[].id)')" \
+  local ids
+  ids=$(bpftool cgroup show "$1" -j | jq -s 'map(.[].id)') || die "bpftool cgroup show $1 failed"
+  bpftool prog show -j | jq --argjson ids "$ids" \
     '[.[] | select(.id as $i | $ids | index($i)) | .run_time_ns // 0] | add // 0'
 }
 stats=${BPF_STATS:-0}
@@ -240,11 +242,12 @@ if [[ $stats == 1 ]]; then
   if [[ $mode == connect ]]; then printf 'program run time per connect (kernel.bpf_stats_enabled):'; else printf 'program run time (kernel.bpf_stats_enabled):'; fi
   for ((j = 0; j < n; j++)); do
     ((j == 1)) && continue
-    awk -v side="${sides[j]}" -v t="${time_used[j]}" -v c="${side_count[j]}" -v m="$mode" -v last=$((j == n - 1)) 'BEGIN {
+    awk -v side="${sides[j]}" -v t="${time_used[j]}" -v c="${side_count[j]}" -v m="$mode" -v first=$((j == 0)) 'BEGIN {
+      if (!first) printf ","
       if (m == "connect") printf " %s %.0f ns", side, (c > 0 ? t / c : 0); else printf " %s %.1f ms", side, t / 1e6
-      printf "%s", (last ? "\n" : ",")
     }'
   done
+  echo
 fi
 awk -v t="$agent_used" -v h="$tck" -v n="$events" -v m="$mode" 'BEGIN {
   printf "agent CPU: %.2f s", t / h
