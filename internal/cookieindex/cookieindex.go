@@ -43,7 +43,9 @@ func (x *Index) home(k uint64) int { return int(hash(k) >> x.shift) }
 
 // hash's top bits are a key's home, in a table of any size.
 func hash(k uint64) uint64 {
-	k += (k >> 12) * 0xd6e8feb86659fd93
+	// A block is 4096m+1 to 4096m+4096: the kernel counts before it hands
+	// the number out.
+	k += ((k - 1) >> 12) * 0xd6e8feb86659fd93
 	return k * 0x9e3779b97f4a7c15
 }
 
