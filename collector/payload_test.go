@@ -141,7 +141,8 @@ func TestCallerRing(t *testing.T) {
 // refused, and a slot freed by a take is reused.
 func TestInflightLimit(t *testing.T) {
 	var f inflight
-	st := func(n int64) *started { return &started{time: n} }
+	// Times differ from the zero value, so that an empty slot cannot pass.
+	st := func(n int64) *started { return &started{time: n + 100} }
 	for _, c := range []uint64{0, 1, 2, 3} { // 0 too: a record could carry it
 		if !f.put(c, st(int64(c)), 4) {
 			t.Fatalf("cookie %d refused below the limit", c)
@@ -153,7 +154,7 @@ func TestInflightLimit(t *testing.T) {
 	if !f.put(2, st(20), 4) {
 		t.Error("a held cookie refused at the limit")
 	}
-	if s, ok := f.take(2); !ok || s.time != 20 {
+	if s, ok := f.take(2); !ok || s.time != 120 {
 		t.Errorf("take(2) = %+v, %v; want the update at the limit", s, ok)
 	}
 	if _, ok := f.take(2); ok {
@@ -166,7 +167,7 @@ func TestInflightLimit(t *testing.T) {
 		t.Errorf("%d slots for 4 connects: the freed one was not reused", len(f.slots))
 	}
 	for _, c := range []uint64{0, 1, 3, 9} {
-		if s, ok := f.take(c); !ok || s.time != int64(c) {
+		if s, ok := f.take(c); !ok || s.time != int64(c)+100 {
 			t.Errorf("take(%d) = %+v, %v", c, s, ok)
 		}
 	}
