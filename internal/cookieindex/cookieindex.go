@@ -100,9 +100,7 @@ func (x *Index) Upsert(k uint64) (v *int32, found bool) {
 	}
 	if 2*(x.n+1) > len(x.entries) {
 		x.grow()
-		mask = len(x.entries) - 1
-		for i = x.home(k); x.entries[i].key != 0; i = (i + 1) & mask {
-		}
+		return x.Upsert(k)
 	}
 	x.entries[i] = entry{key: k}
 	x.n++
