@@ -42,3 +42,11 @@ wait_ready() {
   done
   die "the agent was not ready after 60 s: $(cat "$3")"
 }
+
+# prog_stats IDS prints "name run_cnt run_time_ns" for each BPF program
+# whose id is in IDS (a JSON array), as the kernel counts them while the
+# kernel.bpf_stats_enabled sysctl is on.
+prog_stats() {
+  bpftool prog show --json | jq -r --argjson ids "$1" \
+    '.[] | select(.id as $id | $ids | index($id)) | "\(.name) \(.run_cnt // 0) \(.run_time_ns // 0)"' | sort
+}

@@ -155,8 +155,7 @@ n=${#sides[@]}
 progtime() {
   local ids
   ids=$(bpftool cgroup show "$1" -j | jq -s 'map(.[].id)') || die "bpftool cgroup show $1 failed"
-  bpftool prog show -j | jq --argjson ids "$ids" \
-    '[.[] | select(.id as $i | $ids | index($i)) | .run_time_ns // 0] | add // 0'
+  prog_stats "$ids" | awk '{t += $3} END {print t + 0}'
 }
 stats=${BPF_STATS:-0}
 [[ $stats == 0 || $stats == 1 ]] || die "BPF_STATS=$stats: want 0 or 1"
@@ -180,7 +179,6 @@ printf 'round'
 for side in "${sides[@]}"; do printf ' %18s' "$side: $unit"; done
 printf '   ratio on/off\n'
 : >"$work/pairs"
-on_connects=0
 on_pids=()
 declare -a rate
 for ((p = 1; p <= pairs; p++)); do
@@ -188,10 +186,7 @@ for ((p = 1; p <= pairs; p++)); do
     j=$(((order[k] + p) % n))
     read -r "rate[j]" pid c < <(run "${cgroups[j]}")
     side_count[j]=$((side_count[j] + c))
-    if ((j == 0)); then
-      on_pids+=("$pid")
-      on_connects=$((on_connects + c))
-    fi
+    if ((j == 0)); then on_pids+=("$pid"); fi
   done
   ratio=$(awk -v a="${rate[0]}" -v b="${rate[1]}" 'BEGIN {printf "%.4f", a / b}')
   printf '%-5d' "$p"
@@ -237,7 +232,7 @@ awk -v unit="$unit" -v names="${sides[*]}" 'BEGIN {split(names, name, " ")}
     printf "mean %s:", unit
     for (j = 1; j <= NF; j++) printf " %s %.0f%s", name[j], sum[j] / NR, (j < NF ? "," : "\n")
   }' "$work/pairs"
-echo "events: $events of $on_connects connects in the on runs; loss events: $losses"
+echo "events: $events of ${side_count[0]} connects in the on runs; loss events: $losses"
 if [[ $stats == 1 ]]; then
   if [[ $mode == connect ]]; then printf 'program run time per connect (kernel.bpf_stats_enabled):'; else printf 'program run time (kernel.bpf_stats_enabled):'; fi
   for ((j = 0; j < n; j++)); do
@@ -254,4 +249,4 @@ awk -v t="$agent_used" -v h="$tck" -v n="$events" -v m="$mode" 'BEGIN {
   if (m == "connect" && n > 0) printf ", %.2f µs per event", t / h * 1e6 / n
   printf "\n"
 }'
-[[ $events == "$on_connects" && $losses == 0 ]] || die "events and connects differ, or events were lost"
+[[ $events == "${side_count[0]}" && $losses == 0 ]] || die "events and connects differ, or events were lost"

@@ -68,10 +68,7 @@ sleep 1
 ids=$({ cat /proc/"$agent"/fdinfo/* 2>/dev/null || true; } | awk '/^prog_id:/ {print $2}' | sort -un | jq -sc .)
 [[ $ids != "[]" ]] || die "found no BPF program held by the agent"
 # snapshot prints "name run_cnt run_time_ns" for each program the agent holds.
-snapshot() {
-  bpftool prog show --json | jq -r --argjson ids "$ids" \
-    '.[] | select(.id as $id | $ids | index($id)) | "\(.name) \(.run_cnt // 0) \(.run_time_ns // 0)"' | sort
-}
+snapshot() { prog_stats "$ids"; }
 # phase NAME CMD... runs CMD and prints, per program, its runs and ns per run
 # in that time; the workload's own output goes to $out/NAME.out.
 phase() {
