@@ -16,10 +16,17 @@
  * hash insert, lookup and delete per connect cost more than both records.
  *
  * A connect that fails inside the syscall, before any SYN is sent (no route,
- * a local firewall), never reaches TCP_CONNECT. cgroup/connect4 and
- * connect6, which see every TCP connect(2) first, arm a per-thread record
- * of the destination (task storage) that TCP_CONNECT disarms; the syscall
- * exit tracepoint reports an armed one with the syscall's error.
+ * no free port, a local policy), never reaches TCP_CONNECT. cgroup/connect4
+ * and connect6, which see every TCP connect(2) first, keep the caller and the
+ * destination on the socket (socket storage); TCP_CONNECT takes the caller
+ * from there for its start record and drops the rest. A socket released
+ * with a record still there failed before its SYN: cgroup/sock_release
+ * reports it, as does a later connect(2) on the same socket. The kernel
+ * keeps no error for such a failure; only the syscall-exit tracepoint sees
+ * it, and that tracepoint is opt-in (syscall_errors): while any syscall
+ * tracepoint is attached, every syscall of every process on the node takes
+ * the kernel's slower path. With it, the failed connect's error is kept by
+ * socket cookie until the report.
  *
  * cgroup_skb/egress copies a tracked connection's first data when it is a
  * TLS ClientHello, also when it spans segments, and cgroup_skb/ingress then
@@ -74,13 +81,15 @@ enum outcome {
 	OUTCOME_ESTABLISHED = 1,
 	/* closed before established: the reason is in err (sk_err, 0 when the caller closed) */
 	OUTCOME_CLOSED = 2,
-	/* connect(2) failed before a SYN was sent: the reason is in err (-return value) */
-	OUTCOME_SYSCALL_ERROR = 3,
+	/* connect(2) failed before a SYN was sent: err is its error when the
+	 * syscall-exit tracepoint saw it, else 0 */
+	OUTCOME_UNSENT = 3,
 };
 
 enum stat {
 	STAT_RINGBUF_FULL = 0, /* bpf_ringbuf_reserve failed: an event lost */
-	STAT_PENDING_FULL = 1, /* no task storage for the record: a syscall failure would go unseen */
+	STAT_PENDING_FULL = 1, /* no socket storage for connect4/6's record: a failure before the SYN would go
+				* unseen, and where sock_ops cannot read the current task, the caller */
 	STAT_EXIT_LOST = 2,    /* no room for a process exit: its cache entry ages out instead */
 	STAT_PAYLOAD_LOST = 3, /* a TLS or DNS payload record lost: the ring buffer was full */
 	STAT_EXEC_LOST = 4,    /* an execve not reported: a short-lived process may go without exe */
@@ -164,19 +173,22 @@ const enum outcome *unused_outcome __attribute__((unused));
 const enum kind *unused_kind __attribute__((unused));
 const enum stat *unused_stat __attribute__((unused));
 
+struct dest {
+	__u8 daddr[16];
+	__u16 dport; /* host byte order */
+	__u16 family;
+	__u32 _pad;
+};
+
 /*
- * The connect(2) in flight on this thread, armed until it reaches
- * tcp_connect(). Kept in task storage: a thread that connects again reuses
- * its slot, so the common path allocates nothing and hashes nothing.
+ * A connect(2) whose SYN has not gone out yet, kept on its socket from
+ * connect4/6 until TCP_CONNECT takes it. The caller is taken once, there,
+ * for the start record too: both run inside the same connect(2).
  */
 struct pending {
-	__u64 cookie;
-	__u8 daddr[16];
-	__u16 dport;
-	__u16 family;
-	__u32 netns;
-	__u8 armed;
-	__u8 _pad[7];
+	struct caller caller;
+	struct dest dest;
+	__u64 cookie; /* 0: nothing for sock_release to report */
 };
 
 struct {
@@ -220,11 +232,39 @@ struct {
 } scratch_depth SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct pending);
 } pendings SEC(".maps");
+
+/*
+ * With syscall_errors: the socket of the connect(2) in flight on each
+ * thread, by thread id, from connect4/6 to the syscall's exit; and the
+ * error of each connect(2) that failed before its SYN, by socket cookie,
+ * until the socket's record is reported. Both are LRUs: a connect made
+ * outside a syscall (io_uring) leaves a thread's entry behind, and an
+ * eviction loses one failure's error, never its event.
+ */
+struct connecting {
+	__u64 cookie;
+	__u8 sent; /* TCP_CONNECT ran: the syscall's error, if any, is the outcome's */
+	__u8 _pad[7];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct connecting);
+} connecting SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __s32);
+} unsent_errors SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -239,9 +279,22 @@ struct {
  */
 volatile const __u64 wakeup_bytes = 1 << 20;
 
-/* Whether connect4/6 and the syscall-exit tracepoint are attached; when they
- * are not, TCP_CONNECT has no record of theirs to clear and skips the lookup. */
-volatile const __u8 syscall_errors = 1;
+/*
+ * What the loader found the kernel to allow, and attached. A program whose
+ * feature is off loads as a no-op: the verifier skips what a constant
+ * makes unreachable, helpers the kernel lacks included.
+ */
+/* connect4/6 keep the caller and destination on the socket. */
+volatile const __u8 connect_hook = 1;
+/* sock_release reports a socket whose connect(2) sent no SYN. */
+volatile const __u8 release_hook = 1;
+/* sock_ops may read the current task (Linux 6.x; not 5.15 or 6.1): a
+ * connect that connect4/6 did not see still gets its caller. */
+volatile const __u8 sockops_current = 1;
+
+/* Whether the syscall-exit tracepoint is attached, to give the failures
+ * reported at release their error. */
+volatile const __u8 syscall_errors = 0;
 
 static __always_inline void count(enum stat s)
 {
@@ -295,36 +348,95 @@ static __always_inline __u32 sock_netns(struct bpf_sock *sk)
 	return ((struct sock *)tp)->__sk_common.skc_net.net->ns.inum;
 }
 
+static __always_inline void fill_dest(struct dest *d, struct bpf_sock_addr *ctx, __u16 family)
+{
+	d->family = family;
+	d->dport = bpf_ntohs(ctx->user_port);
+	d->_pad = 0;
+	__builtin_memset(d->daddr, 0, sizeof(d->daddr));
+	if (family == AF_INET) {
+		__builtin_memcpy(d->daddr, &ctx->user_ip4, 4);
+	} else {
+		/* the context allows only 4-byte loads of user_ip6 */
+		__u32 *a = (__u32 *)d->daddr;
+		a[0] = ctx->user_ip6[0];
+		a[1] = ctx->user_ip6[1];
+		a[2] = ctx->user_ip6[2];
+		a[3] = ctx->user_ip6[3];
+	}
+}
+
+/*
+ * report_unsent sends a connect that failed before its SYN, with the error
+ * the syscall-exit tracepoint kept for it, if any.
+ */
+static __always_inline void report_unsent(struct pending *p)
+{
+	__s32 err = 0;
+	if (syscall_errors) {
+		__s32 *e = bpf_map_lookup_elem(&unsent_errors, &p->cookie);
+		if (e) {
+			err = *e;
+			bpf_map_delete_elem(&unsent_errors, &p->cookie);
+		}
+	}
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_RINGBUF_FULL);
+		return;
+	}
+	e->cookie = p->cookie;
+	e->caller = p->caller;
+	e->ts_ns = p->caller.start_ns;
+	e->kind = KIND_CONNECT;
+	e->outcome = OUTCOME_UNSENT;
+	e->err = err;
+	e->family = p->dest.family;
+	e->sport = 0;
+	e->dport = p->dest.dport;
+	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
+	__builtin_memcpy(e->daddr, p->dest.daddr, sizeof(e->daddr));
+	e->aux = 0;
+	submit(e);
+}
+
 static __always_inline int on_connect(struct bpf_sock_addr *ctx, __u16 family)
 {
-	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
+	if (!connect_hook || ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
 		return 1;
 
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
 		return 1;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 1;
+	/*
+	 * Only an attempt that may send a SYN: a connect(2) on a socket
+	 * already connecting (a caller polling its nonblocking connect, which
+	 * then gets the first attempt's error) sends nothing new.
+	 */
+	struct sock *ks = (struct sock *)tp;
+	if (ks->__sk_common.skc_state != TCP_CLOSE || ks->sk_socket->state != SS_UNCONNECTED)
+		return 1;
 
-	struct pending *p = bpf_task_storage_get(&pendings, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	struct pending *p = bpf_sk_storage_get(&pendings, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!p) {
 		count(STAT_PENDING_FULL);
 		return 1;
 	}
+	/* Still there: an earlier connect(2) on this socket failed before its SYN. */
+	if (p->cookie)
+		report_unsent(p);
 	p->cookie = bpf_get_socket_cookie(ctx);
-	p->family = family;
-	p->dport = bpf_ntohs(ctx->user_port);
-	p->netns = sock_netns(sk);
-	__builtin_memset(p->daddr, 0, sizeof(p->daddr));
-	if (family == AF_INET) {
-		__builtin_memcpy(p->daddr, &ctx->user_ip4, 4);
-	} else {
-		/* the context allows only 4-byte loads of user_ip6 */
-		__u32 *d = (__u32 *)p->daddr;
-		d[0] = ctx->user_ip6[0];
-		d[1] = ctx->user_ip6[1];
-		d[2] = ctx->user_ip6[2];
-		d[3] = ctx->user_ip6[3];
+	fill_caller(&p->caller);
+	p->caller.netns = ks->__sk_common.skc_net.net->ns.inum;
+	fill_dest(&p->dest, ctx, family);
+	if (syscall_errors) {
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+		struct connecting c = {.cookie = p->cookie};
+		bpf_map_update_elem(&connecting, &tid, &c, BPF_ANY);
 	}
-	p->armed = 1;
 	return 1;
 }
 
@@ -340,8 +452,13 @@ int connect6(struct bpf_sock_addr *ctx)
 	return on_connect(ctx, AF_INET6);
 }
 
-/* emit_start sends a connect's caller and addresses as its SYN goes out. */
-static __always_inline int emit_start(struct bpf_sock_ops *skops, struct bpf_sock *sk, __u64 cookie)
+/*
+ * emit_start sends a connect's caller and addresses as its SYN goes out:
+ * the caller connect4/6 kept on the socket (p), else the current task's
+ * where sock_ops may read it.
+ */
+static __always_inline int emit_start(struct bpf_sock_ops *skops, struct bpf_sock *sk, __u64 cookie,
+				      struct pending *p)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -349,8 +466,19 @@ static __always_inline int emit_start(struct bpf_sock_ops *skops, struct bpf_soc
 		return -1;
 	}
 	e->cookie = cookie;
-	fill_caller(&e->caller);
-	e->caller.netns = sock_netns(sk);
+	if (p) {
+		e->caller = p->caller;
+	} else if (sockops_current) {
+		fill_caller(&e->caller);
+		e->caller.netns = sock_netns(sk);
+	} else {
+		/* Unknown, and left out: the storage connect4/6 needed was
+		 * not there (counted), or the connect began before they were
+		 * attached. */
+		__builtin_memset(&e->caller, 0, sizeof(e->caller));
+		e->caller.netns = sock_netns(sk);
+		e->caller.start_ns = bpf_ktime_get_boot_ns();
+	}
 	e->ts_ns = e->caller.start_ns;
 	e->kind = KIND_CONNECT_START;
 	e->outcome = 0;
@@ -418,20 +546,28 @@ int sock_ops(struct bpf_sock_ops *skops)
 {
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
-		/* Inside connect(2), as the caller: the SYN goes out, so connect4's
-		 * record of a possible syscall failure is not needed. */
-		if (syscall_errors) {
-			struct pending *p = bpf_task_storage_get(&pendings, bpf_get_current_task_btf(), 0, 0);
-			if (p)
-				p->armed = 0;
-		}
-
+		/* Inside connect(2), as the caller: the SYN goes out. */
 		struct bpf_sock *sk = skops->sk;
 		if (!sk)
 			return 1;
+		struct pending *p = NULL;
+		if (connect_hook)
+			p = bpf_sk_storage_get(&pendings, sk, 0, 0);
+		int lost = emit_start(skops, sk, bpf_get_socket_cookie(skops), p);
+		if (p && syscall_errors) {
+			/* Not bpf_get_current_pid_tgid, which 5.15's and 6.1's
+			 * sock_ops may not call. */
+			__u32 tid = bpf_get_current_task_btf()->pid;
+			struct connecting *c = bpf_map_lookup_elem(&connecting, &tid);
+			if (c && c->cookie == p->cookie)
+				c->sent = 1;
+		}
+		/* Sent: nothing is left to report at release. */
+		if (p)
+			bpf_sk_storage_delete(&pendings, sk);
 		/* A connect whose start is lost (and counted) is not tracked:
 		 * its outcome would have nothing to join. */
-		if (emit_start(skops, sk, bpf_get_socket_cookie(skops)))
+		if (lost)
 			return 1;
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
@@ -475,34 +611,37 @@ struct sys_exit_ctx {
 SEC("tracepoint/syscalls/sys_exit_connect")
 int connect_exit(struct sys_exit_ctx *ctx)
 {
-	struct pending *p = bpf_task_storage_get(&pendings, bpf_get_current_task_btf(), 0, 0);
-	if (!p || !p->armed)
+	if (!syscall_errors)
 		return 0;
-	p->armed = 0;
-	if (ctx->ret == 0 || ctx->ret == -EINPROGRESS)
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct connecting *c = bpf_map_lookup_elem(&connecting, &tid);
+	if (!c)
 		return 0;
-
-	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count(STAT_RINGBUF_FULL);
+	__u64 cookie = c->cookie;
+	__u8 sent = c->sent;
+	bpf_map_delete_elem(&connecting, &tid);
+	/* A connect(2) that sent its SYN has its outcome reported by sock_ops;
+	 * only one that failed before keeps its error, for the report. */
+	if (sent || ctx->ret == 0 || ctx->ret == -EINPROGRESS)
 		return 0;
-	}
-	e->cookie = p->cookie;
-	/* Still the caller's thread: its identity is current. */
-	fill_caller(&e->caller);
-	e->caller.netns = p->netns;
-	e->ts_ns = e->caller.start_ns;
-	e->kind = KIND_CONNECT;
-	e->outcome = OUTCOME_SYSCALL_ERROR;
-	e->err = (__s32)-ctx->ret;
-	e->family = p->family;
-	e->sport = 0;
-	e->dport = p->dport;
-	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
-	__builtin_memcpy(e->daddr, p->daddr, sizeof(e->daddr));
-	e->aux = 0;
-	submit(e);
+	__s32 err = (__s32)-ctx->ret;
+	bpf_map_update_elem(&unsent_errors, &cookie, &err, BPF_ANY);
 	return 0;
+}
+
+/*
+ * A socket is released: if connect4/6's record is still on it, its
+ * connect(2) failed before a SYN was sent.
+ */
+SEC("cgroup/sock_release")
+int sock_release(struct bpf_sock *sk)
+{
+	if (!release_hook || sk->type != SOCK_STREAM || sk->protocol != IPPROTO_TCP)
+		return 1;
+	struct pending *p = bpf_sk_storage_get(&pendings, sk, 0, 0);
+	if (p && p->cookie)
+		report_unsent(p);
+	return 1;
 }
 
 /*

@@ -55,13 +55,14 @@ type Config struct {
 	// BPFStats has the kernel count each program's runs and run time, for
 	// Programs. It costs two clock reads per program run.
 	BPFStats bool
-	// NoSyscallErrors leaves out connects that fail inside connect(2),
-	// before a SYN is sent (no route, no free port, a local policy). Their
-	// capture needs the syscall-exit tracepoint, and while any syscall
+	// SyscallErrors gives connects that fail inside connect(2), before a
+	// SYN is sent, the syscall's error. The kernel keeps it nowhere else:
+	// it takes the syscall-exit tracepoint, and while any syscall
 	// tracepoint is attached every syscall on the node takes the kernel's
-	// slower path.
-	NoSyscallErrors bool
-	Logger          *slog.Logger
+	// slower path. Without it such connects are still reported, when
+	// their socket is released, as failed without an error.
+	SyscallErrors bool
+	Logger        *slog.Logger
 }
 
 func (c *Config) defaults() error {
@@ -130,11 +131,13 @@ type Loss struct {
 
 // Collector owns the loaded programs, their links and the reader.
 type Collector struct {
-	cfg   Config
-	log   *slog.Logger
-	objs  connectObjects
-	links []link.Link
-	stats io.Closer // BPF stats switched on, when asked
+	cfg      Config
+	log      *slog.Logger
+	objs     connectObjects
+	caps     kernelCaps
+	features []Feature
+	links    []link.Link
+	stats    io.Closer // BPF stats switched on, when asked
 	// objsMu keeps Programs, called from the metrics server, off objects
 	// that Close frees.
 	objsMu   sync.RWMutex
@@ -195,6 +198,18 @@ func Start(cfg Config) (*Collector, error) {
 	}
 	c.pool.New = func() any { return &Batch{Events: make([]Event, 0, cfg.BatchSize)} }
 
+	caps, err := probeCaps()
+	if err != nil {
+		return nil, err
+	}
+	c.caps, c.features = caps, caps.features(cfg.SyscallErrors)
+	for _, f := range c.features {
+		// An opt-in feature not asked for is not missing.
+		if !f.Available && (f.Name != FeatureUnsentErrors || cfg.SyscallErrors) {
+			c.log.Warn("kernel feature off: not reported", "feature", f.Name, "needs", f.Needs, "not_reported", f.Without)
+		}
+	}
+
 	if err := c.load(); err != nil {
 		return nil, err
 	}
@@ -228,8 +243,15 @@ func (c *Collector) load() error {
 	}
 	spec.Maps["events"].MaxEntries = uint32(c.cfg.RingBufferBytes)
 	spec.Maps["hellos"].MaxEntries = uint32(c.cfg.MaxInFlight)
-	if err := spec.Variables["syscall_errors"].Set(!c.cfg.NoSyscallErrors); err != nil {
-		return fmt.Errorf("set syscall errors: %w", err)
+	for name, on := range map[string]bool{
+		"connect_hook":    c.caps.connectHook,
+		"release_hook":    c.caps.releaseHook,
+		"sockops_current": c.caps.sockopsCurrent,
+		"syscall_errors":  c.caps.releaseHook && c.cfg.SyscallErrors,
+	} {
+		if err := spec.Variables[name].Set(on); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
 	}
 	if err := spec.Variables["wakeup_bytes"].Set(uint64(c.cfg.WakeupBytes)); err != nil {
 		return fmt.Errorf("set wakeup threshold: %w", err)
@@ -254,21 +276,29 @@ func (c *Collector) attach() error {
 		group, name string
 		prog        *ebpf.Program
 	}
-	progs := []cgroupProg{
-		{"sock_ops", ebpf.AttachCGroupSockOps, c.objs.SockOps},
-		{"egress", ebpf.AttachCGroupInetEgress, c.objs.Egress},
-		{"ingress", ebpf.AttachCGroupInetIngress, c.objs.Ingress},
+	// The connect hooks go first, so that sock_ops finds their record on
+	// every socket connected once it is attached.
+	var progs []cgroupProg
+	if c.caps.connectHook {
+		// connect4 and connect6 keep on each socket the caller, for
+		// TCP_CONNECT, and the record sock_release reports if no SYN
+		// went out.
+		progs = append(progs,
+			cgroupProg{"connect4", ebpf.AttachCGroupInet4Connect, c.objs.Connect4},
+			cgroupProg{"connect6", ebpf.AttachCGroupInet6Connect, c.objs.Connect6})
 	}
+	if c.caps.releaseHook {
+		progs = append(progs, cgroupProg{"sock_release", ebpf.AttachCgroupInetSockRelease, c.objs.SockRelease})
+	}
+	progs = append(progs,
+		cgroupProg{"sock_ops", ebpf.AttachCGroupSockOps, c.objs.SockOps},
+		cgroupProg{"egress", ebpf.AttachCGroupInetEgress, c.objs.Egress},
+		cgroupProg{"ingress", ebpf.AttachCGroupInetIngress, c.objs.Ingress})
 	tracepoints := []tracepoint{
 		{"sched", "sched_process_exit", c.objs.ProcessExit},
 		{"sched", "sched_process_exec", c.objs.ProcessExec},
 	}
-	if !c.cfg.NoSyscallErrors {
-		// connect4 and connect6 only arm the record that the syscall
-		// exit reports.
-		progs = append(progs,
-			cgroupProg{"connect4", ebpf.AttachCGroupInet4Connect, c.objs.Connect4},
-			cgroupProg{"connect6", ebpf.AttachCGroupInet6Connect, c.objs.Connect6})
+	if c.caps.releaseHook && c.cfg.SyscallErrors {
 		tracepoints = append(tracepoints, tracepoint{"syscalls", "sys_exit_connect", c.objs.ConnectExit})
 	}
 	for _, a := range progs {
@@ -309,7 +339,7 @@ func (c *Collector) Programs() []ProgramStats {
 		name string
 		prog *ebpf.Program
 	}{
-		{"connect4", c.objs.Connect4}, {"connect6", c.objs.Connect6}, {"sock_ops", c.objs.SockOps},
+		{"connect4", c.objs.Connect4}, {"connect6", c.objs.Connect6}, {"sock_release", c.objs.SockRelease}, {"sock_ops", c.objs.SockOps},
 		{"egress", c.objs.Egress}, {"ingress", c.objs.Ingress},
 		{"connect_exit", c.objs.ConnectExit}, {"process_exit", c.objs.ProcessExit}, {"process_exec", c.objs.ProcessExec},
 	} {
@@ -324,6 +354,9 @@ func (c *Collector) Programs() []ProgramStats {
 	}
 	return out
 }
+
+// Features returns what the kernel let the programs do.
+func (c *Collector) Features() []Feature { return c.features }
 
 // Batches delivers decoded events. It is closed after Close has drained
 // the ring buffer.
@@ -598,10 +631,11 @@ func (c *Collector) pollKernelLosses() {
 			sum += v
 		}
 		if sum > c.kernelSeen[i] {
+			n := sum - c.kernelSeen[i]
 			if r := kernelLoss[i]; r == noLoss {
-				c.noticesLost[i].Add(sum - c.kernelSeen[i])
+				c.noticesLost[i].Add(n)
 			} else {
-				c.lose(r, sum-c.kernelSeen[i])
+				c.lose(r, n)
 			}
 			c.kernelSeen[i] = sum
 		}

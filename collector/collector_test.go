@@ -277,8 +277,7 @@ func TestConnectRefused(t *testing.T) {
 }
 
 // TestConnectNoAnswer covers the outcomes that need a peer elsewhere: one
-// that drops the SYN (timeout), one that answers ICMP host unreachable, and
-// a destination with no route at all, which fails inside connect(2).
+// that drops the SYN (timeout), and one that answers ICMP host unreachable.
 func TestConnectNoAnswer(t *testing.T) {
 	_, s := start(t)
 	peer := kerneltest.NewPeer(t)
@@ -301,10 +300,53 @@ func TestConnectNoAnswer(t *testing.T) {
 	if e := byDst[unreach]; e.Outcome != collector.OutcomeUnreachable || e.Errno != unix.EHOSTUNREACH {
 		t.Errorf("ICMP unreachable: outcome %v errno %v, want unreachable EHOSTUNREACH", e.Outcome, e.Errno)
 	}
+}
 
-	// Inside the peer's namespace only its /30 is routed.
-	noRoute := netip.MustParseAddrPort("203.0.113.7:443")
-	pid, res = kerneltest.Connect{Addrs: []netip.AddrPort{noRoute}, NetNS: peer.NetNS}.Run(t)
+// noRoute is an address the peer's namespace has no route to: only the
+// peer's /30 is routed there, so connect(2) fails before any SYN.
+var noRoute = netip.MustParseAddrPort("203.0.113.7:443")
+
+// TestConnectUnsent: a connect that fails inside connect(2), before a SYN,
+// is reported when its socket is released, with the caller and the
+// destination it was called with. Without SyscallErrors the kernel keeps
+// no error for it.
+func TestConnectUnsent(t *testing.T) {
+	_, s := start(t)
+	peer := kerneltest.NewPeer(t)
+	pid, res := kerneltest.Connect{Addrs: []netip.AddrPort{noRoute}, NetNS: peer.NetNS}.Run(t)
+	if res[0] != noRoute.String()+"=ENETUNREACH" {
+		t.Fatalf("helper said %v", res)
+	}
+	e := s.await(t, 1, 5*time.Second, pid)[0]
+	if e.Outcome != collector.OutcomeFailed || e.Errno != 0 || e.Dst != noRoute {
+		t.Errorf("no route: outcome %v errno %v dst %v, want failed without errno to %v", e.Outcome, e.Errno, e.Dst, noRoute)
+	}
+	checkUnsent(t, e, peer, pid)
+}
+
+func checkUnsent(t *testing.T, e collector.Event, peer *kerneltest.Peer, pid int) {
+	t.Helper()
+	if e.Src.IsValid() {
+		t.Errorf("src %v for a connect that sent no SYN", e.Src)
+	}
+	if want := netnsInode(t, peer.NetNS); e.NetNS != want {
+		t.Errorf("netns %d, want the peer's %d", e.NetNS, want)
+	}
+	if e.Cookie == 0 || e.PID != uint32(pid) || e.TID == 0 || e.CommString() != comm() || e.ProcStart == 0 || e.Time == 0 {
+		t.Errorf("caller: cookie %d pid %d tid %d comm %q start %d time %d, want pid %d", e.Cookie, e.PID, e.TID, e.CommString(), e.ProcStart, e.Time, pid)
+	}
+}
+
+// TestConnectUnsentErrors: with SyscallErrors, a connect that failed
+// before its SYN gets connect(2)'s error; connects that sent their SYN are
+// reported once, by their outcome, whatever the syscall returned.
+func TestConnectUnsentErrors(t *testing.T) {
+	c, s := startWith(t, collector.Config{FlushInterval: 10 * time.Millisecond, SyscallErrors: true}, 0)
+	if !hasFeature(c, collector.FeatureUnsentErrors) {
+		t.Fatalf("features %+v: unsent connect errors asked for but off", c.Features())
+	}
+	peer := kerneltest.NewPeer(t)
+	pid, res := kerneltest.Connect{Addrs: []netip.AddrPort{noRoute}, NetNS: peer.NetNS}.Run(t)
 	if res[0] != noRoute.String()+"=ENETUNREACH" {
 		t.Fatalf("helper said %v", res)
 	}
@@ -312,40 +354,73 @@ func TestConnectNoAnswer(t *testing.T) {
 	if e.Outcome != collector.OutcomeUnreachable || e.Errno != unix.ENETUNREACH || e.Dst != noRoute {
 		t.Errorf("no route: outcome %v errno %v dst %v", e.Outcome, e.Errno, e.Dst)
 	}
-	if e.Src.IsValid() {
-		t.Errorf("src %v for a connect that sent no SYN", e.Src)
+	checkUnsent(t, e, peer, pid)
+
+	refused := closedPort(t)
+	pid, res = kerneltest.Connect{Addrs: []netip.AddrPort{refused}}.Run(t)
+	if res[0] != refused.String()+"=ECONNREFUSED" {
+		t.Fatalf("helper said %v", res)
 	}
-	if want := netnsInode(t, peer.NetNS); e.NetNS != want {
-		t.Errorf("netns %d, want the peer's %d", e.NetNS, want)
-	}
-	if e.Cookie == 0 {
-		t.Error("no socket cookie")
+	if e := s.await(t, 1, 5*time.Second, pid)[0]; e.Outcome != collector.OutcomeRefused || !e.Src.IsValid() {
+		t.Errorf("refused: %+v", e)
 	}
 }
 
-// TestNoSyscallErrors: with NoSyscallErrors, a connect that fails inside
-// connect(2) gives no event, and the others still do.
-func TestNoSyscallErrors(t *testing.T) {
-	_, s := startWith(t, collector.Config{FlushInterval: 10 * time.Millisecond, NoSyscallErrors: true}, 0)
+// TestConnectUnsentRetried: each connect(2) on one socket that fails
+// before its SYN is an attempt of its own, and each is reported.
+func TestConnectUnsentRetried(t *testing.T) {
+	_, s := start(t)
 	peer := kerneltest.NewPeer(t)
-	noRoute := netip.MustParseAddrPort("203.0.113.7:443")
-	failed, res := kerneltest.Connect{Addrs: []netip.AddrPort{noRoute}, NetNS: peer.NetNS}.Run(t)
+	pid, res := kerneltest.Connect{Addrs: []netip.AddrPort{noRoute}, NetNS: peer.NetNS, Attempts: 3}.Run(t)
 	if res[0] != noRoute.String()+"=ENETUNREACH" {
 		t.Fatalf("helper said %v", res)
 	}
-	addr, _ := listen(t, "tcp", "127.0.0.1:0")
-	pid, _ := kerneltest.Connect{Addrs: []netip.AddrPort{addr}}.Run(t)
-	if e := s.await(t, 1, 5*time.Second, pid)[0]; e.Outcome != collector.OutcomeEstablished {
-		t.Errorf("outcome %v, want established", e.Outcome)
-	}
-	// The ring is read in order: the failed connect's event would be in.
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, e := range s.events {
-		if int(e.PID) == failed {
-			t.Errorf("event for a failure inside connect(2): %+v", e)
+	evs := s.await(t, 3, 5*time.Second, pid)
+	for _, e := range evs {
+		if e.Outcome != collector.OutcomeFailed || e.Dst != noRoute || e.Cookie != evs[0].Cookie {
+			t.Errorf("attempt %+v, want a failure to %v on socket %d", e, noRoute, evs[0].Cookie)
 		}
 	}
+}
+
+// TestConnectPolled: a caller that polls its nonblocking connect by
+// calling connect(2) again gets the first attempt's error from it; that
+// call sends nothing, and the connect is reported once, by its outcome.
+func TestConnectPolled(t *testing.T) {
+	_, s := start(t)
+	refused := closedPort(t)
+	addr, _ := listen(t, "tcp4", "127.0.0.1:0")
+	pid, res := kerneltest.Connect{Addrs: []netip.AddrPort{refused, addr}, Poll: true}.Run(t)
+	if want := []string{refused.String() + "=ECONNREFUSED", addr.String() + "=ok"}; !slices.Equal(res, want) {
+		t.Fatalf("helper said %v, want %v", res, want)
+	}
+	evs := s.await(t, 2, 5*time.Second, pid)
+	byDst := map[netip.AddrPort]collector.Event{}
+	for _, e := range evs {
+		byDst[e.Dst] = e
+	}
+	if e := byDst[refused]; e.Outcome != collector.OutcomeRefused {
+		t.Errorf("refused: %+v", e)
+	}
+	if e := byDst[addr]; e.Outcome != collector.OutcomeEstablished {
+		t.Errorf("established: %+v", e)
+	}
+}
+
+func hasFeature(c *collector.Collector, name string) bool {
+	return slices.ContainsFunc(c.Features(), func(f collector.Feature) bool { return f.Name == name && f.Available })
+}
+
+// closedPort returns a loopback address where nothing listens.
+func closedPort(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().(*net.TCPAddr).AddrPort()
+	ln.Close()
+	return closed
 }
 
 // TestConnectConcurrent checks that nothing is lost or doubled: events plus

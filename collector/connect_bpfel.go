@@ -27,6 +27,13 @@ type connectCaller struct {
 	Pad       uint32
 }
 
+type connectConnecting struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Sent   uint8
+	Pad    [7]uint8
+}
+
 type connectEvent struct {
 	_       structs.HostLayout
 	Cookie  uint64
@@ -68,9 +75,9 @@ const (
 type connectOutcome uint32
 
 const (
-	connectOutcomeOUTCOME_ESTABLISHED   connectOutcome = 1
-	connectOutcomeOUTCOME_CLOSED        connectOutcome = 2
-	connectOutcomeOUTCOME_SYSCALL_ERROR connectOutcome = 3
+	connectOutcomeOUTCOME_ESTABLISHED connectOutcome = 1
+	connectOutcomeOUTCOME_CLOSED      connectOutcome = 2
+	connectOutcomeOUTCOME_UNSENT      connectOutcome = 3
 )
 
 type connectOutcomeEvent struct {
@@ -96,13 +103,15 @@ type connectPayloadEvent struct {
 
 type connectPending struct {
 	_      structs.HostLayout
+	Caller connectCaller
+	Dest   struct {
+		_      structs.HostLayout
+		Daddr  [16]uint8
+		Dport  uint16
+		Family uint16
+		Pad    uint32
+	}
 	Cookie uint64
-	Daddr  [16]uint8
-	Dport  uint16
-	Family uint16
-	Netns  uint32
-	Armed  uint8
-	Pad    [7]uint8
 }
 
 type connectStat uint32
@@ -120,12 +129,14 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	connectMapConnecting         = "connecting"
 	connectMapEvents             = "events"
 	connectMapHellos             = "hellos"
 	connectMapPendings           = "pendings"
 	connectMapScratch            = "scratch"
 	connectMapScratchDepth       = "scratch_depth"
 	connectMapStats              = "stats"
+	connectMapUnsentErrors       = "unsent_errors"
 	connectProgConnect4          = "connect4"
 	connectProgConnect6          = "connect6"
 	connectProgConnectExit       = "connect_exit"
@@ -134,6 +145,10 @@ const (
 	connectProgProcessExec       = "process_exec"
 	connectProgProcessExit       = "process_exit"
 	connectProgSockOps           = "sock_ops"
+	connectProgSockRelease       = "sock_release"
+	connectVarConnectHook        = "connect_hook"
+	connectVarReleaseHook        = "release_hook"
+	connectVarSockopsCurrent     = "sockops_current"
 	connectVarSyscallErrors      = "syscall_errors"
 	connectVarUnusedEvent        = "unused_event"
 	connectVarUnusedKind         = "unused_kind"
@@ -194,24 +209,30 @@ type connectProgramSpecs struct {
 	ProcessExec *ebpf.ProgramSpec `ebpf:"process_exec"`
 	ProcessExit *ebpf.ProgramSpec `ebpf:"process_exit"`
 	SockOps     *ebpf.ProgramSpec `ebpf:"sock_ops"`
+	SockRelease *ebpf.ProgramSpec `ebpf:"sock_release"`
 }
 
 // connectMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectMapSpecs struct {
+	Connecting   *ebpf.MapSpec `ebpf:"connecting"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Hellos       *ebpf.MapSpec `ebpf:"hellos"`
 	Pendings     *ebpf.MapSpec `ebpf:"pendings"`
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 	ScratchDepth *ebpf.MapSpec `ebpf:"scratch_depth"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
+	UnsentErrors *ebpf.MapSpec `ebpf:"unsent_errors"`
 }
 
 // connectVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectVariableSpecs struct {
+	ConnectHook        *ebpf.VariableSpec `ebpf:"connect_hook"`
+	ReleaseHook        *ebpf.VariableSpec `ebpf:"release_hook"`
+	SockopsCurrent     *ebpf.VariableSpec `ebpf:"sockops_current"`
 	SyscallErrors      *ebpf.VariableSpec `ebpf:"syscall_errors"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedKind         *ebpf.VariableSpec `ebpf:"unused_kind"`
@@ -242,22 +263,26 @@ func (o *connectObjects) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectMaps struct {
+	Connecting   *ebpf.Map `ebpf:"connecting"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Hellos       *ebpf.Map `ebpf:"hellos"`
 	Pendings     *ebpf.Map `ebpf:"pendings"`
 	Scratch      *ebpf.Map `ebpf:"scratch"`
 	ScratchDepth *ebpf.Map `ebpf:"scratch_depth"`
 	Stats        *ebpf.Map `ebpf:"stats"`
+	UnsentErrors *ebpf.Map `ebpf:"unsent_errors"`
 }
 
 func (m *connectMaps) Close() error {
 	return _ConnectClose(
+		m.Connecting,
 		m.Events,
 		m.Hellos,
 		m.Pendings,
 		m.Scratch,
 		m.ScratchDepth,
 		m.Stats,
+		m.UnsentErrors,
 	)
 }
 
@@ -265,6 +290,9 @@ func (m *connectMaps) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectVariables struct {
+	ConnectHook        *ebpf.Variable `ebpf:"connect_hook"`
+	ReleaseHook        *ebpf.Variable `ebpf:"release_hook"`
+	SockopsCurrent     *ebpf.Variable `ebpf:"sockops_current"`
 	SyscallErrors      *ebpf.Variable `ebpf:"syscall_errors"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
 	UnusedKind         *ebpf.Variable `ebpf:"unused_kind"`
@@ -287,6 +315,7 @@ type connectPrograms struct {
 	ProcessExec *ebpf.Program `ebpf:"process_exec"`
 	ProcessExit *ebpf.Program `ebpf:"process_exit"`
 	SockOps     *ebpf.Program `ebpf:"sock_ops"`
+	SockRelease *ebpf.Program `ebpf:"sock_release"`
 }
 
 func (p *connectPrograms) Close() error {
@@ -299,6 +328,7 @@ func (p *connectPrograms) Close() error {
 		p.ProcessExec,
 		p.ProcessExit,
 		p.SockOps,
+		p.SockRelease,
 	)
 }
 

@@ -217,7 +217,7 @@ func (e *Event) Decode(b []byte, bootOffset int64) error {
 		return err
 	}
 	e.Kind, e.Outcome, e.Errno = KindConnect, outcome, unix.Errno(errno)
-	if connectOutcome(b[offOutcome]) == connectOutcomeOUTCOME_SYSCALL_ERROR {
+	if connectOutcome(b[offOutcome]) == connectOutcomeOUTCOME_UNSENT {
 		// No SYN was sent, so no source address was chosen.
 		e.Src = netip.AddrPort{}
 	}
@@ -354,11 +354,12 @@ func outcomeOf(o connectOutcome, errno unix.Errno) (Outcome, error) {
 	switch o {
 	case connectOutcomeOUTCOME_ESTABLISHED:
 		return OutcomeEstablished, nil
-	case connectOutcomeOUTCOME_CLOSED, connectOutcomeOUTCOME_SYSCALL_ERROR:
+	case connectOutcomeOUTCOME_CLOSED, connectOutcomeOUTCOME_UNSENT:
 		switch errno {
 		case 0, unix.ETIMEDOUT:
-			if errno == 0 && o == connectOutcomeOUTCOME_SYSCALL_ERROR {
-				return 0, fmt.Errorf("%w: syscall error without errno", ErrMalformed)
+			if errno == 0 && o == connectOutcomeOUTCOME_UNSENT {
+				// Failed before its SYN, and the error was not kept.
+				return OutcomeFailed, nil
 			}
 			return OutcomeTimeout, nil
 		case unix.ECONNREFUSED:

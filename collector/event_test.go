@@ -63,11 +63,14 @@ func TestDecode(t *testing.T) {
 		ev.Err = int32(err)
 		return ev
 	}
-	syscallErr := baseEvent()
-	syscallErr.Outcome = uint8(connectOutcomeOUTCOME_SYSCALL_ERROR)
-	syscallErr.Err = int32(unix.ENETUNREACH)
-	syscallErr.Sport = 0
-	syscallErr.Saddr = [16]byte{}
+	unsent := func(err unix.Errno) connectEvent {
+		ev := baseEvent()
+		ev.Outcome = uint8(connectOutcomeOUTCOME_UNSENT)
+		ev.Err = int32(err)
+		ev.Sport = 0
+		ev.Saddr = [16]byte{}
+		return ev
+	}
 
 	for _, tc := range []struct {
 		name     string
@@ -85,7 +88,9 @@ func TestDecode(t *testing.T) {
 		{"net unreachable", closed(unix.ENETUNREACH), OutcomeUnreachable, "10.0.3.7:43210", "10.96.0.15:443"},
 		{"reset", closed(unix.ECONNRESET), OutcomeReset, "10.0.3.7:43210", "10.96.0.15:443"},
 		{"other error", closed(unix.EPROTO), OutcomeFailed, "10.0.3.7:43210", "10.96.0.15:443"},
-		{"failed before a SYN", syscallErr, OutcomeUnreachable, "invalid AddrPort", "10.96.0.15:443"},
+		{"failed before a SYN, no route", unsent(unix.ENETUNREACH), OutcomeUnreachable, "invalid AddrPort", "10.96.0.15:443"},
+		{"failed before a SYN, no port", unsent(unix.EADDRNOTAVAIL), OutcomeFailed, "invalid AddrPort", "10.96.0.15:443"},
+		{"failed before a SYN, error not kept", unsent(0), OutcomeFailed, "invalid AddrPort", "10.96.0.15:443"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var e Event
@@ -135,7 +140,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"family", bad(func(e *connectEvent) { e.Family = 1 })},
 		{"outcome", bad(func(e *connectEvent) { e.Outcome = 0 })},
 		{"negative errno", bad(func(e *connectEvent) { e.Outcome = 2; e.Err = -1 })},
-		{"syscall error without errno", bad(func(e *connectEvent) { e.Outcome = 3 })},
+		{"outcome past the last", bad(func(e *connectEvent) { e.Outcome = 4 })},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var e Event

@@ -28,6 +28,8 @@ type Sources struct {
 	// Reloads counts policy loads by result; nil when no policy is given.
 	Reloads  func() (ok, failed uint64)
 	Programs func() []collector.ProgramStats
+	// Features are what the kernel let the programs do.
+	Features func() []collector.Feature
 }
 
 // NewMetrics registers the metrics, with the Go runtime and process ones.
@@ -112,6 +114,9 @@ var (
 		"Runs of each kernel program, while the kernel counts them (--bpf-stats).", []string{"program"}, nil)
 	progTimeDesc = prometheus.NewDesc("callscope_bpf_program_run_seconds_total",
 		"Time spent in each kernel program, while the kernel counts it (--bpf-stats).", []string{"program"}, nil)
+	featureDesc = prometheus.NewDesc("callscope_kernel_feature",
+		"Whether the running kernel lets the agent report what a feature covers (1) or not (0, logged at start), by feature: unsent_connects, unsent_connect_errors (opt-in, --syscall-errors), dns_netns.",
+		[]string{"feature"}, nil)
 	cacheDesc = prometheus.NewDesc("callscope_identity_cache_lookups_total",
 		"Identity cache lookups, by what was looked up and whether the cache answered.", []string{"kind", "result"}, nil)
 )
@@ -127,7 +132,7 @@ func (s *stageCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- cacheDesc
 	ch <- podWaitsDesc
 	for _, d := range []*prometheus.Desc{verdictsDesc, violationsDesc, pendingClosedDesc, pendingDesc, reloadsDesc,
-		helloDesc, unattributedDesc, serverHelloDesc, dnsDesc, namesDesc, progRunsDesc, progTimeDesc} {
+		helloDesc, unattributedDesc, serverHelloDesc, dnsDesc, namesDesc, progRunsDesc, progTimeDesc, featureDesc} {
 		ch <- d
 	}
 }
@@ -174,6 +179,15 @@ func (s *stageCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, p := range s.src.Programs() {
 			ch <- prometheus.MustNewConstMetric(progRunsDesc, prometheus.CounterValue, float64(p.Runs), p.Name)
 			ch <- prometheus.MustNewConstMetric(progTimeDesc, prometheus.CounterValue, p.RunTime.Seconds(), p.Name)
+		}
+	}
+	if s.src.Features != nil {
+		for _, f := range s.src.Features() {
+			v := 0.0
+			if f.Available {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(featureDesc, prometheus.GaugeValue, v, f.Name)
 		}
 	}
 	if s.src.Enrich != nil {

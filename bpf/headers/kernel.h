@@ -29,9 +29,23 @@ struct sock_common {
 	unsigned char skc_state;
 };
 
+/* include/linux/net.h: how far connect(2) got on a socket */
+typedef enum {
+	SS_FREE = 0,
+	SS_UNCONNECTED,
+	SS_CONNECTING,
+	SS_CONNECTED,
+	SS_DISCONNECTING,
+} socket_state;
+
+struct socket {
+	socket_state state;
+};
+
 struct sock {
 	struct sock_common __sk_common;
 	int sk_err;
+	struct socket *sk_socket;
 };
 
 struct sk_buff {
@@ -76,6 +90,7 @@ struct cred {
 };
 
 struct task_struct {
+	int pid;
 	int tgid;
 	char comm[16];
 	const struct cred *cred;

@@ -96,13 +96,13 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	}
 	defer enr.Close()
 
-	coll, err := collector.Start(collector.Config{CgroupRoot: cfg.cgroupRoot, BPFStats: cfg.bpfStats, NoSyscallErrors: !cfg.syscallErrors, Logger: log})
+	coll, err := collector.Start(collector.Config{CgroupRoot: cfg.cgroupRoot, BPFStats: cfg.bpfStats, SyscallErrors: cfg.syscallErrors, Logger: log})
 	if err != nil {
 		return err
 	}
 	defer coll.Close()
 
-	src := exporter.Sources{Collector: coll.Stats, Enrich: enr.Stats, Scope: stage.Stats, Programs: coll.Programs}
+	src := exporter.Sources{Collector: coll.Stats, Enrich: enr.Stats, Scope: stage.Stats, Programs: coll.Programs, Features: coll.Features}
 	if policies != nil {
 		src.Reloads = policies.Reloads
 	}

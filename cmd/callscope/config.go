@@ -55,7 +55,7 @@ func runFlags(cfg *runConfig) *flag.FlagSet {
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&cfg.pendingTimeout, "pending-timeout", 10*time.Second, "how long a call only an sni rule can allow waits for its TLS ClientHello before it is judged a violation")
 	fs.BoolVar(&cfg.bpfStats, "bpf-stats", false, "have the kernel count the run time of callscope's programs, for metrics (two clock reads per program run; needs CAP_SYS_ADMIN)")
-	fs.BoolVar(&cfg.syscallErrors, "syscall-errors", true, "report connects that fail inside connect(2), before a SYN (no route, no free port, a local policy); needs the syscall-exit tracepoint, which puts every syscall on the node on the kernel's slower path (about 50 ns each)")
+	fs.BoolVar(&cfg.syscallErrors, "syscall-errors", false, "give connects that fail inside connect(2), before a SYN, their error (ENETUNREACH, EADDRNOTAVAIL, EPERM); needs the syscall-exit tracepoint, which puts every syscall on the node on the kernel's slower path (about 50 ns each). Such connects are reported either way")
 	fs.Var(&cfg.policies, "policy", "CallScope `path` (file or folder); repeatable, or comma-separated; reloaded on change and on SIGHUP")
 	cfg.kafka.register(fs, "Kafka brokers as `host:port,...`; empty turns Kafka off")
 	fs.StringVar(&cfg.spoolDir, "spool-dir", "/var/lib/callscope/spool", "`directory` where events wait while Kafka cannot take them")

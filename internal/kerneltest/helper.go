@@ -65,6 +65,14 @@ type Connect struct {
 	// User, if set, is the uid and gid the process takes (real, effective
 	// and saved, with no supplementary groups) before its connects.
 	User *User
+	// Attempts is how many times connect(2) is called on each socket before
+	// it is closed (default 1): after a failure before the SYN, each call
+	// is a new attempt.
+	Attempts int
+	// Poll makes each connect nonblocking, then, once the socket is
+	// writable, calls connect(2) again for the result, as some callers
+	// do instead of asking SO_ERROR.
+	Poll bool
 }
 
 // User is a uid and a gid.
@@ -83,7 +91,9 @@ func (c Connect) Command(t testing.TB) *exec.Cmd {
 		"CALLSCOPE_TEST_REPEAT="+strconv.Itoa(max(c.Repeat, 1)),
 		"CALLSCOPE_TEST_SYNCNT="+strconv.Itoa(c.SynCnt),
 		"CALLSCOPE_TEST_NETNS="+c.NetNS,
-		"CALLSCOPE_TEST_LINGER="+strconv.FormatBool(c.Linger))
+		"CALLSCOPE_TEST_LINGER="+strconv.FormatBool(c.Linger),
+		"CALLSCOPE_TEST_ATTEMPTS="+strconv.Itoa(max(c.Attempts, 1)),
+		"CALLSCOPE_TEST_POLL="+strconv.FormatBool(c.Poll))
 	if c.User != nil {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("CALLSCOPE_TEST_USER=%d:%d", c.User.UID, c.User.GID))
 	}
@@ -131,6 +141,8 @@ func connectMain(args []string) error {
 	}
 	repeat, _ := strconv.Atoi(os.Getenv("CALLSCOPE_TEST_REPEAT"))
 	syncnt, _ := strconv.Atoi(os.Getenv("CALLSCOPE_TEST_SYNCNT"))
+	how := connectHow{syncnt: syncnt, poll: os.Getenv("CALLSCOPE_TEST_POLL") == "true"}
+	how.attempts, _ = strconv.Atoi(os.Getenv("CALLSCOPE_TEST_ATTEMPTS"))
 	var out strings.Builder
 	for _, a := range args {
 		ap, err := netip.ParseAddrPort(a)
@@ -139,7 +151,7 @@ func connectMain(args []string) error {
 		}
 		for range max(repeat, 1) {
 			res := "ok"
-			if err := connectOnce(ap, syncnt); err != nil {
+			if err := connectOnce(ap, how); err != nil {
 				if errno, ok := err.(unix.Errno); ok {
 					res = unix.ErrnoName(errno)
 				} else {
@@ -163,8 +175,9 @@ func connectMain(args []string) error {
 	return nil
 }
 
-// connectOnce makes one blocking connect and closes the socket.
-func connectOnce(ap netip.AddrPort, syncnt int) error {
+// tcpSocket opens a TCP socket for ap, with flags added to its type and
+// TCP_SYNCNT set when syncnt is not 0.
+func tcpSocket(ap netip.AddrPort, flags, syncnt int) (int, unix.Sockaddr, error) {
 	family := unix.AF_INET
 	var sa unix.Sockaddr
 	if ap.Addr().Is4() {
@@ -173,15 +186,49 @@ func connectOnce(ap netip.AddrPort, syncnt int) error {
 		family = unix.AF_INET6
 		sa = &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|flags, unix.IPPROTO_TCP)
 	if err != nil {
-		return fmt.Errorf("socket: %w", err)
+		return -1, nil, fmt.Errorf("socket: %w", err)
 	}
-	defer unix.Close(fd)
 	if syncnt > 0 {
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_SYNCNT, syncnt); err != nil {
-			return fmt.Errorf("TCP_SYNCNT: %w", err)
+			unix.Close(fd)
+			return -1, nil, fmt.Errorf("TCP_SYNCNT: %w", err)
 		}
 	}
-	return unix.Connect(fd, sa)
+	return fd, sa, nil
+}
+
+type connectHow struct {
+	syncnt   int
+	attempts int
+	poll     bool
+}
+
+// connectOnce connects one socket, as how says, and closes it. The error
+// is the last attempt's.
+func connectOnce(ap netip.AddrPort, how connectHow) error {
+	flags := 0
+	if how.poll {
+		flags = unix.SOCK_NONBLOCK
+	}
+	fd, sa, err := tcpSocket(ap, flags, how.syncnt)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	for range max(how.attempts, 1) {
+		err = unix.Connect(fd, sa)
+	}
+	if how.poll && err == unix.EINPROGRESS {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		if _, perr := unix.Poll(pfd, 10_000); perr != nil {
+			return fmt.Errorf("poll: %w", perr)
+		}
+		err = unix.Connect(fd, sa)
+		if err == unix.EISCONN {
+			err = nil
+		}
+	}
+	return err
 }
