@@ -93,7 +93,11 @@ enum stat {
 	STAT_EXIT_LOST = 2,    /* no room for a process exit: its cache entry ages out instead */
 	STAT_PAYLOAD_LOST = 3, /* a TLS or DNS payload record lost: the ring buffer was full */
 	STAT_EXEC_LOST = 4,    /* an execve not reported: a short-lived process may go without exe */
-	STAT_MAX = 5,
+	/* a tracked connect's outcome lost: the ring buffer was full. Its start
+	 * record, already read, waits in user space for nothing: counted here
+	 * once, it is not counted again when it expires. */
+	STAT_OUTCOME_LOST = 5,
+	STAT_MAX = 6,
 };
 
 /* Identity of the caller, captured inside connect(2). */
@@ -189,6 +193,11 @@ struct pending {
 	struct caller caller;
 	struct dest dest;
 	__u64 cookie; /* 0: nothing for sock_release to report */
+	/* TCP_CONNECT lost the start record (and counted it): the socket's
+	 * outcome is not this instance's to report, even where another
+	 * program (another callscope, in a rolling update) tracks it. */
+	__u8 start_lost;
+	__u8 _pad[7];
 };
 
 struct {
@@ -429,6 +438,7 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, __u16 family)
 	if (p->cookie)
 		report_unsent(p);
 	p->cookie = bpf_get_socket_cookie(ctx);
+	p->start_lost = 0;
 	fill_caller(&p->caller);
 	p->caller.netns = ks->__sk_common.skc_net.net->ns.inum;
 	fill_dest(&p->dest, ctx, family);
@@ -527,9 +537,16 @@ static __always_inline int sock_err(struct bpf_sock_ops *skops)
  */
 static __always_inline void report(struct bpf_sock_ops *skops, __u8 outcome, __s32 err)
 {
+	/* A socket left with a record is one whose start was lost: another
+	 * program set the flag that brought this callback. */
+	if (connect_hook && skops->sk) {
+		struct pending *p = bpf_sk_storage_get(&pendings, skops->sk, 0, 0);
+		if (p && p->start_lost)
+			return;
+	}
 	struct outcome_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
-		count(STAT_RINGBUF_FULL);
+		count(STAT_OUTCOME_LOST);
 		return;
 	}
 	e->cookie = bpf_get_socket_cookie(skops);
@@ -562,13 +579,21 @@ int sock_ops(struct bpf_sock_ops *skops)
 			if (c && c->cookie == p->cookie)
 				c->sent = 1;
 		}
+		if (lost) {
+			/* Not tracked: its outcome would have nothing to join. The
+			 * record stays, marked, so that no outcome is reported
+			 * (and counted lost) for it. */
+			if (!p && connect_hook)
+				p = bpf_sk_storage_get(&pendings, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+			if (p) {
+				p->cookie = 0;
+				p->start_lost = 1;
+			}
+			return 1;
+		}
 		/* Sent: nothing is left to report at release. */
 		if (p)
 			bpf_sk_storage_delete(&pendings, sk);
-		/* A connect whose start is lost (and counted) is not tracked:
-		 * its outcome would have nothing to join. */
-		if (lost)
-			return 1;
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
 	}

@@ -120,7 +120,10 @@ type Stats struct {
 	// ExecsLost counts execve calls the kernel could not report: a process
 	// that is gone before /proc is read then has no exe.
 	ExecsLost uint64
-	Hellos    HelloStats
+	// OutcomesLost counts, of the ring_buffer_full losses, the connects
+	// whose start was read but whose outcome the ring had no room for.
+	OutcomesLost uint64
+	Hellos       HelloStats
 }
 
 // Loss counts events lost at one stage for one reason.
@@ -161,10 +164,14 @@ type Collector struct {
 	percpu     []uint64
 	lastSweep  time.Time
 	inflight   inflight // connects awaiting their outcome
-	hellos     *assembler
-	batch      *Batch // being filled
-	payload    payload
-	helloStats atomic.Pointer[HelloStats] // a copy for Stats, taken at each flush
+	// orphans counts starts in inflight whose outcome the kernel lost and
+	// counted: the sweep lets that many expire without counting them again.
+	orphans      uint64
+	outcomesLost atomic.Uint64
+	hellos       *assembler
+	batch        *Batch // being filled
+	payload      payload
+	helloStats   atomic.Pointer[HelloStats] // a copy for Stats, taken at each flush
 
 	sweepNow  atomic.Bool // asks the read goroutine to sweep at its next pass
 	closeOnce sync.Once
@@ -380,6 +387,7 @@ func (c *Collector) Stats() Stats {
 	}
 	s.ExitsLost = c.noticesLost[connectStatSTAT_EXIT_LOST].Load()
 	s.ExecsLost = c.noticesLost[connectStatSTAT_EXEC_LOST].Load()
+	s.OutcomesLost = c.outcomesLost.Load()
 	if h := c.helloStats.Load(); h != nil {
 		s.Hellos = *h
 	}
@@ -415,6 +423,7 @@ var kernelLoss = [connectStatSTAT_MAX]lossReason{
 	connectStatSTAT_EXIT_LOST:    noLoss,
 	connectStatSTAT_PAYLOAD_LOST: lossRingBuffer,
 	connectStatSTAT_EXEC_LOST:    noLoss,
+	connectStatSTAT_OUTCOME_LOST: lossRingBuffer,
 }
 
 const noLoss lossReason = -1
@@ -637,6 +646,10 @@ func (c *Collector) pollKernelLosses() {
 			} else {
 				c.lose(r, n)
 			}
+			if i == connectStatSTAT_OUTCOME_LOST {
+				c.orphans += n
+				c.outcomesLost.Add(n)
+			}
 			c.kernelSeen[i] = sum
 		}
 	}
@@ -745,8 +758,13 @@ func (c *Collector) sweep() {
 	for _, cookie := range expired {
 		c.inflight.take(cookie)
 	}
-	if n := uint64(len(expired)); n > 0 {
-		c.lose(lossConnExpired, n)
+	// A start whose outcome the kernel lost was counted then: which of
+	// those waiting it is cannot be told, only how many there are.
+	n := uint64(len(expired))
+	counted := min(n, c.orphans)
+	c.orphans -= counted
+	if n > counted {
+		c.lose(lossConnExpired, n-counted)
 	}
 }
 

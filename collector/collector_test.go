@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/callscope/callscope/collector"
+	"github.com/callscope/callscope/exporter"
 	"github.com/callscope/callscope/internal/kerneltest"
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -470,37 +471,134 @@ func TestConnectConcurrent(t *testing.T) {
 	}
 }
 
-// TestLossesAreCounted overwhelms a one-page ring buffer and a one-batch
-// queue with a slow consumer: what does not arrive is counted, in the
-// stream and in Stats, so events plus losses still cover every connect.
-func TestLossesAreCounted(t *testing.T) {
+// TestLossesAreCountedExactly overwhelms a one-page ring buffer, which the
+// reader drains only every 100 ms, and a one-batch queue with a slow
+// consumer. The collector watches only the test's cgroup, so every connect
+// it sees is the helper's: each is delivered or counted lost, exactly once
+// (kernel + queue losses + delivered = connects made), and the stream's
+// loss events, Stats and the Prometheus counters all say the same. A
+// connect whose outcome the kernel lost is counted then, and not again
+// when its start expires. A second collector on the cgroup2 root, as in a
+// rolling update, tracks the same sockets, and changes none of the counts.
+func TestLossesAreCountedExactly(t *testing.T) {
+	kerneltest.Require(t)
+	cg := kerneltest.NewCgroup(t, "losses")
+	start(t)
+	page := os.Getpagesize()
 	c, s := startWith(t, collector.Config{
-		RingBufferBytes: os.Getpagesize(), BatchSize: 4, QueueBatches: 1, FlushInterval: 5 * time.Millisecond,
+		CgroupRoot: cg.Path, RingBufferBytes: page, WakeupBytes: 2 * page,
+		BatchSize: 4, QueueBatches: 1, FlushInterval: 100 * time.Millisecond,
+		ConnExpiry: 300 * time.Millisecond,
 	}, 2*time.Millisecond)
 	dst, _ := listen(t, "tcp4", "127.0.0.1:0")
-	const connects = 2000
-	pid, _ := kerneltest.Connect{Addrs: []netip.AddrPort{dst}, Repeat: connects}.Run(t)
-	time.Sleep(50 * time.Millisecond)
+	const connects = 3000
+	pid, _ := kerneltest.Connect{Addrs: []netip.AddrPort{dst}, Repeat: connects, Cgroup: cg}.Run(t)
+	// Every start still waiting is one whose outcome was lost: let them
+	// expire.
+	time.Sleep(400 * time.Millisecond)
+	c.Sweep()
+	time.Sleep(300 * time.Millisecond)
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
 	<-s.done
 
-	evs := len(s.of(pid))
-	t.Logf("%d connects: %d events, lost %v", connects, evs, s.lost)
+	delivered := len(s.events)
+	if n := len(s.of(pid)); n != delivered {
+		t.Fatalf("%d events, %d of them the helper's: the collector saw outside its cgroup", delivered, n)
+	}
+	var lost uint64
+	for _, n := range s.lost {
+		lost += n
+	}
+	t.Logf("%d connects: %d delivered, lost %v", connects, delivered, s.lost)
 	if s.lost[collector.ReasonRingBufferFull] == 0 || s.lost[collector.ReasonQueueFull] == 0 {
 		t.Errorf("want losses both in the ring buffer and in the queue, got %v", s.lost)
 	}
-	// Other processes' connects may be among the losses, never among ours.
-	lost := s.lost[collector.ReasonRingBufferFull] + s.lost[collector.ReasonQueueFull]
-	if evs > connects || uint64(evs)+lost < connects {
-		t.Errorf("%d events + %d lost, want at least %d connects", evs, lost, connects)
+	if uint64(delivered)+lost != connects {
+		t.Errorf("%d delivered + %d lost = %d, want exactly %d connects", delivered, lost, uint64(delivered)+lost, connects)
 	}
+	metrics := lostMetrics(t, c)
 	for _, l := range c.Stats().Lost {
 		if l.Count != s.lost[l.Reason] {
 			t.Errorf("stats say %d lost for %s, the stream %d", l.Count, l.Reason, s.lost[l.Reason])
 		}
+		if m := metrics[l.Stage+"/"+l.Reason]; m != float64(l.Count) {
+			t.Errorf("callscope_events_lost_total{stage=%q,reason=%q} is %v, stats %d", l.Stage, l.Reason, m, l.Count)
+		}
 	}
+}
+
+// TestLostOutcomeCountedOnce: connects whose starts fill the ring buffer
+// get their outcomes only once it is full, before the reader drains it.
+// Each such connect is counted lost once, when its outcome is lost, and
+// not again when its start, read later, expires unanswered.
+func TestLostOutcomeCountedOnce(t *testing.T) {
+	kerneltest.Require(t)
+	cg := kerneltest.NewCgroup(t, "outcomes")
+	// A ring of 16 pages holds 481 starts (136 bytes each, with their
+	// header), fewer the exec records of the node's processes, which
+	// take room too; 600 overfill it. The SYNs time out after about 3 s.
+	const ring, connects = 16 << 12, 600
+	c, s := startWith(t, collector.Config{
+		CgroupRoot: cg.Path, RingBufferBytes: ring, WakeupBytes: 2 * ring,
+		FlushInterval: 5 * time.Second, ConnExpiry: 100 * time.Millisecond,
+	}, 0)
+	peer := kerneltest.NewPeer(t)
+	drop := netip.AddrPortFrom(peer.Addr, kerneltest.DropPort)
+	_, res := kerneltest.Connect{Addrs: []netip.AddrPort{drop}, Repeat: connects, SynCnt: 1, Concurrent: true, Cgroup: cg}.Run(t)
+	if len(res) != connects || slices.ContainsFunc(res, func(r string) bool { return r != drop.String()+"=ETIMEDOUT" }) {
+		t.Fatalf("helper said %v", res)
+	}
+	// The first drain reads the starts, then sweeps them: every one has
+	// waited past ConnExpiry, and none has an outcome to come.
+	c.Sweep()
+	time.Sleep(5 * time.Second)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	<-s.done
+
+	var lost uint64
+	for _, n := range s.lost {
+		lost += n
+	}
+	t.Logf("%d connects: %d delivered, lost %v", connects, len(s.events), s.lost)
+	if uint64(len(s.events))+lost != connects || s.lost[collector.ReasonConnExpired] != 0 {
+		t.Errorf("%d delivered, lost %v: want %d in all, none of them expired", len(s.events), s.lost, connects)
+	}
+	if n := c.Stats().OutcomesLost; n == 0 {
+		t.Errorf("no outcome lost: the starts never filled the ring")
+	}
+}
+
+// lostMetrics returns callscope_events_lost_total, by stage/reason, as
+// the agent's metrics export c's counts.
+func lostMetrics(t *testing.T, c *collector.Collector) map[string]float64 {
+	t.Helper()
+	mfs, err := exporter.NewMetrics(exporter.Sources{Collector: c.Stats}).Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "callscope_events_lost_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var stage, reason string
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "stage":
+					stage = l.GetValue()
+				case "reason":
+					reason = l.GetValue()
+				}
+			}
+			out[stage+"/"+reason] = m.GetCounter().GetValue()
+		}
+	}
+	return out
 }
 
 // TestCloseReleasesEverything checks that Close leaves no program, map,

@@ -111,7 +111,9 @@ type connectPending struct {
 		Family uint16
 		Pad    uint32
 	}
-	Cookie uint64
+	Cookie    uint64
+	StartLost uint8
+	Pad       [7]uint8
 }
 
 type connectStat uint32
@@ -122,7 +124,8 @@ const (
 	connectStatSTAT_EXIT_LOST    connectStat = 2
 	connectStatSTAT_PAYLOAD_LOST connectStat = 3
 	connectStatSTAT_EXEC_LOST    connectStat = 4
-	connectStatSTAT_MAX          connectStat = 5
+	connectStatSTAT_OUTCOME_LOST connectStat = 5
+	connectStatSTAT_MAX          connectStat = 6
 )
 
 // Names of all BPF objects in the ELF.

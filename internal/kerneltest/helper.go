@@ -73,6 +73,10 @@ type Connect struct {
 	// writable, calls connect(2) again for the result, as some callers
 	// do instead of asking SO_ERROR.
 	Poll bool
+	// Concurrent starts every connect (each address, Repeat times) at
+	// once, nonblocking, then waits for them all; stdout has one line per
+	// connect.
+	Concurrent bool
 }
 
 // User is a uid and a gid.
@@ -93,7 +97,8 @@ func (c Connect) Command(t testing.TB) *exec.Cmd {
 		"CALLSCOPE_TEST_NETNS="+c.NetNS,
 		"CALLSCOPE_TEST_LINGER="+strconv.FormatBool(c.Linger),
 		"CALLSCOPE_TEST_ATTEMPTS="+strconv.Itoa(max(c.Attempts, 1)),
-		"CALLSCOPE_TEST_POLL="+strconv.FormatBool(c.Poll))
+		"CALLSCOPE_TEST_POLL="+strconv.FormatBool(c.Poll),
+		"CALLSCOPE_TEST_CONCURRENT="+strconv.FormatBool(c.Concurrent))
 	if c.User != nil {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("CALLSCOPE_TEST_USER=%d:%d", c.User.UID, c.User.GID))
 	}
@@ -144,6 +149,13 @@ func connectMain(args []string) error {
 	how := connectHow{syncnt: syncnt, poll: os.Getenv("CALLSCOPE_TEST_POLL") == "true"}
 	how.attempts, _ = strconv.Atoi(os.Getenv("CALLSCOPE_TEST_ATTEMPTS"))
 	var out strings.Builder
+	if os.Getenv("CALLSCOPE_TEST_CONCURRENT") == "true" {
+		if err := connectConcurrently(args, max(repeat, 1), syncnt, &out); err != nil {
+			return err
+		}
+		_, err := os.Stdout.WriteString(out.String())
+		return err
+	}
 	for _, a := range args {
 		ap, err := netip.ParseAddrPort(a)
 		if err != nil {
@@ -171,6 +183,69 @@ func connectMain(args []string) error {
 	if os.Getenv("CALLSCOPE_TEST_LINGER") == "true" {
 		os.Stdout.Close() // tells the parent the connects are done
 		io.Copy(io.Discard, os.Stdin)
+	}
+	return nil
+}
+
+// connectConcurrently starts repeat nonblocking connects to each address,
+// then waits for them all and writes each one's result to out.
+func connectConcurrently(args []string, repeat, syncnt int, out *strings.Builder) error {
+	type conn struct {
+		ap netip.AddrPort
+		fd int
+	}
+	var conns []conn
+	defer func() {
+		for _, c := range conns {
+			unix.Close(c.fd)
+		}
+	}()
+	for _, a := range args {
+		ap, err := netip.ParseAddrPort(a)
+		if err != nil {
+			return err
+		}
+		for range repeat {
+			fd, sa, err := tcpSocket(ap, unix.SOCK_NONBLOCK, syncnt)
+			if err != nil {
+				return err
+			}
+			conns = append(conns, conn{ap, fd})
+			if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+				return fmt.Errorf("connect %s: %w", ap, err)
+			}
+		}
+	}
+	pending := len(conns)
+	done := make([]bool, len(conns))
+	for pending > 0 {
+		var pfds []unix.PollFd
+		var idx []int
+		for i, c := range conns {
+			if !done[i] {
+				pfds = append(pfds, unix.PollFd{Fd: int32(c.fd), Events: unix.POLLOUT})
+				idx = append(idx, i)
+			}
+		}
+		if _, err := unix.Poll(pfds, 60_000); err != nil && err != unix.EINTR {
+			return fmt.Errorf("poll: %w", err)
+		}
+		for j, p := range pfds {
+			if p.Revents == 0 {
+				continue
+			}
+			done[idx[j]] = true
+			pending--
+		}
+	}
+	for _, c := range conns {
+		res := "ok"
+		if v, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil {
+			return fmt.Errorf("SO_ERROR: %w", err)
+		} else if v != 0 {
+			res = unix.ErrnoName(unix.Errno(v))
+		}
+		fmt.Fprintf(out, "%s=%s\n", c.ap, res)
 	}
 	return nil
 }
