@@ -27,6 +27,10 @@ run: build ## build, then run the agent with events on stdout (as root)
 test: ## run every test; kernel tests load the real programs (as root)
 	$(GOTEST) -count=1 ./...
 
+.PHONY: test-vm
+test-vm: ## run the collector's tests and the agent's smoke test on another kernel in qemu: KERNEL=debian-6.1 (default) or ubuntu-5.15
+	internal/vmtest/run.sh $(or $(KERNEL),debian-6.1)
+
 .PHONY: fuzz
 fuzz: ## run each fuzz test for FUZZTIME: a duration (default 20s) or a count of runs (20000x)
 	@set -e; for pkg in $$($(GO) list ./...); do \
@@ -42,9 +46,10 @@ bench: ## run the Go benchmarks (benchstat-friendly, COUNT runs), then bench-sys
 
 # ROUNDS alternated rounds of SECS seconds each; see bench/overhead.sh.
 .PHONY: bench-system
-bench-system: build $(FLOOR) ## measure the agent's cost to a connect loop and to bulk TCP throughput, then run bench-paired's pairs (as root)
+bench-system: build $(FLOOR) ## measure the agent's cost to a connect loop, to bulk TCP throughput and to a syscall-heavy dd, then run bench-paired's pairs (as root)
 	$(SUDO) bench/overhead.sh connect $(BIN) $(or $(ROUNDS),8) $(or $(SECS),3)
 	$(SUDO) bench/overhead.sh bulk $(BIN) $(or $(ROUNDS),8) $(or $(SECS),3)
+	$(SUDO) bench/overhead.sh syscalls $(BIN) $(or $(ROUNDS),8) $(or $(SECS),3)
 	$(SUDO) env FLOOR=$(FLOOR) bench/paired.sh $(BIN) $(or $(PAIRS),40) 1
 
 # PAIRS rounds of 1 s runs: with the agent's programs, without, and with
@@ -72,7 +77,7 @@ generate: ## rebuild the BPF object and its Go bindings (needs clang, llvm, libb
 lint: ## gofmt, go vet, and shellcheck and ruby -c (of the Vagrantfile) where installed
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
-	@if command -v shellcheck >/dev/null; then shellcheck .ci/run bench/*.sh deploy/vagrant/*.sh; fi
+	@if command -v shellcheck >/dev/null; then shellcheck .ci/run bench/*.sh deploy/vagrant/*.sh internal/vmtest/run.sh internal/vmtest/init; fi
 	@if command -v ruby >/dev/null; then ruby -c Vagrantfile >/dev/null; fi
 
 .PHONY: clean

@@ -43,10 +43,16 @@ type event struct {
 		Port uint16 `json:"port"`
 	} `json:"src"`
 	Dst struct {
-		IP   string `json:"ip"`
-		Port uint16 `json:"port"`
+		IP         string `json:"ip"`
+		Port       uint16 `json:"port"`
+		Name       string `json:"name"`
+		NameSource string `json:"name_source"`
 	} `json:"dst"`
 	Outcome string `json:"outcome"`
+	Error   string `json:"error"`
+	TLS     *struct {
+		SNI string `json:"sni"`
+	} `json:"tls"`
 	Process struct {
 		PID     int      `json:"pid"`
 		Comm    string   `json:"comm"`
@@ -90,10 +96,16 @@ var binOnce struct {
 	err  error
 }
 
-// binary builds the agent once per test run, as `make build` does.
+// binary builds the agent once per test run, as `make build` does, or
+// takes the one CALLSCOPE_BIN names (where there is no toolchain, as in
+// internal/vmtest's guests).
 func binary(t *testing.T) string {
 	t.Helper()
 	binOnce.Do(func() {
+		if p := os.Getenv("CALLSCOPE_BIN"); p != "" {
+			binOnce.path = p
+			return
+		}
 		dir, err := os.MkdirTemp("", "callscope-bin")
 		if err != nil {
 			binOnce.err = err
@@ -375,6 +387,76 @@ func TestAgentReportsConnects(t *testing.T) {
 func itoa(n uint64) string {
 	b, _ := json.Marshal(n)
 	return string(b)
+}
+
+// TestAgentSmoke is one call through the whole agent, as internal/vmtest
+// runs it on each kernel the project is tested on: a process in a cgroup
+// resolves a name, connects to its address and sends a ClientHello, and a
+// connect that fails before its SYN follows. The agent reports the
+// connect named by the DNS answer, the tls event with the server name on
+// the same connection, and the failure, each with its caller; and says
+// which kernel features it has.
+func TestAgentSmoke(t *testing.T) {
+	a := startAgent(t)
+	srv := kerneltest.NewTLSServer(t, "127.0.0.1:0")
+	const name = "smoke.callscope.test"
+	dns := kerneltest.NewDNSServer(t, "127.0.78.53", map[string]netip.Addr{name: srv.Addr.Addr()})
+	cg := kerneltest.NewCgroup(t, "smoke.slice/app")
+	pid := kerneltest.Resolve{Server: dns.Addr, Name: name, Port: srv.Addr.Port(), TLS: true, Cgroup: cg}.Run(t)
+	evs := a.await(t, pid, 2)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byKind := map[string]event{}
+	for _, e := range evs {
+		byKind[e.Kind] = e
+		if e.Process.Exe != exe || e.Cgroup.Path != cg.Rel || e.Identity != "exe:"+exe+" uid:0" {
+			t.Errorf("%s event's caller: process %+v cgroup %+v identity %q, want %s in %s", e.Kind, e.Process, e.Cgroup, e.Identity, exe, cg.Rel)
+		}
+	}
+	c, hello := byKind["connect"], byKind["tls"]
+	if c.Outcome != "established" || c.Dst.IP != srv.Addr.Addr().String() || c.Dst.Port != srv.Addr.Port() ||
+		c.Dst.Name != name || c.Dst.NameSource != "dns" {
+		t.Errorf("connect %+v: want established to %v named %s by dns", c, srv.Addr, name)
+	}
+	if hello.TLS == nil || hello.TLS.SNI != name || hello.Conn != c.Conn || c.Conn == "" {
+		t.Errorf("tls event %+v: want SNI %s on conn %q", hello, name, c.Conn)
+	}
+
+	// Nothing listens in an empty namespace: with no route, connect(2)
+	// fails before any SYN, and the failure is reported once the socket
+	// is closed.
+	ns := kerneltest.NewNetNS(t)
+	noRoute := netip.MustParseAddrPort("203.0.113.9:443")
+	failed, res := kerneltest.Connect{Addrs: []netip.AddrPort{noRoute}, NetNS: ns, Cgroup: cg}.Run(t)
+	if res[0] != noRoute.String()+"=ENETUNREACH" {
+		t.Fatalf("helper said %v", res)
+	}
+	if e := a.await(t, failed, 1)[0]; e.Outcome != "failed" || e.Src != nil || e.Dst.IP != noRoute.Addr().String() || e.Process.Exe != exe {
+		t.Errorf("failed before a SYN: %+v", e)
+	}
+
+	resp, err := http.Get("http://" + a.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	t.Logf("kernel %s:\n%s", kerneltest.Release(t), grepLines(string(body), "callscope_kernel_feature{"))
+	if !strings.Contains(string(body), `callscope_kernel_feature{feature="unsent_connects"} 1`) {
+		t.Errorf("/metrics lacks unsent_connects 1")
+	}
+}
+
+func grepLines(s, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // TestAgentSaysWhatIsMissing: without the privilege it needs, or pointed at

@@ -3,6 +3,7 @@ package kerneltest
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -119,7 +120,10 @@ type Resolve struct {
 	Network string
 	Name    string
 	Port    uint16
-	Cgroup  *Cgroup
+	// TLS has the helper complete a TLS handshake on the connection, with
+	// Name as the server name.
+	TLS    bool
+	Cgroup *Cgroup
 }
 
 // Run runs the helper and returns its pid once it is done.
@@ -129,7 +133,8 @@ func (r Resolve) Run(t testing.TB) int {
 		"CALLSCOPE_TEST_DNS="+r.Server.String(),
 		"CALLSCOPE_TEST_DNS_NETWORK="+cmp.Or(r.Network, "udp"),
 		"CALLSCOPE_TEST_NAME="+r.Name,
-		fmt.Sprintf("CALLSCOPE_TEST_PORT=%d", r.Port))
+		fmt.Sprintf("CALLSCOPE_TEST_PORT=%d", r.Port),
+		fmt.Sprintf("CALLSCOPE_TEST_TLS=%t", r.TLS))
 }
 
 func resolveMain() error {
@@ -151,5 +156,13 @@ func resolveMain() error {
 	if err != nil {
 		return err
 	}
-	return conn.Close()
+	defer conn.Close()
+	if os.Getenv("CALLSCOPE_TEST_TLS") != "true" {
+		return nil
+	}
+	tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true, ServerName: os.Getenv("CALLSCOPE_TEST_NAME")})
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	return tc.Close()
 }
