@@ -3,12 +3,13 @@
 # defines die MESSAGE, which these helpers call on failure.
 # shellcheck shell=bash
 
-# build_workload connect|bulk OUT compiles bench/connectloop.c or
-# bench/bulk.c into OUT.
+# build_workload connect|bulk|syscalls OUT compiles bench/connectloop.c or
+# bench/bulk.c into OUT, or for syscalls copies bench/ddloop.sh there.
 build_workload() {
   case $1 in
     connect) cc -O2 -Wall -o "$2" bench/connectloop.c ;;
     bulk) cc -O2 -Wall -pthread -o "$2" bench/bulk.c ;;
+    syscalls) cp bench/ddloop.sh "$2" ;;
     *) die "build_workload: unknown workload $1" ;;
   esac
 }

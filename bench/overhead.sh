@@ -10,6 +10,10 @@
 #   bulk     bench/bulk: 128 KiB writes over established 127.0.0.1
 #            connections, a new one every second; the rate is bytes per
 #            second. Every packet runs callscope's cgroup_skb programs.
+#   syscalls bench/ddloop.sh: dd of single bytes from /dev/zero to
+#            /dev/null, two syscalls per byte; the rate is bytes per
+#            second. It makes no connect: what it shows is a tax on every
+#            syscall, such as a syscall tracepoint's.
 # BIN is the agent (default bin/callscope), ROUNDS the rounds (default 8),
 # SECS the seconds of each run (default 3).
 #
@@ -17,9 +21,9 @@
 #   bare               the workload alone;
 #   callscope          under `BIN run` (events to a file, metrics on a free
 #                      port), measured once /readyz answers;
-#   callscope-nosys    the same with --syscall-errors=false: without the
-#                      syscall-exit tracepoint (and connect4/6), which puts
-#                      every syscall on the kernel's slower path;
+#   callscope-sys      the same with --syscall-errors: with the syscall-exit
+#                      tracepoint, which puts every syscall of every process
+#                      on the kernel's slower path;
 #   callscope-stats    the same with --bpf-stats: with the kernel's
 #                      per-program run-time accounting (two clock reads per
 #                      program run), which gives the ns per program run;
@@ -40,7 +44,8 @@
 #
 # Environment:
 #   VARIANTS  the variants to run (default: all five for connect; bare,
-#             callscope and callscope-stats for bulk)
+#             callscope and callscope-stats for bulk; bare, callscope and
+#             callscope-sys for syscalls)
 #   CPU       the CPU the workload is pinned to (default 0)
 #   TOOL_CPUS if set, the CPUs the agent and bpftrace are pinned to (say 1):
 #             their user-space work then stays off the workload's CPU,
@@ -51,7 +56,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
-usage() { echo "usage: $0 connect|bulk [BIN] [ROUNDS] [SECS]" >&2; exit 2; }
+usage() { echo "usage: $0 connect|bulk|syscalls [BIN] [ROUNDS] [SECS]" >&2; exit 2; }
 mode=${1:-}
 bin=${2:-bin/callscope}
 rounds=${3:-8}
@@ -61,8 +66,9 @@ cpu=${CPU:-0}
 pin=()
 if [[ -n ${TOOL_CPUS:-} ]]; then pin=(taskset -c "$TOOL_CPUS"); fi
 case $mode in
-  connect) default_variants="bare callscope callscope-nosys callscope-stats bpftrace" ;;
+  connect) default_variants="bare callscope callscope-sys callscope-stats bpftrace" ;;
   bulk) default_variants="bare callscope callscope-stats" ;;
+  syscalls) default_variants="bare callscope callscope-sys" ;;
   *) usage ;;
 esac
 read -r -a variants <<<"${VARIANTS:-$default_variants}"
@@ -96,7 +102,7 @@ for v in "${variants[@]}"; do
       if [[ $help == *-bpf-stats* ]]; then keep+=("$v"); else
         echo "overhead: $bin has no --bpf-stats flag: skipping $v" >&2
       fi ;;
-    callscope-nosys)
+    callscope-sys)
       if [[ $help == *-syscall-errors* ]]; then keep+=("$v"); else
         echo "overhead: $bin has no --syscall-errors flag: skipping $v" >&2
       fi ;;
@@ -115,6 +121,7 @@ build_workload "$mode" "$work/load"
 case $mode in
   connect) unit=connects/s what=connects ;;
   bulk) unit=B/s what=connections ;;
+  syscalls) unit=B/s what=connects ;;
 esac
 
 # Programs that someone else attached at the cgroup root run in every
@@ -146,8 +153,9 @@ workload() {
     END {print t[ARGV[2]] - t[ARGV[1]]}' "$work/times0" "$work/times1")
   # connectloop: "connects N seconds S rate R"
   # bulk:        "bytes N seconds S rate R connections C cpu U"
+  # ddloop.sh:   "bytes N seconds S rate R", and no connect
   read -r rate count percpu < <(awk -v m="$mode" -v u="$used" \
-    '{printf "%s %s %.0f\n", $6, (m == "bulk" ? $8 : $2), (u > 0 ? $2 / u : 0)}' "$work/load.out")
+    '{printf "%s %s %.0f\n", $6, (m == "bulk" ? $8 : m == "syscalls" ? 0 : $2), (u > 0 ? $2 / u : 0)}' "$work/load.out")
 }
 
 start_agent() {
@@ -189,11 +197,11 @@ run() {
   local round=$1 v=$2 events=- losses=- used=- before
   case $v in
     bare) workload ;;
-    callscope | callscope-stats | callscope-nosys)
+    callscope | callscope-stats | callscope-sys)
       case $v in
         callscope) start_agent ;;
         callscope-stats) start_agent --bpf-stats=true ;;
-        callscope-nosys) start_agent --syscall-errors=false ;;
+        callscope-sys) start_agent --syscall-errors=true ;;
       esac
       sleep 1 # let start-up work (first /proc and cgroup reads) end before measuring
       before=$(cputicks "$tool")

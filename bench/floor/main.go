@@ -6,11 +6,12 @@
 //
 //	floor -cgroup DIR [-records]
 //
-// What is attached, as callscope attaches it with --syscall-errors=false:
+// What is attached, as callscope attaches it by default:
 //   - sock_ops, which turns the socket's STATE callback on at TCP_CONNECT,
 //     as callscope does to see a connect's outcome (two more callbacks per
 //     connect);
-//   - cgroup_skb ingress and egress, which let every packet through.
+//   - cgroup_skb ingress and egress, which let every packet through;
+//   - cgroup connect4, connect6 and sock_release, which allow everything.
 //
 // With -records, sock_ops also writes a 24-byte record to a ring buffer at
 // TCP_CONNECT and at ESTABLISHED, without waking the reader, which drains
@@ -88,6 +89,9 @@ func run() error {
 		{"floor_sock_ops", ebpf.SockOps, ebpf.AttachCGroupSockOps, sockOps(events)},
 		{"floor_ingress", ebpf.CGroupSKB, ebpf.AttachCGroupInetIngress, pass()},
 		{"floor_egress", ebpf.CGroupSKB, ebpf.AttachCGroupInetEgress, pass()},
+		{"floor_connect4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, pass()},
+		{"floor_connect6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect, pass()},
+		{"floor_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease, pass()},
 	}
 	for _, p := range progs {
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
@@ -138,7 +142,7 @@ func run() error {
 	}
 }
 
-// pass lets every packet through.
+// pass lets every packet, connect and release through.
 func pass() asm.Instructions {
 	return asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()}
 }
