@@ -40,7 +40,7 @@ func CheckSystem(cgroupRoot string) error {
 	var problems []string
 
 	if _, err := os.Stat(btfPath); err != nil {
-		problems = append(problems, fmt.Sprintf("kernel BTF: %s is missing; the kernel needs CONFIG_DEBUG_INFO_BTF=y (Linux ≥ 5.11 with BTF)", btfPath))
+		problems = append(problems, fmt.Sprintf("kernel BTF: %s is missing; the kernel needs CONFIG_DEBUG_INFO_BTF=y (Linux ≥ 5.15 with BTF)", btfPath))
 	}
 	if cgroupRoot == "" {
 		if _, err := Cgroup2Mount(); err != nil {
