@@ -13,12 +13,20 @@ import (
 )
 
 const (
-	// maxFileSize is far above any real policy file and keeps a mistaken
-	// path (a log, a disk image) from being read whole.
-	maxFileSize = 4 << 20
-	// maxNodes bounds the YAML nodes of a file, each alias counted once
-	// per use, so that an alias bomb fails before it is walked.
-	maxNodes = 1_000_000
+	// maxFileSize is a ConfigMap's limit, which no policy file mounted from
+	// one can pass, and keeps a mistaken path (a log, a disk image) from
+	// being read whole. A thousand CallScopes of a few rules take 450 KiB.
+	maxFileSize = 1 << 20
+	// maxDocNodes bounds the YAML nodes of a document, as documentBounds
+	// counts them before yaml.v3 builds its tree of it, at about 250 bytes
+	// a node; documents defining anchors count on, as the decoder keeps
+	// what they name. A CallScope of a few rules takes about 100; 25,000
+	// are some 6,000 destinations.
+	maxDocNodes = 25_000
+	// maxAliasNodes bounds the nodes that the aliases of a file stand for,
+	// and so what aliases add to the policies made of it, at some 35 bytes
+	// a node: an alias bomb fails before it is walked.
+	maxAliasNodes = 50_000
 	// maxErrors is past what anyone reads, and keeps a file of garbage
 	// from producing one message per line.
 	maxErrors = 100
@@ -51,7 +59,10 @@ func parseFile(file string, data []byte, names map[string]Position) ([]Policy, E
 	if len(data) > maxFileSize {
 		return nil, Errors{tooLarge(file)}
 	}
-	p := &parser{file: file, budget: maxNodes, names: names}
+	if err := checkDocumentBounds(file, data); err != nil {
+		return nil, Errors{err}
+	}
+	p := &parser{file: file, budget: maxAliasNodes, names: names}
 	var policies []Policy
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for !p.stop {
@@ -80,6 +91,29 @@ func tooLarge(file string) *Error {
 	return &Error{Pos: Position{File: file}, Msg: fmt.Sprintf("larger than %d MiB: not read", maxFileSize>>20)}
 }
 
+// checkDocumentBounds refuses a file before it is decoded if a document of
+// it may come to more than maxDocNodes nodes in memory, with the documents
+// before it whose anchors the decoder keeps.
+func checkDocumentBounds(file string, data []byte) *Error {
+	var err *Error
+	kept := 0
+	documentBounds(data, func(d docBound) bool {
+		if kept+d.nodes <= maxDocNodes {
+			if d.anchor {
+				kept += d.nodes
+			}
+			return true
+		}
+		msg := fmt.Sprintf("document of more than %d YAML nodes (values, keys, lists and mappings): not read; split it into several CallScopes", maxDocNodes)
+		if kept > 0 {
+			msg = fmt.Sprintf("document of more than %d YAML nodes (values, keys, lists and mappings), with the %d of the documents before it that define anchors: not read; split the file", maxDocNodes, kept)
+		}
+		err = &Error{Pos: Position{File: file, Line: d.line}, Msg: msg}
+		return false
+	})
+	return err
+}
+
 // decode reads the next document. yaml.v3 reports its failures as errors,
 // but a bug of its could still panic, and a bad policy file must not bring
 // the agent down.
@@ -95,7 +129,7 @@ func decode(dec *yaml.Decoder, doc *yaml.Node) (err error) {
 type parser struct {
 	file    string
 	names   map[string]Position
-	budget  int // nodes the file may still expand to
+	budget  int // nodes the file's aliases may still stand for
 	errs    Errors
 	dropped bool // past maxErrors
 	stop    bool // the rest of the file is not to be read
@@ -153,12 +187,12 @@ func (p *parser) document(doc *yaml.Node) (policy Policy, ok bool) {
 	}
 	f := p.fields(root, "", topFields)
 
-	if v := f["apiVersion"]; absent(v) {
+	if v := f.get("apiVersion"); absent(v) {
 		p.errorf(root, "apiVersion", "missing; want %s", APIVersion)
 	} else if s, ok := p.str(v, "apiVersion"); ok && s != APIVersion {
 		p.errorf(v, "apiVersion", "%s is not supported; want %s", quote(s), APIVersion)
 	}
-	if v := f["kind"]; absent(v) {
+	if v := f.get("kind"); absent(v) {
 		p.errorf(root, "kind", "missing; want %s", Kind)
 	} else if s, ok := p.str(v, "kind"); ok && s != Kind {
 		// The rest is some other kind of object: checking it as a
@@ -166,8 +200,8 @@ func (p *parser) document(doc *yaml.Node) (policy Policy, ok bool) {
 		p.errorf(v, "kind", "%s is not %s", quote(s), Kind)
 		return policy, true
 	}
-	policy.Name = p.metadata(root, f["metadata"])
-	if v := f["spec"]; absent(v) {
+	policy.Name = p.metadata(root, f.get("metadata"))
+	if v := f.get("spec"); absent(v) {
 		p.errorf(root, "spec", "missing")
 	} else if spec := p.mapping(v, "spec"); spec != nil {
 		p.spec(spec, &policy)
@@ -175,15 +209,16 @@ func (p *parser) document(doc *yaml.Node) (policy Policy, ok bool) {
 	return policy, true
 }
 
-// spend charges the nodes under n, aliases expanded, to the file's budget.
+// spend charges the nodes that the aliases under n stand for to the file's
+// budget.
 func (p *parser) spend(n *yaml.Node) bool {
-	count, loop := countNodes(n, p.budget+1)
+	count, loop := aliasedNodes(n, p.budget+1)
 	p.budget -= count
 	switch {
 	case loop != nil:
 		p.errorAt(p.pos(loop), "", "alias *%s is inside the node it names", loop.Value)
 	case p.budget < 0:
-		p.errorf(n, "", "more than %d YAML nodes in the file once aliases are expanded: not read", maxNodes)
+		p.errorf(n, "", "the aliases of the file stand for more than %d YAML nodes (values, keys, lists and mappings): not read", maxAliasNodes)
 		p.stop = true
 	default:
 		return true
@@ -191,18 +226,23 @@ func (p *parser) spend(n *yaml.Node) bool {
 	return false
 }
 
-// countNodes counts the nodes under root, following aliases, up to limit,
-// and finds an alias inside the node it names, which would never end. It
-// keeps its own stack: nesting and alias chains may be deep.
-func countNodes(root *yaml.Node, limit int) (count int, loop *yaml.Node) {
+// aliasedNodes counts the nodes under root that are reached through an
+// alias, each time they are, up to limit, and finds an alias inside the
+// node it names, which would never end. It keeps its own stack: nesting
+// and alias chains may be deep.
+func aliasedNodes(root *yaml.Node, limit int) (count int, loop *yaml.Node) {
 	type frame struct {
-		n    *yaml.Node
-		next int
+		n       *yaml.Node
+		next    int
+		aliased bool // reached through an alias
 	}
-	root = resolve(root)
-	stack := []frame{{n: root}}
-	open := map[*yaml.Node]bool{root: true} // anchored nodes being walked
-	for count = 1; len(stack) > 0 && count < limit; {
+	top := frame{n: resolve(root), aliased: root.Kind == yaml.AliasNode}
+	if top.aliased {
+		count = 1
+	}
+	stack := []frame{top}
+	open := map[*yaml.Node]bool{top.n: true} // anchored nodes being walked
+	for len(stack) > 0 && count < limit {
 		top := &stack[len(stack)-1]
 		if top.next == len(top.n.Content) {
 			delete(open, top.n)
@@ -211,6 +251,7 @@ func countNodes(root *yaml.Node, limit int) (count int, loop *yaml.Node) {
 		}
 		child := top.n.Content[top.next]
 		top.next++
+		aliased := top.aliased || child.Kind == yaml.AliasNode
 		if child.Kind == yaml.AliasNode && open[child.Alias] {
 			return count, child
 		}
@@ -218,8 +259,10 @@ func countNodes(root *yaml.Node, limit int) (count int, loop *yaml.Node) {
 		if child.Anchor != "" {
 			open[child] = true
 		}
-		count++
-		stack = append(stack, frame{n: child})
+		if aliased {
+			count++
+		}
+		stack = append(stack, frame{n: child, aliased: aliased})
 	}
 	return count, nil
 }
@@ -234,7 +277,7 @@ func (p *parser) metadata(root, v *yaml.Node) string {
 		return ""
 	}
 	f := p.fields(m, "metadata", metadataFields)
-	n := f["name"]
+	n := f.get("name")
 	if absent(n) {
 		p.errorf(m, "metadata.name", "missing")
 		return ""
@@ -257,13 +300,13 @@ func (p *parser) metadata(root, v *yaml.Node) string {
 
 func (p *parser) spec(spec *yaml.Node, policy *Policy) {
 	f := p.fields(spec, "spec", specFields)
-	if v := f["subject"]; absent(v) {
+	if v := f.get("subject"); absent(v) {
 		p.errorf(spec, "subject", "missing; give at least one of %s", strings.Join(subjectFields, ", "))
 	} else if m := p.mapping(v, "subject"); m != nil {
 		policy.Subject = p.subject(m)
 	}
 	// No egress at all is a scope that allows nothing.
-	if v := f["egress"]; !absent(v) {
+	if v := f.get("egress"); !absent(v) {
 		if list := p.list(v, "egress"); list != nil {
 			for i, item := range list.Content {
 				if r, ok := p.rule(item, fmt.Sprintf("egress[%d]", i)); ok {
@@ -280,7 +323,7 @@ func (p *parser) subject(m *yaml.Node) Subject {
 	given := false
 	// text reads one selector, checking it with check.
 	text := func(key string, check func(string) error) string {
-		v := f[key]
+		v := f.get(key)
 		if absent(v) {
 			return ""
 		}
@@ -302,7 +345,7 @@ func (p *parser) subject(m *yaml.Node) Subject {
 	s.SystemdUnit = text("systemdUnit", checkGlob)
 	s.Exe = text("exe", checkGlob)
 	s.Cgroup = text("cgroup", checkGlob)
-	if v := f["podLabels"]; !absent(v) {
+	if v := f.get("podLabels"); !absent(v) {
 		s.PodLabels = p.podLabels(v)
 		given = given || len(resolve(v).Content) > 0
 	}
@@ -349,11 +392,14 @@ func (p *parser) rule(item *yaml.Node, field string) (Rule, bool) {
 	r := Rule{Protocol: "tcp", Source: p.pos(m)}
 	f := p.fields(m, field, ruleFields)
 
-	if v := f["to"]; absent(v) {
+	if v := f.get("to"); absent(v) {
 		p.errorf(m, field+".to", "missing; give at least one of cidr, dns or sni (0.0.0.0/0 and ::/0 are any address)")
 	} else if list := p.list(v, field+".to"); list != nil {
 		if len(list.Content) == 0 {
 			p.errorf(list, field+".to", "empty; give at least one of cidr, dns or sni")
+		} else {
+			// Sized at once: aliases may make many rules of one long list.
+			r.To = make([]Peer, 0, len(list.Content))
 		}
 		for i, item := range list.Content {
 			if peer, ok := p.peer(item, fmt.Sprintf("%s.to[%d]", field, i)); ok {
@@ -364,10 +410,12 @@ func (p *parser) rule(item *yaml.Node, field string) (Rule, bool) {
 
 	// An empty or null list is more likely an unfinished edit than a
 	// wish to allow every port, which is what leaving ports out says.
-	if v, given := f["ports"]; given {
+	if v := f.get("ports"); v != nil {
 		if list := p.list(v, field+".ports"); list != nil {
 			if len(list.Content) == 0 {
 				p.errorf(list, field+".ports", "empty; leave ports out to allow any port")
+			} else {
+				r.Ports = make([]PortRange, 0, len(list.Content))
 			}
 			for i, item := range list.Content {
 				if pr, ok := p.ports(item, fmt.Sprintf("%s.ports[%d]", field, i)); ok {
@@ -377,7 +425,7 @@ func (p *parser) rule(item *yaml.Node, field string) (Rule, bool) {
 		}
 	}
 
-	if v := f["protocol"]; !absent(v) {
+	if v := f.get("protocol"); !absent(v) {
 		if s, ok := p.str(v, field+".protocol"); ok && !strings.EqualFold(s, "tcp") {
 			p.errorf(v, field+".protocol", "%s: only tcp is supported", quote(s))
 		}
@@ -394,7 +442,7 @@ func (p *parser) peer(item *yaml.Node, field string) (Peer, bool) {
 	var peer Peer
 	var given []string
 	for _, key := range peerFields {
-		v := f[key]
+		v := f.get(key)
 		if absent(v) {
 			continue
 		}
@@ -440,33 +488,52 @@ func (p *parser) ports(item *yaml.Node, field string) (PortRange, bool) {
 	return pr, true
 }
 
+// fieldSet is a mapping's values by key, for the few keys known. It is an
+// array rather than a map: a file may have many mappings, each read once.
+type fieldSet struct {
+	known  []string
+	values [maxFields]*yaml.Node
+}
+
+// maxFields is the most fields any mapping of a CallScope has.
+const maxFields = 8
+
+// get gives the value of key, nil if it is not given.
+func (f *fieldSet) get(key string) *yaml.Node {
+	return f.values[slices.Index(f.known, key)]
+}
+
 // fields reads a mapping whose keys must be among known and given once,
 // and returns its values by key.
-func (p *parser) fields(m *yaml.Node, field string, known []string) map[string]*yaml.Node {
-	values := make(map[string]*yaml.Node, len(m.Content)/2)
-	keys := make(map[string]*yaml.Node, len(m.Content)/2)
+func (p *parser) fields(m *yaml.Node, field string, known []string) *fieldSet {
+	f := &fieldSet{known: known}
+	var keys [maxFields]*yaml.Node
 	for i := 0; i+1 < len(m.Content); i += 2 {
 		k := resolve(m.Content[i])
+		at := -1
+		if k.Kind == yaml.ScalarNode && k.ShortTag() != "!!merge" {
+			at = slices.Index(known, k.Value)
+		}
 		switch {
 		case k.Kind != yaml.ScalarNode:
 			p.errorf(k, field, "a key must be a string, not %s", describe(k))
 		case k.ShortTag() == "!!merge":
 			p.errorf(k, field, "merge keys (<<) are not supported")
-		case !slices.Contains(known, k.Value):
+		case at < 0:
 			hint := ""
 			if i := slices.IndexFunc(known, func(s string) bool { return strings.EqualFold(s, k.Value) }); i >= 0 {
 				hint = "did you mean " + known[i] + "? "
 			}
 			p.errorf(k, field, "unknown field %s; %svalid fields are %s", quote(k.Value), hint, strings.Join(known, ", "))
-		case keys[k.Value] != nil:
-			first := keys[k.Value]
+		case keys[at] != nil:
+			first := keys[at]
 			p.errorf(k, field, "%s given twice (first at %d:%d)", quote(k.Value), first.Line, first.Column)
 		default:
-			keys[k.Value] = k
-			values[k.Value] = m.Content[i+1]
+			keys[at] = k
+			f.values[at] = m.Content[i+1]
 		}
 	}
-	return values
+	return f
 }
 
 // mapping returns v as a mapping, or reports what else it is.

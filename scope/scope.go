@@ -51,9 +51,12 @@
 // # Errors
 //
 // Parse and Load report every problem they find, each with its file, line
-// and column, as an [*Errors]; past 100 in a file, they stop looking. Files
-// over 4 MiB, and files whose documents come to more than a million YAML
-// nodes once aliases are expanded, are refused.
+// and column, as an [*Errors]; past 100 in a file, they stop looking. So
+// that reading a file never takes more than some 20 times the largest one
+// in memory, files over 1 MiB are refused; so is a document of more than
+// 25,000 YAML nodes (with the documents before it that define anchors),
+// before it is decoded, and a file whose aliases stand for more than
+// 50,000 nodes.
 package scope
 
 import (
