@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/callscope/callscope/internal/yamlsyntax"
 )
 
 const (
@@ -62,7 +63,7 @@ func parseFile(file string, data []byte, names map[string]Position) ([]Policy, E
 	if err := checkDocumentBounds(file, data); err != nil {
 		return nil, Errors{err}
 	}
-	p := &parser{file: file, budget: maxAliasNodes, names: names}
+	p := &parser{file: file, data: data, budget: maxAliasNodes, names: names}
 	var policies []Policy
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for !p.stop {
@@ -128,6 +129,7 @@ func decode(dec *yaml.Decoder, doc *yaml.Node) (err error) {
 
 type parser struct {
 	file    string
+	data    []byte
 	names   map[string]Position
 	budget  int // nodes the file's aliases may still stand for
 	errs    Errors
@@ -153,18 +155,21 @@ func (p *parser) errorAt(pos Position, field, format string, args ...any) {
 	p.errs = append(p.errs, &Error{Pos: pos, Field: field, Msg: fmt.Sprintf(format, args...)})
 }
 
-// yamlError reports a syntax error, whose message holds at most a line.
+// yamlError reports a syntax error where it is: yaml.v3's message gives
+// the line of something else, or none (see yamlsyntax).
 func (p *parser) yamlError(err error) {
+	if found := yamlsyntax.Find(p.data); found != nil {
+		p.errorAt(Position{File: p.file, Line: found.Line, Column: found.Column}, "", "invalid YAML: %s", found.Msg)
+		return
+	}
+	// The message holds at most a line, which cannot be trusted.
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	pos := Position{File: p.file}
 	if rest, ok := strings.CutPrefix(msg, "line "); ok {
-		if num, text, ok := strings.Cut(rest, ": "); ok {
-			if line, err := strconv.Atoi(num); err == nil {
-				pos.Line, msg = line, text
-			}
+		if _, text, ok := strings.Cut(rest, ": "); ok {
+			msg = text
 		}
 	}
-	p.errorAt(pos, "", "invalid YAML: %s", msg)
+	p.errorAt(Position{File: p.file}, "", "invalid YAML: %s", msg)
 }
 
 // document reads one document; ok is false for an empty one, or one too

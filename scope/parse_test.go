@@ -397,12 +397,12 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "YAML syntax error after a good document",
 			yaml: docHead + "billing\nspec: {subject: {namespace: x}}\n---\nkind: [\n",
-			want: []string{`policies/billing.yaml:7: invalid YAML: did not find expected node content`},
+			want: []string{`policies/billing.yaml:8:1: invalid YAML: did not find expected node content at the end of the file`},
 		},
 		{
 			name: "unknown alias",
 			yaml: docHead + "billing\nspec: {subject: *nowhere}\n",
-			want: []string{`policies/billing.yaml: invalid YAML: unknown anchor 'nowhere' referenced`},
+			want: []string{`policies/billing.yaml:5:17: invalid YAML: unknown anchor 'nowhere' referenced`},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
