@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/callscope/callscope/internal/yamlsyntax"
 )
 
 // runConfig is what `callscope run` is told.
@@ -96,7 +98,7 @@ func parseRunConfig(args []string, getenv func(string) string) (*runConfig, erro
 				continue
 			}
 			if err := fs.Set(kv.name, kv.value); err != nil {
-				return nil, fmt.Errorf("%s:%d: %s: %w", cfg.configFile, kv.line, kv.name, err)
+				return nil, fmt.Errorf("%s:%d:%d: %s: %s: %s", cfg.configFile, kv.line, kv.column, kv.name, kv.shown, expected(fs.Lookup(kv.name), err))
 			}
 		}
 	}
@@ -171,23 +173,46 @@ func (b *byteSize) Set(v string) error {
 	}
 	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 	if err != nil || n <= 0 || n > math.MaxInt64/mult {
-		return fmt.Errorf("want a positive size such as 268435456 or 256MiB")
+		return fmt.Errorf("want a byte size such as 268435456 or 256MiB")
 	}
 	*b = byteSize(n * mult)
 	return nil
 }
 
 type configValue struct {
-	name, value string
-	line        int
+	name, value  string
+	shown        string // the value as the file has it, for messages
+	line, column int
+}
+
+// expected says what a flag takes. The flag package's own errors say no
+// more than "parse error" for a bool or a duration.
+func expected(f *flag.Flag, err error) string {
+	if g, ok := f.Value.(flag.Getter); ok {
+		switch g.Get().(type) {
+		case bool:
+			return "want true or false"
+		case time.Duration:
+			return "want a duration such as 10s or 1m30s"
+		}
+	}
+	return err.Error()
 }
 
 // readConfigFile reads a YAML mapping of flag names to values. An unknown
-// name is an error, with its line, so a typo is never silently ignored.
+// name is an error, with its line, so a typo is never silently ignored;
+// so is a name given twice, and a second document.
 func readConfigFile(path string, fs *flag.FlagSet) ([]configValue, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
+	}
+	// yaml.v3's messages give the wrong line of a syntax error, or none.
+	syntaxError := func(err error) error {
+		if found := yamlsyntax.Find(b); found != nil {
+			return fmt.Errorf("%s:%d:%d: invalid YAML: %s", path, found.Line, found.Column, found.Msg)
+		}
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(b))
@@ -195,34 +220,68 @@ func readConfigFile(path string, fs *flag.FlagSet) ([]configValue, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, nil // empty file
 		}
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, syntaxError(err)
+	}
+	var next yaml.Node
+	switch err := dec.Decode(&next); {
+	case err == nil:
+		return nil, fmt.Errorf("%s:%d:%d: a second document; the file is one mapping of flag names to values", path, next.Line, next.Column)
+	case !errors.Is(err, io.EOF):
+		return nil, syntaxError(err)
 	}
 	if len(doc.Content) == 0 {
 		return nil, nil
 	}
 	m := doc.Content[0]
+	if m.Kind == yaml.ScalarNode && m.ShortTag() == "!!null" {
+		return nil, nil // comments only
+	}
 	if m.Kind != yaml.MappingNode {
 		return nil, fmt.Errorf("%s:%d:%d: want a mapping of flag names to values", path, m.Line, m.Column)
 	}
 	var out []configValue
+	keys := map[string]*yaml.Node{}
 	for i := 0; i+1 < len(m.Content); i += 2 {
 		k, v := m.Content[i], m.Content[i+1]
-		if k.Value == "config" || fs.Lookup(k.Value) == nil {
-			return nil, fmt.Errorf("%s:%d:%d: unknown setting %q", path, k.Line, k.Column, k.Value)
+		if k.Kind != yaml.ScalarNode || k.Value == "config" || fs.Lookup(k.Value) == nil {
+			return nil, fmt.Errorf("%s:%d:%d: unknown setting %s", path, k.Line, k.Column, shown(k))
 		}
+		if first := keys[k.Value]; first != nil {
+			return nil, fmt.Errorf("%s:%d:%d: %s: given twice (first at %d:%d)", path, k.Line, k.Column, k.Value, first.Line, first.Column)
+		}
+		keys[k.Value] = k
 		if _, repeatable := fs.Lookup(k.Value).Value.(*stringList); repeatable && v.Kind == yaml.SequenceNode {
 			for _, item := range v.Content {
 				if item.Kind != yaml.ScalarNode {
-					return nil, fmt.Errorf("%s:%d:%d: %s: want a list of single values", path, item.Line, item.Column, k.Value)
+					return nil, fmt.Errorf("%s:%d:%d: %s: %s: want a list of single values", path, item.Line, item.Column, k.Value, shown(item))
 				}
-				out = append(out, configValue{name: k.Value, value: item.Value, line: item.Line})
+				out = append(out, configValue{name: k.Value, value: item.Value, shown: shown(item), line: item.Line, column: item.Column})
 			}
 			continue
 		}
 		if v.Kind != yaml.ScalarNode {
-			return nil, fmt.Errorf("%s:%d:%d: %s: want a single value", path, v.Line, v.Column, k.Value)
+			return nil, fmt.Errorf("%s:%d:%d: %s: %s: want a single value", path, v.Line, v.Column, k.Value, shown(v))
 		}
-		out = append(out, configValue{name: k.Value, value: v.Value, line: v.Line})
+		out = append(out, configValue{name: k.Value, value: v.Value, shown: shown(v), line: v.Line, column: v.Column})
 	}
 	return out, nil
+}
+
+// shown describes a value in a message.
+func shown(n *yaml.Node) string {
+	switch {
+	case n.Kind == yaml.MappingNode:
+		return "a mapping"
+	case n.Kind == yaml.SequenceNode:
+		return "a list"
+	case n.Kind == yaml.AliasNode:
+		return "an alias"
+	case n.ShortTag() == "!!null":
+		return "null"
+	}
+	v := n.Value
+	if len(v) > 64 {
+		v = v[:64] + "..."
+	}
+	return strconv.Quote(v)
 }

@@ -75,7 +75,7 @@ func TestConfigErrors(t *testing.T) {
 		{"stray argument", []string{"extra"}, nil, `unexpected argument "extra"`},
 		{"bad env value", nil, map[string]string{"CALLSCOPE_STDOUT": "maybe"}, `CALLSCOPE_STDOUT: invalid value "maybe"`},
 		{"unknown key", []string{"--config", writeConfig(t, "stdout: true\nmetrics-adr: x\n")}, nil, `callscope.yaml:2:1: unknown setting "metrics-adr"`},
-		{"bad value in file", []string{"--config", writeConfig(t, "\nstdout: perhaps\n")}, nil, "callscope.yaml:2: stdout"},
+		{"bad value in file", []string{"--config", writeConfig(t, "\nstdout: perhaps\n")}, nil, `callscope.yaml:2:9: stdout: "perhaps": want true or false`},
 		{"not a mapping", []string{"--config", writeConfig(t, "- a\n")}, nil, "want a mapping"},
 		{"nested value", []string{"--config", writeConfig(t, "node-name: {a: b}\n")}, nil, "want a single value"},
 		{"bad yaml", []string{"--config", writeConfig(t, "a: [\n")}, nil, "callscope.yaml"},
@@ -154,5 +154,45 @@ func TestPolicyCheck(t *testing.T) {
 	}
 	if err := run([]string{"policy", "check"}, &out, &errb); err == nil {
 		t.Error("no path: want an error")
+	}
+}
+
+// TestConfigFileErrors checks that each problem of the config file is
+// reported at its line and column, with the setting, the value and what
+// the setting takes; syntax errors too, where yaml.v3's own message gives
+// the wrong line or none.
+func TestConfigFileErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, file, want string
+	}{
+		{"byte size", "stdout: true\nspool-max-bytes: lots\n", `callscope.yaml:2:18: spool-max-bytes: "lots": want a byte size such as 268435456 or 256MiB`},
+		{"bool", "stdout: maybe\n", `callscope.yaml:1:9: stdout: "maybe": want true or false`},
+		{"null bool", "node-name: a\nstdout:\n", `callscope.yaml:2:8: stdout: null: want true or false`},
+		{"duration", "pending-timeout: soon\n", `callscope.yaml:1:18: pending-timeout: "soon": want a duration such as 10s or 1m30s`},
+		{"list for a single value", "metrics-addr: [1,2]\n", `callscope.yaml:1:15: metrics-addr: a list: want a single value`},
+		{"mapping in a list", "policy:\n  - a\n  - {b: c}\n", `callscope.yaml:3:5: policy: a mapping: want a list of single values`},
+		{"key given twice", "stdout: true\nnode-name: a\nstdout: false\n", `callscope.yaml:3:1: stdout: given twice (first at 1:1)`},
+		{"tab for indentation", "stdout: true\nnode-name:\n\tworker-1\n", `callscope.yaml:3:1: invalid YAML: found character that cannot start any token; YAML is indented with spaces, not tabs`},
+		{"unclosed quote", "stdout: true\nnode-name: \"worker-1\nlog-level: debug\n",
+			`callscope.yaml:4:1: invalid YAML: found unexpected end of stream at the end of the file (while scanning a quoted scalar that begins at 2:12)`},
+		{"unclosed bracket", "stdout: true\npolicy: [a, b\nlog-level: debug\n",
+			`callscope.yaml:3:10: invalid YAML: did not find expected ',' or ']' (while parsing a flow sequence that begins at 2:9)`},
+		{"bad indentation", "stdout: true\n  node-name: x\n", `callscope.yaml:2:12: invalid YAML: mapping values are not allowed in this context`},
+		{"second document", "stdout: true\n---\nnode-name: x\n", `callscope.yaml:2:1: a second document; the file is one mapping of flag names to values`},
+		{"document separator with content", "stdout: true\n--- node-name: x\n", `callscope.yaml:2:14: invalid YAML: mapping values are not allowed in this context`},
+		{"error on the first line", "policy: [\n", `callscope.yaml:2:1: invalid YAML: did not find expected node content at the end of the file`},
+		{"CRLF line endings", "stdout: true\r\nlog-level: debug\r\nspool-max-bytes: lots\r\n", `callscope.yaml:3:18: spool-max-bytes: "lots": want a byte size such as 268435456 or 256MiB`},
+		{"CRLF and an unclosed bracket", "stdout: true\r\npolicy: [a, b\r\nlog-level: debug\r\n",
+			`callscope.yaml:3:10: invalid YAML: did not find expected ',' or ']' (while parsing a flow sequence that begins at 2:9)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseRunConfig([]string{"--config", writeConfig(t, tc.file)}, env(nil))
+			if err == nil {
+				t.Fatalf("no error, want %q", tc.want)
+			}
+			if got := filepath.Base(err.Error()); got != tc.want {
+				t.Errorf("error %q\n want %q", got, tc.want)
+			}
+		})
 	}
 }
