@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,11 +17,13 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/segmentio/kafka-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/callscope/callscope/exporter"
+	"github.com/callscope/callscope/internal/termsafe"
 )
 
 // tailConfig is what `callscope tail` is told.
@@ -41,7 +44,7 @@ func tailFlags(cfg *tailConfig) *flag.FlagSet {
 	fs := flag.NewFlagSet("callscope tail", flag.ContinueOnError)
 	cfg.kafka.register(fs, "Kafka brokers as `host:port,...`")
 	fs.BoolVar(&cfg.violations, "violations", false, "read the violations topic rather than every event")
-	fs.BoolVar(&cfg.json, "json", false, "print each event's JSON as it is")
+	fs.BoolVar(&cfg.json, "json", false, "print each event's JSON, one line each, control characters escaped")
 	fs.BoolVar(&cfg.fromBeginning, "from-beginning", false, "start from the oldest event Kafka keeps rather than from now")
 	return fs
 }
@@ -136,7 +139,8 @@ func runTail(ctx context.Context, args []string, getenv func(string) string, std
 			Dialer:    dialer,
 			MaxWait:   500 * time.Millisecond,
 			ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
-				fmt.Fprintf(stderr, "kafka: "+msg+"\n", args...)
+				// Broker errors can quote what the broker was sent.
+				fmt.Fprintf(stderr, "kafka: %s\n", termsafe.Line(fmt.Sprintf(msg, args...)))
 			}),
 		})
 		offset := kafka.LastOffset
@@ -167,7 +171,12 @@ func runTail(ctx context.Context, args []string, getenv func(string) string, std
 		close(msgs)
 	}()
 
-	p := &tailPrinter{out: stdout, json: cfg.json, color: isTerminal(stdout) && getenv("NO_COLOR") == ""}
+	p := &tailPrinter{out: stdout, errs: stderr, json: cfg.json, color: isTerminal(stdout) && getenv("NO_COLOR") == ""}
+	defer func() {
+		if p.skipped > 0 {
+			fmt.Fprintf(stderr, "tail: %d records were not events and were skipped\n", p.skipped)
+		}
+	}()
 	// Gaps only mean something where every event goes: the violations
 	// topic has gaps by design. One partition keeps order, so a gap there
 	// is a gap at once.
@@ -178,7 +187,7 @@ func runTail(ctx context.Context, args []string, getenv func(string) string, std
 			grace = 0
 		}
 		gaps = newSeqTracker(grace, func(g gap) {
-			fmt.Fprintf(stderr, "gap: instance %s seq %d..%d missing (%d events)\n", g.instance, g.from, g.to, g.to-g.from+1)
+			fmt.Fprintf(stderr, "gap: instance %s seq %d..%d missing (%d events)\n", termsafe.String(g.instance), g.from, g.to, g.to-g.from+1)
 		})
 	}
 	tick := time.NewTicker(time.Second)
@@ -189,7 +198,7 @@ func runTail(ctx context.Context, args []string, getenv func(string) string, std
 			if !ok {
 				return nil
 			}
-			ev := p.print(m.Value)
+			ev := p.print(m)
 			if gaps != nil && ev != nil {
 				if instance, seq, ok := ev.instanceSeq(); ok {
 					gaps.see(instance, seq, time.Now())
@@ -286,77 +295,123 @@ const (
 )
 
 type tailPrinter struct {
-	out   io.Writer
-	json  bool
-	color bool
-	line  []byte
+	out, errs io.Writer
+	json      bool
+	color     bool
+	line      []byte
+	compact   bytes.Buffer
+	// skipped counts the records that were not events, told on errs.
+	skipped int
 }
 
-// print writes one line for the event in value and returns the event, or
-// nil when value is not one.
-func (p *tailPrinter) print(value []byte) *tailEvent {
-	var ev tailEvent
-	err := json.Unmarshal(value, &ev)
+// maxQuoted bounds how much of a record that is not an event is shown.
+const maxQuoted = 200
+
+// print writes one line for the event in m and returns the event, or nil
+// when m holds none. Whatever the record holds, what reaches the terminal
+// is escaped: the text line's fields by termsafe, and in JSON mode the
+// record compacted to one line with termsafe.AppendJSON's escapes.
+func (p *tailPrinter) print(m kafka.Message) *tailEvent {
+	ev, err := decodeTailEvent(m.Value)
 	if p.json {
-		p.line = append(append(p.line[:0], value...), '\n')
+		// JSON that is not an event is printed too: --json shows the
+		// records as they are, only written safely.
+		p.compact.Reset()
+		if cerr := json.Compact(&p.compact, m.Value); cerr != nil {
+			p.notAnEvent(m, cerr)
+			return nil
+		}
+		p.compact.WriteByte('\n')
+		p.line = termsafe.AppendJSON(p.line[:0], p.compact.Bytes())
 		p.out.Write(p.line)
 	}
 	if err != nil {
 		if !p.json {
-			fmt.Fprintf(p.out, "not an event: %q\n", value)
+			p.notAnEvent(m, err)
 		}
 		return nil
 	}
 	if !p.json {
-		p.line = p.format(p.line[:0], &ev)
+		p.line = p.format(p.line[:0], ev)
 		p.out.Write(p.line)
 	}
-	return &ev
+	return ev
 }
 
-// format renders ev as: time, identity → destination, kind, outcome, verdict.
+// decodeTailEvent decodes an event: a JSON object that fits the schema.
+func decodeTailEvent(value []byte) (*tailEvent, error) {
+	if v := bytes.TrimLeft(value, " \t\r\n"); len(v) == 0 || v[0] != '{' {
+		return nil, errors.New("not a JSON object")
+	}
+	ev := new(tailEvent)
+	if err := json.Unmarshal(value, ev); err != nil {
+		return nil, err
+	}
+	return ev, nil
+}
+
+// notAnEvent tells on errs of a record that is skipped, with the start of
+// it, escaped.
+func (p *tailPrinter) notAnEvent(m kafka.Message, err error) {
+	p.skipped++
+	v := m.Value
+	more := ""
+	if len(v) > maxQuoted {
+		n := maxQuoted
+		for n > 0 && !utf8.RuneStart(v[n]) {
+			n--
+		}
+		v, more = v[:n], fmt.Sprintf("… (%d bytes)", len(m.Value))
+	}
+	fmt.Fprintf(p.errs, "not an event, skipped: partition %d offset %d: %s: %s%s\n",
+		m.Partition, m.Offset, termsafe.Line(err.Error()), termsafe.String(string(v)), more)
+}
+
+// format renders ev as: time, identity → destination, kind, outcome,
+// verdict. Every string of the event is escaped: they come from workloads.
 func (p *tailPrinter) format(b []byte, ev *tailEvent) []byte {
 	b = ev.Time.UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z")
 	b = append(b, ' ')
 	if ev.Kind == "loss" && ev.Loss != nil {
-		b = p.paint(b, ansiYellow, fmt.Sprintf("loss: %d events lost at %s (%s)", ev.Loss.Count, ev.Loss.Stage, ev.Loss.Reason))
+		b = p.paint(b, ansiYellow, fmt.Sprintf("loss: %d events lost at %s (%s)", ev.Loss.Count,
+			termsafe.String(ev.Loss.Stage), termsafe.String(ev.Loss.Reason)))
 		if instance, _, ok := ev.instanceSeq(); ok {
 			b = append(b, " instance "...)
-			b = append(b, instance...)
+			b = termsafe.Append(b, instance)
 		}
 		return append(b, '\n')
 	}
 	switch {
 	case ev.Identity != "":
-		b = append(b, ev.Identity...)
+		b = termsafe.Append(b, ev.Identity)
 	case ev.Process != nil:
-		b = fmt.Appendf(b, "pid %d (%s)", ev.Process.PID, ev.Process.Comm)
+		b = fmt.Appendf(b, "pid %d (%s)", ev.Process.PID, termsafe.String(ev.Process.Comm))
 	default:
 		b = append(b, '?')
 	}
 	b = append(b, " → "...)
 	b = appendDestination(b, ev)
 	b = append(b, ' ')
-	b = append(b, ev.Kind...)
+	b = termsafe.Append(b, ev.Kind)
 	if ev.Outcome != "" {
 		b = append(b, ' ')
-		b = append(b, ev.Outcome...)
+		b = termsafe.Append(b, ev.Outcome)
 	}
 	if s := ev.Scope; s != nil && s.Verdict != "" {
 		b = append(b, ' ')
+		v := termsafe.String(s.Verdict)
 		switch s.Verdict {
 		case "violation":
-			v := s.Verdict
 			if s.Policy != "" || s.Reason != "" {
-				v += " (" + strings.TrimPrefix(s.Policy+": "+s.Reason, ": ") + ")"
+				v += " (" + strings.TrimPrefix(termsafe.String(s.Policy)+": "+termsafe.String(s.Reason), ": ") + ")"
 			}
 			b = p.paint(b, ansiRed, v)
 		case "allowed":
-			b = p.paint(b, ansiGreen, s.Verdict)
+			b = p.paint(b, ansiGreen, v)
 		case "pending":
-			b = p.paint(b, ansiYellow, s.Verdict)
+			b = p.paint(b, ansiYellow, v)
 		default:
-			b = p.paint(b, ansiDim, s.Verdict)
+			b = p.paint(b, ansiDim, v)
 		}
 	}
 	return append(b, '\n')
@@ -380,6 +435,7 @@ func appendDestination(b []byte, ev *tailEvent) []byte {
 	if ev.Dst != nil && ev.Dst.Name != "" {
 		name = ev.Dst.Name
 	}
+	name = termsafe.String(name)
 	switch {
 	case ev.Dst == nil && name == "":
 		return append(b, '?')
@@ -388,7 +444,7 @@ func appendDestination(b []byte, ev *tailEvent) []byte {
 	case name != "":
 		return append(b, net.JoinHostPort(name, strconv.Itoa(int(ev.Dst.Port)))...)
 	}
-	return append(b, net.JoinHostPort(ev.Dst.IP, strconv.Itoa(int(ev.Dst.Port)))...)
+	return append(b, net.JoinHostPort(termsafe.String(ev.Dst.IP), strconv.Itoa(int(ev.Dst.Port)))...)
 }
 
 // seqTracker finds the seqs of each agent instance that never came. Events
