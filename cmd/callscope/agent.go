@@ -31,9 +31,9 @@ func newLogger(cfg *runConfig, w io.Writer) (*slog.Logger, error) {
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.logFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(slog.NewJSONHandler(&safeLogWriter{w: w, json: true}, opts)), nil
 	}
-	return slog.New(slog.NewTextHandler(w, opts)), nil
+	return slog.New(slog.NewTextHandler(&safeLogWriter{w: w}, opts)), nil
 }
 
 // runAgent runs the pipeline collector → enrich → exporter until SIGINT or

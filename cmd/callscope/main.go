@@ -10,6 +10,8 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+
+	"github.com/callscope/callscope/internal/termsafe"
 )
 
 // version is set at build time (make build); otherwise the module version.
@@ -27,10 +29,17 @@ Usage:
 func main() {
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if !errors.Is(err, flag.ErrHelp) && !errors.Is(err, errReported) {
-			fmt.Fprintln(os.Stderr, "callscope:", err)
+			reportError(os.Stderr, err)
 		}
 		os.Exit(1)
 	}
+}
+
+// reportError writes the error that ended the command. It can quote what
+// workloads or brokers chose, escaped here; its lines stay lines, as a
+// BPF verifier's log is meant to be read.
+func reportError(w io.Writer, err error) {
+	fmt.Fprintln(w, "callscope:", termsafe.Message(err.Error()))
 }
 
 func run(args []string, stdout, stderr io.Writer) error {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/callscope/callscope/internal/termsafe"
 	"github.com/callscope/callscope/scope"
 )
 
@@ -34,7 +35,7 @@ func policyCommand(args []string, stdout, stderr io.Writer) error {
 	switch {
 	case errors.As(err, &perr):
 		for _, e := range *perr {
-			fmt.Fprintln(stderr, e)
+			fmt.Fprintln(stderr, termsafe.Line(e.Error()))
 		}
 		fmt.Fprintf(stderr, "%d problem(s) found\n", len(*perr))
 		return errReported
