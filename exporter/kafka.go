@@ -172,6 +172,10 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 		return nil, err
 	}
 	topicNames := topicList(cfg.Topic, cfg.ViolationsTopic)
+	dial := (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	if cfg.TLS != nil {
+		dial = dialTLS(dial, cfg.TLS)
+	}
 	k := &Kafka{
 		topics: [2]string{cfg.Topic, cfg.ViolationsTopic},
 		log:    log.With("component", "kafka"),
@@ -180,13 +184,12 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 		done:   make(chan struct{}),
 		acked:  make(chan struct{}, 1),
 		transport: &kafka.Transport{
-			Dial:        (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			Dial:        dial,
 			DialTimeout: kafkaDialTimeout,
 			MetadataTTL: 5 * time.Second,
 			// Only ours: a cluster's full metadata can be large.
 			MetadataTopics: topicNames,
 			ClientID:       "callscope",
-			TLS:            cfg.TLS,
 			SASL:           mech,
 		},
 		topicNames: topicNames,

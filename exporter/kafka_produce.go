@@ -3,8 +3,6 @@ package exporter
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -364,25 +362,18 @@ var failureReasons = []string{"unreachable", "connection", "timeout", "tls", "au
 // kafkaFailure names why an attempt failed (a metric label) and says what
 // to look at (the log).
 func kafkaFailure(err error) (reason, hint string) {
+	if hint, ok := tlsFailure(err); ok {
+		return "tls", hint
+	}
 	var (
-		kerr       kafka.Error
-		opErr      *net.OpError
-		dnsErr     *net.DNSError
-		certErr    *tls.CertificateVerificationError
-		authority  x509.UnknownAuthorityError
-		hostname   x509.HostnameError
-		invalid    x509.CertificateInvalidError
-		recordHdr  tls.RecordHeaderError
-		alert      tls.AlertError
-		echRejects *tls.ECHRejectionError
+		kerr   kafka.Error
+		opErr  *net.OpError
+		dnsErr *net.DNSError
 	)
 	switch {
 	case errors.Is(err, kafka.SASLAuthenticationFailed), errors.Is(err, kafka.UnsupportedSASLMechanism),
 		errors.Is(err, kafka.IllegalSASLState):
 		return "auth", "Kafka authentication failed: check --kafka-sasl-mechanism, --kafka-sasl-username and the password"
-	case errors.As(err, &certErr), errors.As(err, &authority), errors.As(err, &hostname), errors.As(err, &invalid),
-		errors.As(err, &recordHdr), errors.As(err, &alert), errors.As(err, &echRejects):
-		return "tls", "TLS with the Kafka brokers failed: check --kafka-ca-file, the client certificate, and that the listener speaks TLS"
 	case errors.Is(err, kafka.TopicAuthorizationFailed), errors.Is(err, kafka.ClusterAuthorizationFailed):
 		return "unauthorized", "Kafka does not allow the agent to write the topic: grant it WRITE and DESCRIBE"
 	case errors.Is(err, kafka.UnknownTopicOrPartition):

@@ -4,19 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -224,8 +217,17 @@ type consumed struct {
 // fails after timeout.
 func consume(t testing.TB, brokers []string, topic string, timeout time.Duration, stop func([]consumed) bool) []consumed {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	return consumeOver(t, nil, brokers, topic, timeout, stop)
+}
+
+// consumeOver is consume over TLS configured by tc; plaintext when nil.
+func consumeOver(t testing.TB, tc *tls.Config, brokers []string, topic string, timeout time.Duration, stop func([]consumed) bool) []consumed {
+	t.Helper()
+	opts := []kgo.Opt{kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}
+	if tc != nil {
+		opts = append(opts, kgo.DialTLSConfig(tc))
+	}
+	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -783,45 +785,12 @@ func TestKafkaTLSConfig(t *testing.T) {
 	}
 }
 
-// testCA writes a CA certificate to dir and returns it with a server
-// configuration for 127.0.0.1 signed by it.
-func testCA(t *testing.T, dir string) (caFile string, server *tls.Config) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "broker"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile = filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return caFile, &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{leafDER}, PrivateKey: key}}}
-}
-
 func TestKafkaTLS(t *testing.T) {
-	caFile, server := testCA(t, t.TempDir())
-	c := newCluster(t, kfake.TLS(server))
+	ca := newTestPKI(t, "broker CA")
+	c := newCluster(t, kfake.TLS(&tls.Config{Certificates: []tls.Certificate{ca.brokerCert(t)}}))
 	env := newSinkEnv(t, c.ListenAddrs(), t.TempDir())
 	var err error
-	if env.cfg.TLS, err = KafkaTLSConfig(caFile, "", ""); err != nil {
+	if env.cfg.TLS, err = KafkaTLSConfig(ca.caFile, "", ""); err != nil {
 		t.Fatal(err)
 	}
 	k := env.start(t)
@@ -832,9 +801,9 @@ func TestKafkaTLS(t *testing.T) {
 
 	// A broker whose certificate the CAs do not vouch for gets nothing,
 	// over TLS or otherwise.
-	otherCA, _ := testCA(t, t.TempDir())
+	otherCA := newTestPKI(t, "broker CA")
 	env = newSinkEnv(t, c.ListenAddrs(), t.TempDir())
-	if env.cfg.TLS, err = KafkaTLSConfig(otherCA, "", ""); err != nil {
+	if env.cfg.TLS, err = KafkaTLSConfig(otherCA.caFile, "", ""); err != nil {
 		t.Fatal(err)
 	}
 	k = env.start(t)
@@ -873,6 +842,10 @@ func TestKafkaFailureReasons(t *testing.T) {
 		{context.DeadlineExceeded, "timeout"},
 		{kafka.NotLeaderForPartition, "broker"},
 		{kafka.MessageSizeTooLarge, "rejected"},
+		// A handshake the broker never answered, or hung up on, is TLS.
+		{fmt.Errorf("metadata: %w", &tlsHandshakeError{addr: "k:9093", err: context.DeadlineExceeded}), "tls"},
+		{fmt.Errorf("metadata: %w", &tlsHandshakeError{addr: "k:9093", err: io.EOF}), "tls"},
+		{fmt.Errorf("metadata: %w", &tlsHandshakeError{addr: "k:9093", err: tls.RecordHeaderError{Msg: "tls: first record does not look like a TLS handshake"}}), "tls"},
 	} {
 		if got, _ := kafkaFailure(tc.err); got != tc.want || !slices.Contains(failureReasons, got) {
 			t.Errorf("kafkaFailure(%v) = %s, want %s", tc.err, got, tc.want)
