@@ -48,6 +48,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define AF_INET 2
 #define AF_INET6 10
 #define SOCK_STREAM 1
+#define SOCK_DGRAM 2
 #define IPPROTO_TCP 6
 
 /* include/net/tcp_states.h */
@@ -776,16 +777,55 @@ extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
 #endif
 
 /*
+ * Kernels without bpf_cast_to_kern_ctx (before 6.3) give cgroup_skb no way
+ * to a UDP socket's network namespace: sock_create keeps it on each UDP
+ * socket as the socket is made, when the current task's namespace is the
+ * socket's.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u32);
+} udp_netns SEC(".maps");
+
+/* sock_create is attached: udp_netns is kept. */
+volatile const __u8 udp_netns_hook = 0;
+
+SEC("cgroup/sock_create")
+int sock_create(struct bpf_sock *sk)
+{
+	if (!udp_netns_hook || sk->type != SOCK_DGRAM || sk->protocol != IPPROTO_UDP)
+		return 1;
+	__u32 *ns = bpf_sk_storage_get(&udp_netns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (ns)
+		*ns = bpf_get_current_task_btf()->nsproxy->net_ns->ns.inum;
+	return 1;
+}
+
+/*
  * skb_netns is the network namespace of the socket receiving skb: the
- * namespace whose resolver asked. Kernels without bpf_cast_to_kern_ctx
- * (before 6.3) give 0, and names are then shared across namespaces.
+ * namespace whose resolver asked. 0 when it cannot be told (a UDP socket
+ * made before sock_create was attached, on a kernel before 6.3): names are
+ * then shared across namespaces.
  */
 static __always_inline __u32 skb_netns(struct __sk_buff *skb)
 {
-	if (!bpf_ksym_exists(bpf_cast_to_kern_ctx))
+	if (bpf_ksym_exists(bpf_cast_to_kern_ctx)) {
+		struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+		return BPF_CORE_READ(kskb, sk, __sk_common.skc_net.net, ns.inum);
+	}
+	struct bpf_sock *sk = skb->sk;
+	if (!udp_netns_hook || !sk)
 		return 0;
-	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
-	return BPF_CORE_READ(kskb, sk, __sk_common.skc_net.net, ns.inum);
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (tp)
+		return ((struct sock *)tp)->__sk_common.skc_net.net->ns.inum;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 0;
+	__u32 *ns = bpf_sk_storage_get(&udp_netns, sk, 0, 0);
+	return ns ? *ns : 0;
 }
 
 /*

@@ -255,6 +255,7 @@ func (c *Collector) load() error {
 		"release_hook":    c.caps.releaseHook,
 		"sockops_current": c.caps.sockopsCurrent,
 		"syscall_errors":  c.caps.releaseHook && c.cfg.SyscallErrors,
+		"udp_netns_hook":  c.caps.udpNetns,
 	} {
 		if err := spec.Variables[name].Set(on); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
@@ -296,6 +297,11 @@ func (c *Collector) attach() error {
 	}
 	if c.caps.releaseHook {
 		progs = append(progs, cgroupProg{"sock_release", ebpf.AttachCgroupInetSockRelease, c.objs.SockRelease})
+	}
+	if c.caps.udpNetns {
+		// Before ingress, so that a resolver's socket made once it runs
+		// has its namespace kept.
+		progs = append(progs, cgroupProg{"sock_create", ebpf.AttachCGroupInetSockCreate, c.objs.SockCreate})
 	}
 	progs = append(progs,
 		cgroupProg{"sock_ops", ebpf.AttachCGroupSockOps, c.objs.SockOps},
@@ -346,7 +352,7 @@ func (c *Collector) Programs() []ProgramStats {
 		name string
 		prog *ebpf.Program
 	}{
-		{"connect4", c.objs.Connect4}, {"connect6", c.objs.Connect6}, {"sock_release", c.objs.SockRelease}, {"sock_ops", c.objs.SockOps},
+		{"connect4", c.objs.Connect4}, {"connect6", c.objs.Connect6}, {"sock_release", c.objs.SockRelease}, {"sock_create", c.objs.SockCreate}, {"sock_ops", c.objs.SockOps},
 		{"egress", c.objs.Egress}, {"ingress", c.objs.Ingress},
 		{"connect_exit", c.objs.ConnectExit}, {"process_exit", c.objs.ProcessExit}, {"process_exec", c.objs.ProcessExec},
 	} {

@@ -139,6 +139,7 @@ const (
 	connectMapScratch            = "scratch"
 	connectMapScratchDepth       = "scratch_depth"
 	connectMapStats              = "stats"
+	connectMapUdpNetns           = "udp_netns"
 	connectMapUnsentErrors       = "unsent_errors"
 	connectProgConnect4          = "connect4"
 	connectProgConnect6          = "connect6"
@@ -147,12 +148,14 @@ const (
 	connectProgIngress           = "ingress"
 	connectProgProcessExec       = "process_exec"
 	connectProgProcessExit       = "process_exit"
+	connectProgSockCreate        = "sock_create"
 	connectProgSockOps           = "sock_ops"
 	connectProgSockRelease       = "sock_release"
 	connectVarConnectHook        = "connect_hook"
 	connectVarReleaseHook        = "release_hook"
 	connectVarSockopsCurrent     = "sockops_current"
 	connectVarSyscallErrors      = "syscall_errors"
+	connectVarUdpNetnsHook       = "udp_netns_hook"
 	connectVarUnusedEvent        = "unused_event"
 	connectVarUnusedKind         = "unused_kind"
 	connectVarUnusedOutcome      = "unused_outcome"
@@ -211,6 +214,7 @@ type connectProgramSpecs struct {
 	Ingress     *ebpf.ProgramSpec `ebpf:"ingress"`
 	ProcessExec *ebpf.ProgramSpec `ebpf:"process_exec"`
 	ProcessExit *ebpf.ProgramSpec `ebpf:"process_exit"`
+	SockCreate  *ebpf.ProgramSpec `ebpf:"sock_create"`
 	SockOps     *ebpf.ProgramSpec `ebpf:"sock_ops"`
 	SockRelease *ebpf.ProgramSpec `ebpf:"sock_release"`
 }
@@ -226,6 +230,7 @@ type connectMapSpecs struct {
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 	ScratchDepth *ebpf.MapSpec `ebpf:"scratch_depth"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
+	UdpNetns     *ebpf.MapSpec `ebpf:"udp_netns"`
 	UnsentErrors *ebpf.MapSpec `ebpf:"unsent_errors"`
 }
 
@@ -237,6 +242,7 @@ type connectVariableSpecs struct {
 	ReleaseHook        *ebpf.VariableSpec `ebpf:"release_hook"`
 	SockopsCurrent     *ebpf.VariableSpec `ebpf:"sockops_current"`
 	SyscallErrors      *ebpf.VariableSpec `ebpf:"syscall_errors"`
+	UdpNetnsHook       *ebpf.VariableSpec `ebpf:"udp_netns_hook"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedKind         *ebpf.VariableSpec `ebpf:"unused_kind"`
 	UnusedOutcome      *ebpf.VariableSpec `ebpf:"unused_outcome"`
@@ -273,6 +279,7 @@ type connectMaps struct {
 	Scratch      *ebpf.Map `ebpf:"scratch"`
 	ScratchDepth *ebpf.Map `ebpf:"scratch_depth"`
 	Stats        *ebpf.Map `ebpf:"stats"`
+	UdpNetns     *ebpf.Map `ebpf:"udp_netns"`
 	UnsentErrors *ebpf.Map `ebpf:"unsent_errors"`
 }
 
@@ -285,6 +292,7 @@ func (m *connectMaps) Close() error {
 		m.Scratch,
 		m.ScratchDepth,
 		m.Stats,
+		m.UdpNetns,
 		m.UnsentErrors,
 	)
 }
@@ -297,6 +305,7 @@ type connectVariables struct {
 	ReleaseHook        *ebpf.Variable `ebpf:"release_hook"`
 	SockopsCurrent     *ebpf.Variable `ebpf:"sockops_current"`
 	SyscallErrors      *ebpf.Variable `ebpf:"syscall_errors"`
+	UdpNetnsHook       *ebpf.Variable `ebpf:"udp_netns_hook"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
 	UnusedKind         *ebpf.Variable `ebpf:"unused_kind"`
 	UnusedOutcome      *ebpf.Variable `ebpf:"unused_outcome"`
@@ -317,6 +326,7 @@ type connectPrograms struct {
 	Ingress     *ebpf.Program `ebpf:"ingress"`
 	ProcessExec *ebpf.Program `ebpf:"process_exec"`
 	ProcessExit *ebpf.Program `ebpf:"process_exit"`
+	SockCreate  *ebpf.Program `ebpf:"sock_create"`
 	SockOps     *ebpf.Program `ebpf:"sock_ops"`
 	SockRelease *ebpf.Program `ebpf:"sock_release"`
 }
@@ -330,6 +340,7 @@ func (p *connectPrograms) Close() error {
 		p.Ingress,
 		p.ProcessExec,
 		p.ProcessExit,
+		p.SockCreate,
 		p.SockOps,
 		p.SockRelease,
 	)

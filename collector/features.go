@@ -49,8 +49,12 @@ type kernelCaps struct {
 	// sockopsCurrent: sock_ops may read the current task. Linux 5.15 and
 	// 6.1 do not allow it; callers then come from connect4/6 only.
 	sockopsCurrent bool
-	// kernCtx: the bpf_cast_to_kern_ctx kfunc (Linux 6.3).
+	// kernCtx: the bpf_cast_to_kern_ctx kfunc (Linux 6.3), through which
+	// cgroup_skb reads the receiving socket's network namespace.
 	kernCtx bool
+	// udpNetns: without it, cgroup/sock_create may keep each UDP socket's
+	// network namespace in socket storage, for cgroup_skb to read.
+	udpNetns bool
 }
 
 func probeCaps() (kernelCaps, error) {
@@ -82,6 +86,12 @@ func probeCaps() (kernelCaps, error) {
 		k.kernCtx = true
 	case !errors.Is(err, ebpf.ErrNotSupported):
 		return k, err
+	default:
+		k.udpNetns = have(ebpf.CGroupSock, asm.FnSkStorageGet, asm.FnGetCurrentTaskBtf) &&
+			have(ebpf.CGroupSKB, asm.FnSkStorageGet, asm.FnSkFullsock, asm.FnSkcToTcpSock)
+		if firstErr != nil {
+			return k, firstErr
+		}
 	}
 	if !k.connectHook && !k.sockopsCurrent {
 		return k, fmt.Errorf("%w: the kernel lets no program that sees a connect read its caller "+
@@ -100,8 +110,8 @@ func (k kernelCaps) features(syscallErrors bool) []Feature {
 		{FeatureUnsentErrors, k.releaseHook && syscallErrors,
 			"--syscall-errors, the sys_exit_connect tracepoint, and unsent_connects",
 			"the error of a connect that failed before its SYN: its outcome is failed, without error"},
-		{FeatureDNSNetNS, k.kernCtx,
-			"the bpf_cast_to_kern_ctx kfunc (Linux 6.3)",
+		{FeatureDNSNetNS, k.kernCtx || k.udpNetns,
+			"the bpf_cast_to_kern_ctx kfunc (Linux 6.3), or cgroup/sock_create with socket storage",
 			"the network namespace of a DNS answer: names learnt in one namespace serve all"},
 	}
 }

@@ -154,29 +154,40 @@ func run(t *testing.T, cg *kerneltest.Cgroup, name string, args ...string) int {
 }
 
 // TestDNSAnswers: a DNS answer received over UDP or TCP is handed on with
-// its bytes and the network namespace of the socket that received it.
-//
-// A kernel without what dns_netns needs gives netns 0, as the feature says.
+// its bytes and the network namespace of the socket that received it,
+// this one's or a peer's.
 func TestDNSAnswers(t *testing.T) {
-	c, s := start(t)
+	_, s := start(t)
 	addr, _ := listen(t, "tcp", "127.0.0.1:0")
 	dns := kerneltest.NewDNSServer(t, "127.0.77.53", map[string]netip.Addr{"answer.example.test": addr.Addr()})
-	want := netnsInode(t, "/proc/self/ns/net")
-	if !hasFeature(c, collector.FeatureDNSNetNS) {
-		want = 0
-	}
-	for _, network := range []string{"udp", "tcp"} {
-		t.Run(network, func(t *testing.T) {
-			cg := kerneltest.NewCgroup(t, "dns-"+network)
-			kerneltest.Resolve{Server: dns.Addr, Network: network, Name: "answer.example.test", Port: addr.Port(), Cgroup: cg}.Run(t)
+	peer := kerneltest.NewPeer(t)
+	// The peer asks this namespace's server across the veth.
+	peerAddr, _ := listen(t, "tcp", netip.AddrPortFrom(peer.Local, 0).String())
+	peerDNS := kerneltest.NewDNSServer(t, peer.Local.String(), map[string]netip.Addr{"answer.example.test": peerAddr.Addr()})
+	for _, tc := range []struct {
+		name, network, netns string
+		server               netip.AddrPort
+		port                 uint16
+	}{
+		{"udp", "udp", "", dns.Addr, addr.Port()},
+		{"tcp", "tcp", "", dns.Addr, addr.Port()},
+		{"udp in a peer namespace", "udp", peer.NetNS, peerDNS.Addr, peerAddr.Port()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want := netnsInode(t, "/proc/self/ns/net")
+			if tc.netns != "" {
+				want = netnsInode(t, tc.netns)
+			}
+			cg := kerneltest.NewCgroup(t, "dns-"+tc.network)
+			kerneltest.Resolve{Server: tc.server, Network: tc.network, Name: "answer.example.test", Port: tc.port, Cgroup: cg, NetNS: tc.netns}.Run(t)
 
 			deadline := time.Now().Add(5 * time.Second)
 			for time.Now().Before(deadline) {
 				s.mu.Lock()
 				for _, e := range s.dns {
 					if e.Src.Port() == 53 && bytes.Contains(e.DNS, []byte("\x06answer\x07example\x04test\x00")) && e.CgroupID == cg.ID {
-						if e.NetNS != want || e.DNSOverTCP != (network == "tcp") {
-							t.Errorf("answer from netns %d over TCP %v, want netns %d over %s", e.NetNS, e.DNSOverTCP, want, network)
+						if e.NetNS != want || e.DNSOverTCP != (tc.network == "tcp") {
+							t.Errorf("answer from netns %d over TCP %v, want netns %d over %s", e.NetNS, e.DNSOverTCP, want, tc.network)
 						}
 						s.mu.Unlock()
 						return
@@ -185,7 +196,7 @@ func TestDNSAnswers(t *testing.T) {
 				s.mu.Unlock()
 				time.Sleep(20 * time.Millisecond)
 			}
-			t.Fatalf("no DNS answer over %s in cgroup %d among %d", network, cg.ID, len(s.dns))
+			t.Fatalf("no DNS answer over %s in cgroup %d among %d", tc.network, cg.ID, len(s.dns))
 		})
 	}
 }

@@ -89,7 +89,12 @@ struct cred {
 	kgid_t gid;
 };
 
+struct nsproxy {
+	struct net *net_ns;
+};
+
 struct task_struct {
+	struct nsproxy *nsproxy;
 	int pid;
 	int tgid;
 	char comm[16];

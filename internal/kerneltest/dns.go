@@ -124,12 +124,14 @@ type Resolve struct {
 	// Name as the server name.
 	TLS    bool
 	Cgroup *Cgroup
+	// NetNS is a network namespace to run in (a path under /var/run/netns).
+	NetNS string
 }
 
 // Run runs the helper and returns its pid once it is done.
 func (r Resolve) Run(t testing.TB) int {
 	t.Helper()
-	return runHelper(t, "resolve", r.Cgroup,
+	return runHelper(t, "resolve", r.Cgroup, r.NetNS,
 		"CALLSCOPE_TEST_DNS="+r.Server.String(),
 		"CALLSCOPE_TEST_DNS_NETWORK="+cmp.Or(r.Network, "udp"),
 		"CALLSCOPE_TEST_NAME="+r.Name,

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -37,12 +38,18 @@ func MaybeRunHelper() {
 	os.Exit(0)
 }
 
-// runHelper runs the test binary as the helper mode, in cg, with env added
-// to its environment, and returns its pid once it exited; its failure
-// fails the test.
-func runHelper(t testing.TB, mode string, cg *Cgroup, env ...string) int {
+// runHelper runs the test binary as the helper mode, in cg and in the
+// network namespace netns (a path under /var/run/netns; "" for this one),
+// with env added to its environment, and returns its pid once it exited;
+// its failure fails the test.
+func runHelper(t testing.TB, mode string, cg *Cgroup, netns string, env ...string) int {
 	t.Helper()
 	cmd := exec.Command(os.Args[0])
+	if netns != "" {
+		// ip execs the helper once it has joined the namespace: the pid
+		// stays the same.
+		cmd = exec.Command("ip", "netns", "exec", filepath.Base(netns), os.Args[0])
+	}
 	cmd.Env = append(append(os.Environ(), helperEnv+"="+mode), env...)
 	InCgroup(cmd, cg)
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -97,7 +97,7 @@ type TLSClient struct {
 // Run runs the client and returns its pid once it is done.
 func (c TLSClient) Run(t testing.TB) int {
 	t.Helper()
-	return runHelper(t, "tls", c.Cgroup,
+	return runHelper(t, "tls", c.Cgroup, "",
 		"CALLSCOPE_TEST_ADDR="+c.Addr.String(),
 		"CALLSCOPE_TEST_SNI="+c.ServerName,
 		"CALLSCOPE_TEST_ALPN="+strings.Join(c.ALPN, ","),
