@@ -132,8 +132,9 @@ while read -r ko; do
   cp "$ko" "$root/lib/modules/"
   echo "/lib/modules/${ko##*/}" >>"$root/modules.list"
 done <"$work/modules"
-sed "s|@VM_RUN@|${VM_RUN:-.}|" internal/vmtest/init >"$root/init"
+cp internal/vmtest/init "$root/init"
 chmod +x "$root/init"
+printf '%s\n' "${VM_RUN:-.}" >"$root/vm_run"
 (cd "$root" && find . | cpio -o -H newc --quiet) | gzip -1 >"$work/initrd.gz"
 echo "vmtest: initramfs $(du -h "$work/initrd.gz" | cut -f1)"
 
