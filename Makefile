@@ -4,6 +4,7 @@ GO       ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BIN      := bin/callscope
 FLOOR    := bin/floor
+APISERVER := bin/kube-apiserver
 # Kernel tests need root: as another user, test binaries run under sudo.
 SUDO     := $(if $(filter 0,$(shell id -u)),,sudo)
 GOTEST   := $(GO) test $(if $(SUDO),-exec sudo)
@@ -30,6 +31,19 @@ test: ## run every test; kernel tests load the real programs (as root)
 .PHONY: test-vm
 test-vm: ## run the collector's tests and the agent's smoke test on another kernel in qemu: KERNEL=debian-6.1 (default) or ubuntu-5.15
 	internal/vmtest/run.sh $(or $(KERNEL),debian-6.1)
+
+# The tests' control plane (internal/kubetest) runs this binary, built from
+# a module of its own so that Kubernetes' server code stays out of go.mod.
+# Keep these flags those of internal/kubetest/binary.go, which builds it
+# when it is missing: the Go build cache then serves both.
+KUBE_MOD := internal/kubetest/apiserver
+.PHONY: kube-apiserver
+kube-apiserver: $(APISERVER) ## build the kube-apiserver the tests run into bin/kube-apiserver (6-8 minutes the first time)
+
+$(APISERVER): $(KUBE_MOD)/go.mod $(KUBE_MOD)/go.sum $(KUBE_MOD)/main.go
+	cd $(KUBE_MOD) && CGO_ENABLED=0 $(GO) build -trimpath \
+	  -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=v1.34.4 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34" \
+	  -o $(abspath $@) .
 
 .PHONY: fuzz
 fuzz: ## run each fuzz test for FUZZTIME: a duration (default 20s) or a count of runs (20000x)
