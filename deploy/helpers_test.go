@@ -21,6 +21,8 @@ import (
 
 	utiljson "k8s.io/apimachinery/pkg/util/json"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+
+	"github.com/callscope/callscope/internal/kubetest"
 )
 
 // buildDir holds the agent binary, built once for every test that runs it.
@@ -34,6 +36,7 @@ func TestMain(m *testing.M) {
 	}
 	buildDir = dir
 	code := m.Run()
+	kubetest.Stop()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
