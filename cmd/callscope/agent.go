@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -16,11 +15,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/enrich"
 	"github.com/callscope/callscope/exporter"
+	"github.com/callscope/callscope/internal/metricsserver"
 	"github.com/callscope/callscope/scope"
 )
 
@@ -86,9 +87,20 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	}
 	stage := scope.NewStage(scope.StageConfig{Policies: policies, PendingTimeout: cfg.pendingTimeout, Logger: log})
 
-	pods, err := startPodIndex(ctx, cfg, log)
+	kube, kubeOn, err := enrich.KubeClient(cfg.kubeconfig)
 	if err != nil {
-		return err
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	if cfg.metricsAuth == "" {
+		// Where there is an API server to ask, scrapes must show it a token.
+		cfg.metricsAuth = metricsserver.AuthNone
+		if kubeOn {
+			cfg.metricsAuth = metricsserver.AuthKubernetes
+		}
+	}
+	var pods *enrich.PodIndex
+	if kubeOn {
+		pods = startPodIndex(ctx, kube, cfg.nodeName, log)
 	}
 	enr, err := enrich.New(enrich.Config{CgroupRoot: cfg.cgroupRoot, Pods: pods, TrustDomain: cfg.trustDomain, Logger: log})
 	if err != nil {
@@ -114,7 +126,7 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	}
 	var pipelineDone = make(chan struct{})
 	if cfg.metricsAddr != "" {
-		srv, err := serveMetrics(cfg.metricsAddr, metrics, coll, pipelineDone, log)
+		srv, err := serveMetrics(ctx, cfg, kube, metrics, coll, pipelineDone, log)
 		if err != nil {
 			return err
 		}
@@ -134,7 +146,7 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	}
 	stream := exporter.NewStream(exporter.NewEncoder(cfg.nodeName, instance), out, msgs, metrics)
 	log.Info("capturing outbound TCP connects, TLS hellos and DNS answers", "node", cfg.nodeName, "instance", instance,
-		"cgroup_root", cfg.cgroupRoot, "metrics", cfg.metricsAddr, "stdout", cfg.stdout, "kafka", kafka != nil,
+		"cgroup_root", cfg.cgroupRoot, "metrics", cfg.metricsAddr, "metrics_auth", cfg.metricsAuth, "stdout", cfg.stdout, "kafka", kafka != nil,
 		"kubernetes", pods != nil, "policies", policies != nil)
 
 	go func() {
@@ -162,23 +174,16 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// startPodIndex follows this node's pods when a kubeconfig is given or the
-// agent runs in a pod. An API server that cannot be reached or that refuses
-// the agent degrades enrichment (pods go without their metadata, counted),
-// but capture goes on: the error is logged, and the informer keeps trying.
-func startPodIndex(ctx context.Context, cfg *runConfig, log *slog.Logger) (*enrich.PodIndex, error) {
-	client, ok, err := enrich.KubeClient(cfg.kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	if !ok {
-		return nil, nil
-	}
-	pods := enrich.NewPodIndex(client, cfg.nodeName, log)
+// startPodIndex follows this node's pods. An API server that cannot be
+// reached or that refuses the agent degrades enrichment (pods go without
+// their metadata, counted), but capture goes on: the error is logged, and
+// the informer keeps trying.
+func startPodIndex(ctx context.Context, client kubernetes.Interface, nodeName string, log *slog.Logger) *enrich.PodIndex {
+	pods := enrich.NewPodIndex(client, nodeName, log)
 	if err := pods.Start(ctx, podSyncTimeout); err != nil {
-		log.Error("kubernetes pod metadata unavailable for now; events carry pod UIDs only until it is", "error", err, "node", cfg.nodeName)
+		log.Error("kubernetes pod metadata unavailable for now; events carry pod UIDs only until it is", "error", err, "node", nodeName)
 	}
-	return pods, nil
+	return pods
 }
 
 const (
@@ -232,16 +237,11 @@ func pipeline(coll *collector.Collector, enr *enrich.Enricher, stage *scope.Stag
 	}
 }
 
-// serveMetrics serves /metrics, /healthz (the pipeline is running) and
-// /readyz (programs attached and the ring buffer read at least once).
-func serveMetrics(addr string, m *exporter.Metrics, coll *collector.Collector, pipelineDone <-chan struct{}, log *slog.Logger) (*http.Server, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("metrics listener: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+// serveMetrics serves /metrics (behind --metrics-auth), /healthz (the
+// pipeline is running) and /readyz (programs attached and the ring buffer
+// read at least once); the probes stay open for the kubelet.
+func serveMetrics(ctx context.Context, cfg *runConfig, kube kubernetes.Interface, m *exporter.Metrics, coll *collector.Collector, pipelineDone <-chan struct{}, log *slog.Logger) (*metricsserver.Server, error) {
+	healthz := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-pipelineDone:
 			http.Error(w, "pipeline stopped\n", http.StatusServiceUnavailable)
@@ -249,20 +249,23 @@ func serveMetrics(addr string, m *exporter.Metrics, coll *collector.Collector, p
 			fmt.Fprintln(w, "ok")
 		}
 	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+	readyz := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !coll.Ready() {
 			http.Error(w, "not ready: programs not attached or no events read yet\n", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server stopped", "error", err)
-		}
-	}()
-	return srv, nil
+	return metricsserver.Start(ctx, metricsserver.Config{
+		Addr:      cfg.metricsAddr,
+		Auth:      cfg.metricsAuth,
+		Kube:      kube,
+		CertFile:  cfg.metricsCert,
+		KeyFile:   cfg.metricsKey,
+		Protected: map[string]http.Handler{"/metrics": promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})},
+		Open:      map[string]http.Handler{"/healthz": healthz, "/readyz": readyz},
+		Logger:    log.With("component", "metrics"),
+	})
 }
 
 // instanceID names this run of the agent in event ids, so that a consumer

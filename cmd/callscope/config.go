@@ -15,6 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/callscope/callscope/internal/metricsserver"
 	"github.com/callscope/callscope/internal/yamlsyntax"
 )
 
@@ -23,6 +24,9 @@ type runConfig struct {
 	configFile  string
 	stdout      bool
 	metricsAddr string
+	metricsAuth string // "" until resolved by resolveMetricsAuth
+	metricsCert string
+	metricsKey  string
 	nodeName    string
 	cgroupRoot  string
 	kubeconfig  string
@@ -49,6 +53,9 @@ func runFlags(cfg *runConfig) *flag.FlagSet {
 	fs.StringVar(&cfg.configFile, "config", "", "YAML `file` of flag values, keyed by flag name")
 	fs.BoolVar(&cfg.stdout, "stdout", true, "write events as JSON lines to stdout (logs go to stderr)")
 	fs.StringVar(&cfg.metricsAddr, "metrics-addr", "127.0.0.1:9470", "`address` serving /metrics, /healthz and /readyz; empty turns it off")
+	fs.StringVar(&cfg.metricsAuth, "metrics-auth", "", "who may get /metrics: kubernetes (TLS, a bearer token the API server reviews, RBAC get on the non-resource URL /metrics) or none (default kubernetes when Kubernetes is on, else none); /healthz and /readyz stay open")
+	fs.StringVar(&cfg.metricsCert, "metrics-cert-file", "", "PEM `file` of the metrics server's certificate chain, reloaded when it changes; turns TLS on (default with --metrics-auth=kubernetes: self-signed, made at start)")
+	fs.StringVar(&cfg.metricsKey, "metrics-key-file", "", "PEM `file` of the key of --metrics-cert-file")
 	fs.StringVar(&cfg.nodeName, "node-name", "", "node name in events (default $NODE_NAME, else the hostname)")
 	fs.StringVar(&cfg.cgroupRoot, "cgroup-root", "", "cgroup2 `directory` to watch; cgroup paths are relative to it (default the cgroup2 mount)")
 	fs.StringVar(&cfg.kubeconfig, "kubeconfig", "", "kubeconfig `file` for pod metadata (default: in-cluster config when running in a pod; Kubernetes off otherwise)")
@@ -115,6 +122,12 @@ func parseRunConfig(args []string, getenv func(string) string) (*runConfig, erro
 	}
 	if !slices.Contains([]string{"text", "json"}, cfg.logFormat) {
 		return nil, fmt.Errorf("--log-format %q: want text or json", cfg.logFormat)
+	}
+	if !slices.Contains([]string{"", metricsserver.AuthKubernetes, metricsserver.AuthNone}, cfg.metricsAuth) {
+		return nil, fmt.Errorf("--metrics-auth %q: want %s or %s", cfg.metricsAuth, metricsserver.AuthKubernetes, metricsserver.AuthNone)
+	}
+	if (cfg.metricsCert == "") != (cfg.metricsKey == "") {
+		return nil, errors.New("--metrics-cert-file and --metrics-key-file go together")
 	}
 	return cfg, nil
 }

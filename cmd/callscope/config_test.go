@@ -81,6 +81,8 @@ func TestConfigErrors(t *testing.T) {
 		{"bad yaml", []string{"--config", writeConfig(t, "a: [\n")}, nil, "callscope.yaml"},
 		{"missing file", []string{"--config", "/nonexistent/callscope.yaml"}, nil, "read config"},
 		{"log format", []string{"--log-format", "xml"}, nil, "--log-format"},
+		{"metrics auth", []string{"--metrics-auth", "basic"}, nil, `--metrics-auth "basic": want kubernetes or none`},
+		{"metrics cert without key", nil, map[string]string{"CALLSCOPE_METRICS_CERT_FILE": "/tls.crt"}, "--metrics-cert-file and --metrics-key-file go together"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseRunConfig(tc.args, env(tc.env))
