@@ -90,7 +90,7 @@ func TestApplyToAPIServer(t *testing.T) {
 func TestServiceAccountRBAC(t *testing.T) {
 	cp, _ := deployedCluster(t)
 	ms := manifests(t)
-	role := decodeStrict[*rbacv1.ClusterRole](t, find(t, ms, "ClusterRole"))
+	role := decodeStrict[*rbacv1.ClusterRole](t, findNamed(t, ms, "ClusterRole", agentRole))
 	ds, _ := agentContainer(t)
 	sa := ds.Spec.Template.Spec.ServiceAccountName
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -79,6 +80,24 @@ func manifests(t *testing.T) []manifest {
 	}
 	return out
 }
+
+// findNamed returns the manifest of a kind and name.
+func findNamed(t *testing.T, ms []manifest, kind, name string) manifest {
+	t.Helper()
+	for _, m := range ms {
+		if m.gvk.Kind == kind && m.name == name {
+			return m
+		}
+	}
+	t.Fatalf("no %s %s under kubernetes/", kind, name)
+	return manifest{}
+}
+
+// The ClusterRoles: the agent's own, and the one for its scrapers.
+const (
+	agentRole         = "callscope"
+	metricsReaderRole = "callscope-metrics-reader"
+)
 
 // find returns the one manifest of a kind.
 func find(t *testing.T, ms []manifest, kind string) manifest {
@@ -262,6 +281,9 @@ func TestDaemonSet(t *testing.T) {
 	if flags["metrics-addr"] != fmt.Sprintf("0.0.0.0:%d", metricsPort) {
 		t.Errorf("--metrics-addr=%q: probes and Prometheus reach the agent on the pod's address, port %d", flags["metrics-addr"], metricsPort)
 	}
+	if flags["metrics-auth"] != "kubernetes" {
+		t.Errorf("--metrics-auth=%q: on the pod's address, /metrics must be for scrapers RBAC allows (kubernetes)", flags["metrics-auth"])
+	}
 
 	mounts := map[string]corev1.VolumeMount{}
 	for _, m := range c.VolumeMounts {
@@ -330,10 +352,11 @@ func TestDaemonSet(t *testing.T) {
 	if port == nil || port.ContainerPort != metricsPort {
 		t.Errorf("want container port %d named metrics", metricsPort)
 	}
+	// With --metrics-auth=kubernetes the port speaks TLS only.
 	probe := func(name string, p *corev1.Probe, path string) {
 		t.Helper()
-		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != path || p.HTTPGet.Port.String() != "metrics" {
-			t.Errorf("%s: want an HTTP GET of %s on port metrics", name, path)
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != path || p.HTTPGet.Port.String() != "metrics" || p.HTTPGet.Scheme != corev1.URISchemeHTTPS {
+			t.Errorf("%s: want an HTTPS GET of %s on port metrics", name, path)
 		}
 	}
 	probe("livenessProbe", c.LivenessProbe, "/healthz")
@@ -375,8 +398,8 @@ func TestAgentFlags(t *testing.T) {
 
 func TestRBAC(t *testing.T) {
 	ms := manifests(t)
-	role := decodeStrict[*rbacv1.ClusterRole](t, find(t, ms, "ClusterRole"))
-	binding := decodeStrict[*rbacv1.ClusterRoleBinding](t, find(t, ms, "ClusterRoleBinding"))
+	role := decodeStrict[*rbacv1.ClusterRole](t, findNamed(t, ms, "ClusterRole", agentRole))
+	binding := decodeStrict[*rbacv1.ClusterRoleBinding](t, findNamed(t, ms, "ClusterRoleBinding", agentRole))
 	sa := decodeStrict[*corev1.ServiceAccount](t, find(t, ms, "ServiceAccount"))
 
 	type grant struct{ group, resource, verb string }
@@ -398,6 +421,9 @@ func TestRBAC(t *testing.T) {
 		{"apps", "replicasets", "get"},
 		{"batch", "jobs", "get"},
 		{"callscope.dev", "callscopes", "get"}, {"callscope.dev", "callscopes", "list"}, {"callscope.dev", "callscopes", "watch"},
+		// --metrics-auth=kubernetes.
+		{"authentication.k8s.io", "tokenreviews", "create"},
+		{"authorization.k8s.io", "subjectaccessreviews", "create"},
 	}
 	for _, g := range want {
 		if !granted[g] {
@@ -417,6 +443,16 @@ func TestRBAC(t *testing.T) {
 	}) {
 		t.Errorf("ClusterRoleBinding does not bind ServiceAccount %s/%s", sa.Namespace, sa.Name)
 	}
+	if slices.ContainsFunc(role.Rules, func(r rbacv1.PolicyRule) bool { return len(r.NonResourceURLs) > 0 }) {
+		t.Error("the agent's ClusterRole grants non-resource URLs, which it does not get")
+	}
+
+	// Its scrapers may get /metrics and nothing else.
+	reader := decodeStrict[*rbacv1.ClusterRole](t, findNamed(t, ms, "ClusterRole", metricsReaderRole))
+	wantRules := []rbacv1.PolicyRule{{NonResourceURLs: []string{"/metrics"}, Verbs: []string{"get"}}}
+	if !reflect.DeepEqual(reader.Rules, wantRules) {
+		t.Errorf("ClusterRole %s grants %+v, want %+v", metricsReaderRole, reader.Rules, wantRules)
+	}
 }
 
 func TestService(t *testing.T) {
@@ -428,7 +464,10 @@ func TestService(t *testing.T) {
 		}
 	}
 	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "metrics" || svc.Spec.Ports[0].Port != metricsPort {
-		t.Errorf("want one Service port %d named metrics, have %+v", metricsPort, svc.Spec.Ports)
+		t.Fatalf("want one Service port %d named metrics, have %+v", metricsPort, svc.Spec.Ports)
+	}
+	if p := svc.Spec.Ports[0].AppProtocol; p == nil || *p != "https" {
+		t.Errorf("Service port metrics: want appProtocol https, as the agent serves it with --metrics-auth=kubernetes")
 	}
 }
 

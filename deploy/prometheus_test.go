@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 )
 
 // contractMetrics are the metric names the contract fixes, which alerts
@@ -106,9 +107,41 @@ func TestPrometheusServiceMonitor(t *testing.T) {
 		if path, ok := e.(map[string]any)["path"]; ok && path != "/metrics" {
 			t.Errorf("%s: endpoint path %v, want /metrics", sm, path)
 		}
+		// The agent serves /metrics over TLS to a bearer token it has the
+		// API server review: Prometheus's own.
+		if scheme := field[string](t, e, sm.String(), "scheme"); scheme != "https" {
+			t.Errorf("%s: endpoint scheme %q, want https", sm, scheme)
+		}
+		if f := field[string](t, e, sm.String(), "bearerTokenFile"); f != "/var/run/secrets/kubernetes.io/serviceaccount/token" {
+			t.Errorf("%s: bearerTokenFile %q, want the Prometheus pod's service account token", sm, f)
+		}
+		// Verification is skipped only where there is nothing to verify
+		// against: the certificate the agent makes when given none.
+		_, c := agentContainer(t)
+		_, ownCert := flagValues(t, c.Args)["metrics-cert-file"]
+		skip, _ := e.(map[string]any)["tlsConfig"].(map[string]any)["insecureSkipVerify"].(bool)
+		if skip == ownCert {
+			t.Errorf("%s: tlsConfig.insecureSkipVerify %v, but the DaemonSet gives --metrics-cert-file: %v", sm, skip, ownCert)
+		}
 	}
 	if allowed := []string{"apiVersion", "kind", "metadata", "spec"}; !onlyKeys(sm.obj, allowed) {
 		t.Errorf("%s: top-level fields other than %v", sm, allowed)
+	}
+}
+
+// TestPrometheusBinding checks that the Prometheus objects let a
+// Prometheus scrape: its service account is bound to the scrapers' role.
+func TestPrometheusBinding(t *testing.T) {
+	ms := manifests(t)
+	b := decodeStrict[*rbacv1.ClusterRoleBinding](t, findNamed(t, ms, "ClusterRoleBinding", metricsReaderRole))
+	if b.RoleRef.Kind != "ClusterRole" || b.RoleRef.Name != metricsReaderRole {
+		t.Errorf("%s binds %s %s, want ClusterRole %s", b.Name, b.RoleRef.Kind, b.RoleRef.Name, metricsReaderRole)
+	}
+	if len(b.Subjects) != 1 || b.Subjects[0].Kind != "ServiceAccount" || b.Subjects[0].Name == "" || b.Subjects[0].Namespace == "" {
+		t.Errorf("%s: want one service account, Prometheus's, as subject; have %+v", b.Name, b.Subjects)
+	}
+	if m := findNamed(t, ms, "ClusterRoleBinding", metricsReaderRole); filepath.Dir(m.file) != filepath.Join("kubernetes", "prometheus") {
+		t.Errorf("%s is in %s: it belongs with the Prometheus objects, whose service account it names", metricsReaderRole, m.file)
 	}
 }
 
