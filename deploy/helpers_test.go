@@ -3,6 +3,7 @@ package deploy
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -172,6 +173,9 @@ type agentEvent struct {
 type agent struct {
 	cmd     *exec.Cmd
 	metrics string // host:port of /metrics, /healthz and /readyz
+	// tls is set where the agent serves them over TLS; waitReady then
+	// does not verify the certificate, as the kubelet's probes do not.
+	tls     bool
 	done    chan struct{}
 	waitErr error
 
@@ -259,12 +263,17 @@ func (a *agent) exited() (bool, int) {
 func (a *agent) waitReady(t *testing.T, timeout time.Duration) bool {
 	t.Helper()
 	client := &http.Client{Timeout: time.Second}
+	url := "http://" + a.metrics + "/readyz"
+	if a.tls {
+		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+		url = "https://" + a.metrics + "/readyz"
+	}
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		if done, _ := a.exited(); done {
 			return false
 		}
-		resp, err := client.Get("http://" + a.metrics + "/readyz")
+		resp, err := client.Get(url)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
