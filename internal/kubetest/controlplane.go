@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -48,6 +49,8 @@ type ControlPlane struct {
 	launcher  *launcher
 	etcd      *process
 	apiserver *process
+	stopOnce  sync.Once
+	stopErr   error
 }
 
 // ServiceCIDR is the Service IP range the API server allocates from.
@@ -59,7 +62,7 @@ const ServiceAccountIssuer = "https://kubernetes.default.svc.cluster.local"
 // Start starts etcd, then kube-apiserver against it, and waits for the API
 // server's /readyz. Its error is a *MissingError where this machine lacks
 // etcd or the API server binary.
-func Start(opts Options) (cp *ControlPlane, err error) {
+func Start(opts Options) (*ControlPlane, error) {
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
@@ -79,21 +82,16 @@ func Start(opts Options) (cp *ControlPlane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	cp = &ControlPlane{dir: dir, launcher: newLauncher()}
-	defer func() {
-		if err != nil {
-			cp.Stop()
-		}
-	}()
+	cp := &ControlPlane{dir: dir, launcher: newLauncher()}
 	begin := time.Now()
 	deadline := begin.Add(opts.StartTimeout)
-
 	etcdURL, err := cp.startEtcd(etcdBin, deadline)
-	if err != nil {
-		return cp, err
+	if err == nil {
+		err = cp.startAPIServer(apiserverBin, etcdURL, deadline)
 	}
-	if err := cp.startAPIServer(apiserverBin, etcdURL, deadline); err != nil {
-		return cp, err
+	if err != nil {
+		cp.Stop()
+		return nil, err
 	}
 	cp.StartupTime = time.Since(begin)
 	return cp, nil
@@ -231,15 +229,18 @@ func (cp *ControlPlane) ConfigFor(token string) *rest.Config {
 
 // Stop stops the API server, then etcd, and removes their files.
 func (cp *ControlPlane) Stop() error {
-	var errs []error
-	for _, p := range []*process{cp.apiserver, cp.etcd} {
-		if p != nil {
-			errs = append(errs, p.stop(10*time.Second))
+	cp.stopOnce.Do(func() {
+		var errs []error
+		for _, p := range []*process{cp.apiserver, cp.etcd} {
+			if p != nil {
+				errs = append(errs, p.stop(10*time.Second))
+			}
 		}
-	}
-	cp.launcher.close()
-	errs = append(errs, os.RemoveAll(cp.dir))
-	return errors.Join(errs...)
+		cp.launcher.close()
+		errs = append(errs, os.RemoveAll(cp.dir))
+		cp.stopErr = errors.Join(errs...)
+	})
+	return cp.stopErr
 }
 
 // waitFor polls check until it passes, p exits or the deadline passes.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -187,5 +189,27 @@ func TestMissingEtcd(t *testing.T) {
 	var missing *MissingError
 	if !errors.As(err, &missing) {
 		t.Fatalf("Start without etcd on PATH: %v, want a MissingError", err)
+	}
+}
+
+// TestAPIServerFailureSaysWhy starts a "kube-apiserver" that exits at
+// once: Start gives up with the end of its output, not a timeout.
+func TestAPIServerFailureSaysWhy(t *testing.T) {
+	if _, err := exec.LookPath("etcd"); err != nil {
+		t.Skip("etcd is not installed")
+	}
+	fake := filepath.Join(t.TempDir(), "kube-apiserver")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho 'Error: unknown flag: --frobnicate' >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(APIServerEnv, fake)
+	cp, err := Start(Options{})
+	if err == nil {
+		cp.Stop()
+		t.Fatal("Start succeeded with an API server that exits")
+	}
+	var missing *MissingError
+	if errors.As(err, &missing) || !strings.Contains(err.Error(), "kube-apiserver exited") || !strings.Contains(err.Error(), "unknown flag: --frobnicate") {
+		t.Errorf("error %q: want it to say the server exited, with its output", err)
 	}
 }
