@@ -91,12 +91,14 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	if cfg.metricsAuth == "" {
+	switch {
+	case cfg.metricsAuth == "" && kubeOn:
 		// Where there is an API server to ask, scrapes must show it a token.
+		cfg.metricsAuth = metricsserver.AuthKubernetes
+	case cfg.metricsAuth == "":
 		cfg.metricsAuth = metricsserver.AuthNone
-		if kubeOn {
-			cfg.metricsAuth = metricsserver.AuthKubernetes
-		}
+	case cfg.metricsAuth == metricsserver.AuthKubernetes && !kubeOn && cfg.metricsAddr != "":
+		return errors.New("--metrics-auth=kubernetes needs a Kubernetes API server to review scrapers' tokens: give --kubeconfig, or run in a pod")
 	}
 	var pods *enrich.PodIndex
 	if kubeOn {

@@ -477,6 +477,8 @@ func TestAgentSaysWhatIsMissing(t *testing.T) {
 			"-c", bin+" run --metrics-addr ''"), []string{"missing CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"}},
 		{"not cgroup2", exec.Command(bin, "run", "--metrics-addr", "", "--cgroup-root", t.TempDir()),
 			[]string{"cgroup v2:", "is not a cgroup2 filesystem"}},
+		{"metrics auth without Kubernetes", exec.Command(bin, "run", "--metrics-auth", "kubernetes"),
+			[]string{"--metrics-auth=kubernetes needs a Kubernetes API server", "--kubeconfig"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := tc.cmd.CombinedOutput()
