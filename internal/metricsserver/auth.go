@@ -82,9 +82,9 @@ func (a *kubeAuth) wrap(next http.Handler) http.Handler {
 		res, ok, err := a.authn.AuthenticateRequest(r)
 		if err != nil || !ok {
 			// As the API server answers: an invalid token and a
-			// TokenReview that failed (the error says which) are both
-			// 401. Each scraper's failures would repeat every scrape, so
-			// they are logged at debug level only.
+			// TokenReview that failed are both 401. k8s.io/apiserver logs
+			// a TokenReview that failed; a refused token repeats every
+			// scrape, so it is logged at debug level only.
 			a.log.Debug("metrics request refused: no valid bearer token", "path", r.URL.Path, "remote", r.RemoteAddr, "error", err)
 			http.Error(w, "Unauthorized", http.StatusUnauthorized)
 			return
