@@ -32,7 +32,7 @@ func apiserverBinary(logf func(string, ...any)) (string, error) {
 	}
 	root, err := repoRoot()
 	if err != nil {
-		return "", err
+		return "", &MissingError{What: fmt.Sprintf("no %s, and %v", APIServerEnv, err)}
 	}
 	bin := filepath.Join(root, "bin", "kube-apiserver")
 	if _, err := os.Stat(bin); err == nil {
@@ -96,7 +96,7 @@ func repoRoot() (string, error) {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("kubetest: not inside the callscope repository")
+			return "", errors.New("the working directory is not inside the callscope repository, whose bin/kube-apiserver is the default")
 		}
 		dir = parent
 	}
