@@ -1,6 +1,7 @@
 package metricsserver
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -8,31 +9,9 @@ import (
 	"sync"
 	"time"
 
-	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/apiserver/pkg/apis/apiserver"
-	"k8s.io/apiserver/pkg/authentication/authenticator"
-	"k8s.io/apiserver/pkg/authentication/authenticatorfactory"
-	"k8s.io/apiserver/pkg/authorization/authorizer"
-	"k8s.io/apiserver/pkg/authorization/authorizerfactory"
+	"k8s.io/apimachinery/pkg/util/cache"
 	"k8s.io/client-go/kubernetes"
 )
-
-// How long the API server's answers are kept: a scraper asks every 30 s or
-// so, and each agent would otherwise send a TokenReview and a
-// SubjectAccessReview per scrape. A revoked binding stops working within
-// allowCacheTTL; a new one starts working within denyCacheTTL. These are
-// controller-runtime's and kube-rbac-proxy's values.
-const (
-	tokenCacheTTL = time.Minute
-	allowCacheTTL = 5 * time.Minute
-	denyCacheTTL  = 30 * time.Second
-	reviewTimeout = 10 * time.Second
-)
-
-// reviewBackoff is k8s.io/apiserver's default for delegated webhooks
-// (server/options.DefaultAuthWebhookRetryBackoff), whose package would
-// bring the whole server along: five tries over about 4 s.
-var reviewBackoff = wait.Backoff{Duration: 500 * time.Millisecond, Factor: 1.5, Jitter: 0.2, Steps: 5}
 
 // kubeAuth lets a request through when the API server says its bearer
 // token is valid (TokenReview) and that its user may get the request's
@@ -42,36 +21,34 @@ var reviewBackoff = wait.Backoff{Duration: 500 * time.Millisecond, Factor: 1.5, 
 //	rules:
 //	  - nonResourceURLs: [/metrics]
 //	    verbs: [get]
+//
+// It asks as k8s.io/apiserver's delegating authenticator and authoriser
+// do, through the typed clients: that library would bring a whole API
+// server's worth of code and memory into every node's agent.
 type kubeAuth struct {
-	authn authenticator.Request
-	authz authorizer.Authorizer
-	log   *slog.Logger
+	tokens *tokenReviewer
+	access *accessReviewer
+	log    *slog.Logger
 
 	mu      sync.Mutex
 	lastErr time.Time
 }
 
-func newKubeAuth(client kubernetes.Interface, log *slog.Logger) (*kubeAuth, error) {
-	authn, _, err := authenticatorfactory.DelegatingAuthenticatorConfig{
-		Anonymous:                &apiserver.AnonymousAuthConfig{Enabled: false},
-		TokenAccessReviewClient:  client.AuthenticationV1(),
-		TokenAccessReviewTimeout: reviewTimeout,
-		WebhookRetryBackoff:      &reviewBackoff,
-		CacheTTL:                 tokenCacheTTL,
-	}.New()
-	if err != nil {
-		return nil, fmt.Errorf("token authenticator: %w", err)
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+func newKubeAuth(client kubernetes.Interface, log *slog.Logger) *kubeAuth {
+	return newKubeAuthWithClock(client, log, realClock{})
+}
+
+// newKubeAuthWithClock lets tests age the caches.
+func newKubeAuthWithClock(client kubernetes.Interface, log *slog.Logger, clock cache.Clock) *kubeAuth {
+	return &kubeAuth{
+		tokens: newTokenReviewer(client.AuthenticationV1().TokenReviews(), clock),
+		access: newAccessReviewer(client.AuthorizationV1().SubjectAccessReviews(), clock),
+		log:    log,
 	}
-	authz, err := authorizerfactory.DelegatingAuthorizerConfig{
-		SubjectAccessReviewClient: client.AuthorizationV1(),
-		AllowCacheTTL:             allowCacheTTL,
-		DenyCacheTTL:              denyCacheTTL,
-		WebhookRetryBackoff:       &reviewBackoff,
-	}.New()
-	if err != nil {
-		return nil, fmt.Errorf("subject access authorizer: %w", err)
-	}
-	return &kubeAuth{authn: authn, authz: authz, log: log}, nil
 }
 
 // wrap answers 401 without a token the API server accepts, 403 to a user
@@ -79,31 +56,29 @@ func newKubeAuth(client kubernetes.Interface, log *slog.Logger) (*kubeAuth, erro
 // access: never the page.
 func (a *kubeAuth) wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		res, ok, err := a.authn.AuthenticateRequest(r)
-		if err != nil || !ok {
+		u, err := a.tokens.authenticate(r)
+		if err != nil {
 			// As the API server answers: an invalid token and a
-			// TokenReview that failed are both 401. k8s.io/apiserver logs
-			// a TokenReview that failed; a refused token repeats every
-			// scrape, so it is logged at debug level only.
+			// TokenReview that failed are both 401. A refused token
+			// repeats every scrape, so it is logged at debug level only.
+			var unasked *reviewError
+			if errors.As(err, &unasked) {
+				a.logError("token review failed", err)
+			}
 			a.log.Debug("metrics request refused: no valid bearer token", "path", r.URL.Path, "remote", r.RemoteAddr, "error", err)
 			http.Error(w, "Unauthorized", http.StatusUnauthorized)
 			return
 		}
-		attrs := authorizer.AttributesRecord{
-			User:            res.User,
-			Verb:            strings.ToLower(r.Method),
-			Path:            r.URL.Path,
-			ResourceRequest: false,
-		}
-		decision, reason, err := a.authz.Authorize(r.Context(), attrs)
+		verb := strings.ToLower(r.Method)
+		ok, reason, err := a.access.allowed(r.Context(), u, verb, r.URL.Path)
 		if err != nil {
 			a.logError("subject access review failed", err)
 			http.Error(w, "Internal Server Error: cannot review access with the Kubernetes API server", http.StatusInternalServerError)
 			return
 		}
-		if decision != authorizer.DecisionAllow {
-			a.log.Debug("metrics request refused", "user", res.User.GetName(), "verb", attrs.Verb, "path", attrs.Path, "reason", reason)
-			http.Error(w, fmt.Sprintf("Forbidden: user %q may not %s %s", res.User.GetName(), attrs.Verb, attrs.Path), http.StatusForbidden)
+		if !ok {
+			a.log.Debug("metrics request refused", "user", u.name, "verb", verb, "path", r.URL.Path, "reason", reason)
+			http.Error(w, fmt.Sprintf("Forbidden: user %q may not %s %s", u.name, verb, r.URL.Path), http.StatusForbidden)
 			return
 		}
 		next.ServeHTTP(w, r)

@@ -77,10 +77,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		if cfg.Kube == nil {
 			return nil, errors.New("metrics auth kubernetes needs a Kubernetes API server (--kubeconfig, or run in a pod)")
 		}
-		auth, err := newKubeAuth(cfg.Kube, log)
-		if err != nil {
-			return nil, err
-		}
+		auth := newKubeAuth(cfg.Kube, log)
 		for path, h := range cfg.Protected {
 			mux.Handle(path, auth.wrap(h))
 		}
