@@ -83,6 +83,13 @@ FORCE:
 bench-connect: build ## measure the agent's cost to a connect loop: bare, with the agent, with bpftrace (as root)
 	$(SUDO) bench/overhead.sh connect $(BIN) $(or $(ROUNDS),8) $(or $(SECS),3)
 
+# DURATION of load (default 2m; docs/benchmarks.md reports a 30m run); see
+# bench/soak for what is run and checked.
+.PHONY: soak
+soak: build ## run the agent under a steady mixed load with policy reloads and a Kafka outage for DURATION, and check it stays flat and loses nothing (as root)
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/soak ./bench/soak
+	$(SUDO) bin/soak -agent $(BIN) -duration $(or $(DURATION),2m) $(if $(KEEP),-keep $(KEEP))
+
 .PHONY: generate
 generate: ## rebuild the BPF object and its Go bindings (needs clang, llvm, libbpf-dev)
 	$(GO) generate ./collector/
