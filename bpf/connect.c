@@ -15,18 +15,19 @@
  * comes before its outcome. No hash map holds the connect on the way: a
  * hash insert, lookup and delete per connect cost more than both records.
  *
- * A connect that fails inside the syscall, before any SYN is sent (no route,
- * no free port, a local policy), never reaches TCP_CONNECT. cgroup/connect4
- * and connect6, which see every TCP connect(2) first, keep the caller and the
- * destination on the socket (socket storage); TCP_CONNECT takes the caller
- * from there for its start record and drops the rest. A socket released
- * with a record still there failed before its SYN: cgroup/sock_release
- * reports it, as does a later connect(2) on the same socket. The kernel
- * keeps no error for such a failure; only the syscall-exit tracepoint sees
- * it, and that tracepoint is opt-in (syscall_errors): while any syscall
+ * cgroup/connect4 and connect6, which see every TCP connect(2) first, as
+ * the caller on every kernel, arm a per-thread record of the caller and the
+ * destination: TCP_CONNECT, inside the same connect(2), takes the caller
+ * from there for its start record (Linux 5.15 and 6.1 do not let sock_ops
+ * read the current task) and disarms it. A connect that fails inside the
+ * syscall, before any SYN is sent (no route, no free port, a local policy),
+ * leaves its record armed, and is reported when the thread releases that
+ * socket (cgroup/sock_release), connects again, or exits. The kernel keeps
+ * no error for such a failure; only the syscall-exit tracepoint sees it,
+ * and that tracepoint is opt-in (syscall_errors): while any syscall
  * tracepoint is attached, every syscall of every process on the node takes
- * the kernel's slower path. With it, the failed connect's error is kept by
- * socket cookie until the report.
+ * the kernel's slower path. With it, the failure is reported at the
+ * syscall's exit, with its error.
  *
  * cgroup_skb/egress copies a tracked connection's first data when it is a
  * TLS ClientHello, also when it spans segments, and cgroup_skb/ingress then
@@ -89,8 +90,8 @@ enum outcome {
 
 enum stat {
 	STAT_RINGBUF_FULL = 0, /* bpf_ringbuf_reserve failed: an event lost */
-	STAT_PENDING_FULL = 1, /* no socket storage for connect4/6's record: a failure before the SYN would go
-				* unseen, and where sock_ops cannot read the current task, the caller */
+	STAT_PENDING_FULL = 1, /* no room for a thread's record: a failure before the SYN would go unseen, and
+				* where sock_ops cannot read the current task, so would the caller */
 	STAT_EXIT_LOST = 2,    /* no room for a process exit: its cache entry ages out instead */
 	STAT_PAYLOAD_LOST = 3, /* a TLS or DNS payload record lost: the ring buffer was full */
 	STAT_EXEC_LOST = 4,    /* an execve not reported: a short-lived process may go without exe */
@@ -186,18 +187,16 @@ struct dest {
 };
 
 /*
- * A connect(2) whose SYN has not gone out yet, kept on its socket from
- * connect4/6 until TCP_CONNECT takes it. The caller is taken once, there,
- * for the start record too: both run inside the same connect(2).
+ * The connect(2) a thread made last, armed from connect4/6 until
+ * TCP_CONNECT disarms it. The caller is taken once, there, for the start
+ * record too: both run inside the same connect(2). A thread that connects
+ * again reuses its record, so the common path allocates nothing.
  */
 struct pending {
 	struct caller caller;
 	struct dest dest;
-	__u64 cookie; /* 0: nothing for sock_release to report */
-	/* TCP_CONNECT lost the start record (and counted it): the socket's
-	 * outcome is not this instance's to report, even where another
-	 * program (another callscope, in a rolling update) tracks it. */
-	__u8 start_lost;
+	__u64 cookie;
+	__u8 armed;
 	__u8 _pad[7];
 };
 
@@ -241,40 +240,38 @@ struct {
 	__type(value, __u32);
 } scratch_depth SEC(".maps");
 
+/*
+ * The per-thread records: in task storage where every program that reads
+ * them may use it (Linux 6.x; not 5.15 or 6.1), else in a hash by thread
+ * id, whose entry goes when its thread exits. The loader shrinks the one
+ * not used to a single entry.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct pending);
 } pendings SEC(".maps");
 
-/*
- * With syscall_errors: the socket of the connect(2) in flight on each
- * thread, by thread id, from connect4/6 to the syscall's exit; and the
- * error of each connect(2) that failed before its SYN, by socket cookie,
- * until the socket's record is reported. Both are LRUs: a connect made
- * outside a syscall (io_uring) leaves a thread's entry behind, and an
- * eviction loses one failure's error, never its event.
- */
-struct connecting {
-	__u64 cookie;
-	__u8 sent; /* TCP_CONNECT ran: the syscall's error, if any, is the outcome's */
-	__u8 _pad[7];
-};
-
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768); /* resized by the loader */
 	__type(key, __u32);
-	__type(value, struct connecting);
-} connecting SEC(".maps");
+	__type(value, struct pending);
+} thread_pendings SEC(".maps");
 
+/*
+ * Sockets whose start record was lost (and counted), by cookie: another
+ * program (a second callscope, in a rolling update) may still switch on
+ * the STATE callback that brings their outcome, whose loss then is not
+ * this instance's to count. Looked up only when an outcome is lost.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u64);
-	__type(value, __s32);
-} unsent_errors SEC(".maps");
+	__type(value, __u8);
+} lost_starts SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -294,16 +291,18 @@ volatile const __u64 wakeup_bytes = 1 << 20;
  * feature is off loads as a no-op: the verifier skips what a constant
  * makes unreachable, helpers the kernel lacks included.
  */
-/* connect4/6 keep the caller and destination on the socket. */
+/* connect4/6 arm the per-thread records. */
 volatile const __u8 connect_hook = 1;
+/* The per-thread records are in task storage, not thread_pendings. */
+volatile const __u8 task_storage = 1;
 /* sock_release reports a socket whose connect(2) sent no SYN. */
 volatile const __u8 release_hook = 1;
 /* sock_ops may read the current task (Linux 6.x; not 5.15 or 6.1): a
  * connect that connect4/6 did not see still gets its caller. */
 volatile const __u8 sockops_current = 1;
 
-/* Whether the syscall-exit tracepoint is attached, to give the failures
- * reported at release their error. */
+/* Whether the syscall-exit tracepoint is attached, to report failures
+ * before the SYN at once, with their error. */
 volatile const __u8 syscall_errors = 0;
 
 static __always_inline void count(enum stat s)
@@ -377,19 +376,32 @@ static __always_inline void fill_dest(struct dest *d, struct bpf_sock_addr *ctx,
 }
 
 /*
- * report_unsent sends a connect that failed before its SYN, with the error
- * the syscall-exit tracepoint kept for it, if any.
+ * thread_pending returns the current thread's record, made if create is
+ * set and there is none.
  */
-static __always_inline void report_unsent(struct pending *p)
+static __always_inline struct pending *thread_pending(int create)
 {
-	__s32 err = 0;
-	if (syscall_errors) {
-		__s32 *e = bpf_map_lookup_elem(&unsent_errors, &p->cookie);
-		if (e) {
-			err = *e;
-			bpf_map_delete_elem(&unsent_errors, &p->cookie);
-		}
-	}
+	struct task_struct *task = bpf_get_current_task_btf();
+	if (task_storage)
+		return bpf_task_storage_get(&pendings, task, 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	/* Not bpf_get_current_pid_tgid, which 5.15's and 6.1's sock_ops may
+	 * not call. */
+	__u32 tid = task->pid;
+	struct pending *p = bpf_map_lookup_elem(&thread_pendings, &tid);
+	if (p || !create)
+		return p;
+	struct pending zero = {};
+	bpf_map_update_elem(&thread_pendings, &tid, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&thread_pendings, &tid);
+}
+
+/*
+ * report_unsent sends an armed record's connect, which failed before its
+ * SYN, with err (0 where the kernel kept none), and disarms it.
+ */
+static __always_inline void report_unsent(struct pending *p, __s32 err)
+{
+	p->armed = 0;
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RINGBUF_FULL);
@@ -430,24 +442,19 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, __u16 family)
 	if (ks->__sk_common.skc_state != TCP_CLOSE || ks->sk_socket->state != SS_UNCONNECTED)
 		return 1;
 
-	struct pending *p = bpf_sk_storage_get(&pendings, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	struct pending *p = thread_pending(1);
 	if (!p) {
 		count(STAT_PENDING_FULL);
 		return 1;
 	}
-	/* Still there: an earlier connect(2) on this socket failed before its SYN. */
-	if (p->cookie)
-		report_unsent(p);
+	/* Still armed: this thread's last connect(2) failed before its SYN. */
+	if (release_hook && p->armed)
+		report_unsent(p, 0);
 	p->cookie = bpf_get_socket_cookie(ctx);
-	p->start_lost = 0;
 	fill_caller(&p->caller);
 	p->caller.netns = ks->__sk_common.skc_net.net->ns.inum;
 	fill_dest(&p->dest, ctx, family);
-	if (syscall_errors) {
-		__u32 tid = (__u32)bpf_get_current_pid_tgid();
-		struct connecting c = {.cookie = p->cookie};
-		bpf_map_update_elem(&connecting, &tid, &c, BPF_ANY);
-	}
+	p->armed = 1;
 	return 1;
 }
 
@@ -538,19 +545,16 @@ static __always_inline int sock_err(struct bpf_sock_ops *skops)
  */
 static __always_inline void report(struct bpf_sock_ops *skops, __u8 outcome, __s32 err)
 {
-	/* A socket left with a record is one whose start was lost: another
-	 * program set the flag that brought this callback. */
-	if (connect_hook && skops->sk) {
-		struct pending *p = bpf_sk_storage_get(&pendings, skops->sk, 0, 0);
-		if (p && p->start_lost)
-			return;
-	}
+	__u64 cookie = bpf_get_socket_cookie(skops);
 	struct outcome_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
-		count(STAT_OUTCOME_LOST);
+		/* Of a connect whose start this instance lost and counted, the
+		 * outcome (brought by another program's flag) is no new loss. */
+		if (!bpf_map_lookup_elem(&lost_starts, &cookie))
+			count(STAT_OUTCOME_LOST);
 		return;
 	}
-	e->cookie = bpf_get_socket_cookie(skops);
+	e->cookie = cookie;
 	e->ts_ns = bpf_ktime_get_boot_ns();
 	e->err = err;
 	e->kind = KIND_OUTCOME;
@@ -568,33 +572,22 @@ int sock_ops(struct bpf_sock_ops *skops)
 		struct bpf_sock *sk = skops->sk;
 		if (!sk)
 			return 1;
+		__u64 cookie = bpf_get_socket_cookie(skops);
 		struct pending *p = NULL;
-		if (connect_hook)
-			p = bpf_sk_storage_get(&pendings, sk, 0, 0);
-		int lost = emit_start(skops, sk, bpf_get_socket_cookie(skops), p);
-		if (p && syscall_errors) {
-			/* Not bpf_get_current_pid_tgid, which 5.15's and 6.1's
-			 * sock_ops may not call. */
-			__u32 tid = bpf_get_current_task_btf()->pid;
-			struct connecting *c = bpf_map_lookup_elem(&connecting, &tid);
-			if (c && c->cookie == p->cookie)
-				c->sent = 1;
+		if (connect_hook) {
+			p = thread_pending(0);
+			/* The SYN goes out: nothing is left to report. */
+			if (p && p->armed && p->cookie == cookie)
+				p->armed = 0;
+			else
+				p = NULL;
 		}
-		if (lost) {
-			/* Not tracked: its outcome would have nothing to join. The
-			 * record stays, marked, so that no outcome is reported
-			 * (and counted lost) for it. */
-			if (!p && connect_hook)
-				p = bpf_sk_storage_get(&pendings, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-			if (p) {
-				p->cookie = 0;
-				p->start_lost = 1;
-			}
+		if (emit_start(skops, sk, cookie, p)) {
+			/* Not tracked: its outcome would have nothing to join. */
+			__u8 one = 1;
+			bpf_map_update_elem(&lost_starts, &cookie, &one, BPF_ANY);
 			return 1;
 		}
-		/* Sent: nothing is left to report at release. */
-		if (p)
-			bpf_sk_storage_delete(&pendings, sk);
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
 	}
@@ -637,36 +630,28 @@ struct sys_exit_ctx {
 SEC("tracepoint/syscalls/sys_exit_connect")
 int connect_exit(struct sys_exit_ctx *ctx)
 {
-	if (!syscall_errors)
+	if (!syscall_errors || ctx->ret == 0 || ctx->ret == -EINPROGRESS)
 		return 0;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct connecting *c = bpf_map_lookup_elem(&connecting, &tid);
-	if (!c)
-		return 0;
-	__u64 cookie = c->cookie;
-	__u8 sent = c->sent;
-	bpf_map_delete_elem(&connecting, &tid);
-	/* A connect(2) that sent its SYN has its outcome reported by sock_ops;
-	 * only one that failed before keeps its error, for the report. */
-	if (sent || ctx->ret == 0 || ctx->ret == -EINPROGRESS)
-		return 0;
-	__s32 err = (__s32)-ctx->ret;
-	bpf_map_update_elem(&unsent_errors, &cookie, &err, BPF_ANY);
+	/* Still armed: this connect(2) failed before its SYN. One that sent
+	 * it has its outcome reported by sock_ops. */
+	struct pending *p = thread_pending(0);
+	if (p && p->armed)
+		report_unsent(p, (__s32)-ctx->ret);
 	return 0;
 }
 
 /*
- * A socket is released: if connect4/6's record is still on it, its
- * connect(2) failed before a SYN was sent.
+ * A socket is released: if it is the one whose connect(2) the releasing
+ * thread left armed, that connect failed before a SYN was sent.
  */
 SEC("cgroup/sock_release")
 int sock_release(struct bpf_sock *sk)
 {
 	if (!release_hook || sk->type != SOCK_STREAM || sk->protocol != IPPROTO_TCP)
 		return 1;
-	struct pending *p = bpf_sk_storage_get(&pendings, sk, 0, 0);
-	if (p && p->cookie)
-		report_unsent(p);
+	struct pending *p = thread_pending(0);
+	if (p && p->armed && p->cookie == bpf_get_socket_cookie(sk))
+		report_unsent(p, 0);
 	return 1;
 }
 
@@ -679,8 +664,25 @@ SEC("tracepoint/sched/sched_process_exit")
 int process_exit(void *ctx)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	/* do_exit() decrements signal->live before this tracepoint fires. */
-	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+	/*
+	 * do_exit() decrements signal->live before this tracepoint fires. Read
+	 * first: the later it is read, the likelier two last threads exiting
+	 * at once both see 0 (harmless: user space forgets a process twice).
+	 */
+	int live = BPF_CORE_READ(task, signal, live.counter);
+
+	/* Every thread comes here as it exits: its last connect(2), if it
+	 * failed before its SYN, is reported, and its record goes. */
+	if (connect_hook) {
+		struct pending *p = thread_pending(0);
+		if (p && p->armed && release_hook)
+			report_unsent(p, 0);
+		if (p && !task_storage) {
+			__u32 tid = (__u32)bpf_get_current_pid_tgid();
+			bpf_map_delete_elem(&thread_pendings, &tid);
+		}
+	}
+	if (live != 0)
 		return 0;
 
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);

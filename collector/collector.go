@@ -250,8 +250,12 @@ func (c *Collector) load() error {
 	}
 	spec.Maps["events"].MaxEntries = uint32(c.cfg.RingBufferBytes)
 	spec.Maps["hellos"].MaxEntries = uint32(c.cfg.MaxInFlight)
+	if c.caps.taskStorage {
+		spec.Maps["thread_pendings"].MaxEntries = 1 // not used
+	}
 	for name, on := range map[string]bool{
 		"connect_hook":    c.caps.connectHook,
+		"task_storage":    c.caps.taskStorage,
 		"release_hook":    c.caps.releaseHook,
 		"sockops_current": c.caps.sockopsCurrent,
 		"syscall_errors":  c.caps.releaseHook && c.cfg.SyscallErrors,
@@ -288,9 +292,9 @@ func (c *Collector) attach() error {
 	// every socket connected once it is attached.
 	var progs []cgroupProg
 	if c.caps.connectHook {
-		// connect4 and connect6 keep on each socket the caller, for
-		// TCP_CONNECT, and the record sock_release reports if no SYN
-		// went out.
+		// connect4 and connect6 arm each thread's record of the caller,
+		// for TCP_CONNECT, which sock_release reports if no SYN went
+		// out.
 		progs = append(progs,
 			cgroupProg{"connect4", ebpf.AttachCGroupInet4Connect, c.objs.Connect4},
 			cgroupProg{"connect6", ebpf.AttachCGroupInet6Connect, c.objs.Connect6})

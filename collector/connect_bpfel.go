@@ -27,13 +27,6 @@ type connectCaller struct {
 	Pad       uint32
 }
 
-type connectConnecting struct {
-	_      structs.HostLayout
-	Cookie uint64
-	Sent   uint8
-	Pad    [7]uint8
-}
-
 type connectEvent struct {
 	_       structs.HostLayout
 	Cookie  uint64
@@ -111,9 +104,9 @@ type connectPending struct {
 		Family uint16
 		Pad    uint32
 	}
-	Cookie    uint64
-	StartLost uint8
-	Pad       [7]uint8
+	Cookie uint64
+	Armed  uint8
+	Pad    [7]uint8
 }
 
 type connectStat uint32
@@ -132,15 +125,15 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	connectMapConnecting         = "connecting"
 	connectMapEvents             = "events"
 	connectMapHellos             = "hellos"
+	connectMapLostStarts         = "lost_starts"
 	connectMapPendings           = "pendings"
 	connectMapScratch            = "scratch"
 	connectMapScratchDepth       = "scratch_depth"
 	connectMapStats              = "stats"
+	connectMapThreadPendings     = "thread_pendings"
 	connectMapUdpNetns           = "udp_netns"
-	connectMapUnsentErrors       = "unsent_errors"
 	connectProgConnect4          = "connect4"
 	connectProgConnect6          = "connect6"
 	connectProgConnectExit       = "connect_exit"
@@ -155,6 +148,7 @@ const (
 	connectVarReleaseHook        = "release_hook"
 	connectVarSockopsCurrent     = "sockops_current"
 	connectVarSyscallErrors      = "syscall_errors"
+	connectVarTaskStorage        = "task_storage"
 	connectVarUdpNetnsHook       = "udp_netns_hook"
 	connectVarUnusedEvent        = "unused_event"
 	connectVarUnusedKind         = "unused_kind"
@@ -223,15 +217,15 @@ type connectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectMapSpecs struct {
-	Connecting   *ebpf.MapSpec `ebpf:"connecting"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	Hellos       *ebpf.MapSpec `ebpf:"hellos"`
-	Pendings     *ebpf.MapSpec `ebpf:"pendings"`
-	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
-	ScratchDepth *ebpf.MapSpec `ebpf:"scratch_depth"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
-	UdpNetns     *ebpf.MapSpec `ebpf:"udp_netns"`
-	UnsentErrors *ebpf.MapSpec `ebpf:"unsent_errors"`
+	Events         *ebpf.MapSpec `ebpf:"events"`
+	Hellos         *ebpf.MapSpec `ebpf:"hellos"`
+	LostStarts     *ebpf.MapSpec `ebpf:"lost_starts"`
+	Pendings       *ebpf.MapSpec `ebpf:"pendings"`
+	Scratch        *ebpf.MapSpec `ebpf:"scratch"`
+	ScratchDepth   *ebpf.MapSpec `ebpf:"scratch_depth"`
+	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	ThreadPendings *ebpf.MapSpec `ebpf:"thread_pendings"`
+	UdpNetns       *ebpf.MapSpec `ebpf:"udp_netns"`
 }
 
 // connectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -242,6 +236,7 @@ type connectVariableSpecs struct {
 	ReleaseHook        *ebpf.VariableSpec `ebpf:"release_hook"`
 	SockopsCurrent     *ebpf.VariableSpec `ebpf:"sockops_current"`
 	SyscallErrors      *ebpf.VariableSpec `ebpf:"syscall_errors"`
+	TaskStorage        *ebpf.VariableSpec `ebpf:"task_storage"`
 	UdpNetnsHook       *ebpf.VariableSpec `ebpf:"udp_netns_hook"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedKind         *ebpf.VariableSpec `ebpf:"unused_kind"`
@@ -272,28 +267,28 @@ func (o *connectObjects) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectMaps struct {
-	Connecting   *ebpf.Map `ebpf:"connecting"`
-	Events       *ebpf.Map `ebpf:"events"`
-	Hellos       *ebpf.Map `ebpf:"hellos"`
-	Pendings     *ebpf.Map `ebpf:"pendings"`
-	Scratch      *ebpf.Map `ebpf:"scratch"`
-	ScratchDepth *ebpf.Map `ebpf:"scratch_depth"`
-	Stats        *ebpf.Map `ebpf:"stats"`
-	UdpNetns     *ebpf.Map `ebpf:"udp_netns"`
-	UnsentErrors *ebpf.Map `ebpf:"unsent_errors"`
+	Events         *ebpf.Map `ebpf:"events"`
+	Hellos         *ebpf.Map `ebpf:"hellos"`
+	LostStarts     *ebpf.Map `ebpf:"lost_starts"`
+	Pendings       *ebpf.Map `ebpf:"pendings"`
+	Scratch        *ebpf.Map `ebpf:"scratch"`
+	ScratchDepth   *ebpf.Map `ebpf:"scratch_depth"`
+	Stats          *ebpf.Map `ebpf:"stats"`
+	ThreadPendings *ebpf.Map `ebpf:"thread_pendings"`
+	UdpNetns       *ebpf.Map `ebpf:"udp_netns"`
 }
 
 func (m *connectMaps) Close() error {
 	return _ConnectClose(
-		m.Connecting,
 		m.Events,
 		m.Hellos,
+		m.LostStarts,
 		m.Pendings,
 		m.Scratch,
 		m.ScratchDepth,
 		m.Stats,
+		m.ThreadPendings,
 		m.UdpNetns,
-		m.UnsentErrors,
 	)
 }
 
@@ -305,6 +300,7 @@ type connectVariables struct {
 	ReleaseHook        *ebpf.Variable `ebpf:"release_hook"`
 	SockopsCurrent     *ebpf.Variable `ebpf:"sockops_current"`
 	SyscallErrors      *ebpf.Variable `ebpf:"syscall_errors"`
+	TaskStorage        *ebpf.Variable `ebpf:"task_storage"`
 	UdpNetnsHook       *ebpf.Variable `ebpf:"udp_netns_hook"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
 	UnusedKind         *ebpf.Variable `ebpf:"unused_kind"`

@@ -41,10 +41,15 @@ const (
 // helper by helper: the same object then loads everywhere, with the
 // constants that switch its paths set to match.
 type kernelCaps struct {
-	// connectHook: cgroup/connect4/6 may read the current task and keep
-	// a record on the socket, which sock_ops may take and drop.
+	// connectHook: cgroup/connect4/6 may read the current task, and
+	// sock_ops the current task's thread id, to hand the caller on in a
+	// per-thread record.
 	connectHook bool
-	// releaseHook: cgroup/sock_release may read that record.
+	// taskStorage: the per-thread records may be in task storage, which
+	// every program that reads them may use; else they are in a hash by
+	// thread id.
+	taskStorage bool
+	// releaseHook: cgroup/sock_release may read those records.
 	releaseHook bool
 	// sockopsCurrent: sock_ops may read the current task. Linux 5.15 and
 	// 6.1 do not allow it; callers then come from connect4/6 only.
@@ -73,10 +78,12 @@ func probeCaps() (kernelCaps, error) {
 		return true
 	}
 	var k kernelCaps
-	k.connectHook = have(ebpf.CGroupSockAddr, asm.FnSkStorageGet, asm.FnGetCurrentPidTgid, asm.FnGetCurrentTaskBtf,
-		asm.FnGetCurrentCgroupId, asm.FnSkcToTcpSock) &&
-		have(ebpf.SockOps, asm.FnSkStorageGet, asm.FnSkStorageDelete)
-	k.releaseHook = k.connectHook && have(ebpf.CGroupSock, asm.FnSkStorageGet, asm.FnRingbufReserve)
+	k.connectHook = have(ebpf.CGroupSockAddr, asm.FnGetCurrentPidTgid, asm.FnGetCurrentTaskBtf,
+		asm.FnGetCurrentCgroupId, asm.FnSkcToTcpSock, asm.FnGetSocketCookie) &&
+		have(ebpf.SockOps, asm.FnGetCurrentTaskBtf)
+	k.taskStorage = have(ebpf.CGroupSockAddr, asm.FnTaskStorageGet) && have(ebpf.SockOps, asm.FnTaskStorageGet) &&
+		have(ebpf.CGroupSock, asm.FnTaskStorageGet) && have(ebpf.TracePoint, asm.FnTaskStorageGet)
+	k.releaseHook = k.connectHook && have(ebpf.CGroupSock, asm.FnGetCurrentTaskBtf, asm.FnGetSocketCookie, asm.FnRingbufReserve)
 	k.sockopsCurrent = have(ebpf.SockOps, asm.FnGetCurrentPidTgid, asm.FnGetCurrentTaskBtf, asm.FnGetCurrentCgroupId)
 	if firstErr != nil {
 		return k, firstErr
@@ -95,7 +102,7 @@ func probeCaps() (kernelCaps, error) {
 	}
 	if !k.connectHook && !k.sockopsCurrent {
 		return k, fmt.Errorf("%w: the kernel lets no program that sees a connect read its caller "+
-			"(cgroup/connect4 with socket storage, or sock_ops with bpf_get_current_pid_tgid)", ErrUnsupported)
+			"(cgroup/connect4 with bpf_get_current_task_btf, or sock_ops with bpf_get_current_pid_tgid)", ErrUnsupported)
 	}
 	return k, nil
 }
@@ -105,7 +112,7 @@ func probeCaps() (kernelCaps, error) {
 func (k kernelCaps) features(syscallErrors bool) []Feature {
 	return []Feature{
 		{FeatureUnsent, k.releaseHook,
-			"cgroup/connect4 and cgroup/sock_release programs with socket storage (Linux 5.15 has them)",
+			"cgroup/connect4 and cgroup/sock_release programs that read the current task (Linux 5.15 has them)",
 			"connects that fail inside connect(2), before a SYN is sent (no route, no free port, a local policy)"},
 		{FeatureUnsentErrors, k.releaseHook && syscallErrors,
 			"--syscall-errors, the sys_exit_connect tracepoint, and unsent_connects",

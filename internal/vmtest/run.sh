@@ -144,7 +144,7 @@ set +e
 timeout -k 10 "$timeout" qemu-system-x86_64 -accel tcg -cpu max -smp "${VM_CPUS:-2}" -m "${VM_MEM:-2048}" \
   -display none -vga none -nic none -no-reboot -serial stdio -monitor none \
   -kernel "$vmlinuz" -initrd "$work/initrd.gz" \
-  -append "console=ttyS0 panic=-1 quiet mitigations=off" </dev/null | tr -d '\r' | tee "$work/console"
+  -append "console=ttyS0 panic=-1 ${VM_KERNEL_ARGS:-loglevel=5} mitigations=off softlockup_panic=1" </dev/null | tr -d '\r' | tee "$work/console"
 rc=${PIPESTATUS[0]}
 set -e
 echo "vmtest: guest ran $(($(date +%s) - start)) s"
