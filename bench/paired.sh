@@ -8,8 +8,8 @@
 # bench/connectloop) or bulk (bench/bulk, loopback TCP throughput).
 #
 # One agent runs throughout, attached to a cgroup of its own (--cgroup-root)
-# and started with --syscall-errors=false, so that all it attaches is scoped
-# to that cgroup. Each pair runs the workload (pinned to CPU $CPU) for
+# and started with --syscall-errors=false (the default), so that all it
+# attaches, connect4/6 and sock_release included, is scoped to that cgroup. Each pair runs the workload (pinned to CPU $CPU) for
 # SECS seconds in that cgroup ("on": every connect is an event) and for SECS
 # seconds in a sibling cgroup ("off": the programs never run), in an order
 # that alternates from pair to pair. Both runs share the machine with the
@@ -20,7 +20,7 @@
 # run to the next, this resolves a few percent where whole-run comparisons
 # (bench/overhead.sh) cannot.
 #
-# The syscall-exit tracepoint that --syscall-errors (on by default) adds is
+# The syscall-exit tracepoint that --syscall-errors (opt-in) adds is
 # not cgroup-scoped: it puts every syscall on the node on the kernel's
 # slower path, "off" runs included, so pairs cannot measure it. The perf
 # profile (bench/profile.sh) and docs/benchmarks.md give its cost. Set

@@ -255,7 +255,9 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 32768); /* resized by the loader */
+	/* Threads alive that have connected: about 10 MiB, preallocated, as
+	 * 5.15's tracepoints may not use a hash that allocates. */
+	__uint(max_entries, 65536); /* resized by the loader */
 	__type(key, __u32);
 	__type(value, struct pending);
 } thread_pendings SEC(".maps");
