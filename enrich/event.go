@@ -38,6 +38,25 @@ type Event struct {
 	DstName string
 	// NameSource says where DstName came from: NameSourceDNS or NameSourceSNI.
 	NameSource string
+	// Callee names the destination inside the cluster: its Service and
+	// pod. nil when Kubernetes is off or the address is not (yet) known
+	// as a Service's or a pod's.
+	Callee *Callee
+}
+
+// Callee is what the cluster says of a destination address. It is shared
+// between events and never changed once published.
+type Callee struct {
+	Namespace string
+	// Service is the Service whose cluster IP or endpoint the address is;
+	// "" for a pod no Service's endpoints name.
+	Service string
+	// Pod, ServiceAccount and Workload are of the pod that has the
+	// address; "" for a cluster IP, which is no pod's.
+	Pod, ServiceAccount, Workload string
+	// Identity is the pod's SPIFFE ID (spiffe://<trust domain>/ns/<ns>/sa/<sa>);
+	// "" when no pod is known.
+	Identity string
 }
 
 // Where an event's destination name came from.
