@@ -62,6 +62,30 @@ func isDNSLabel(s string) bool {
 	return true
 }
 
+// checkService accepts "namespace/name", a Service of a namespace: the
+// name a DNS-1035 label, as the API server requires of Services.
+func checkService(s string) error {
+	ns, name, ok := strings.Cut(s, "/")
+	if !ok {
+		return fmt.Errorf(`%s is not a Service: want "namespace/name"`, quote(s))
+	}
+	if err := checkDNSLabel(ns); err != nil {
+		return err
+	}
+	if len(name) > 63 || !isDNSLabel(name) || name[0] < 'a' || name[0] > 'z' {
+		return fmt.Errorf("%s is not a valid Service name: at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit", quote(name))
+	}
+	return nil
+}
+
+// checkSpiffeGlob accepts a glob on SPIFFE IDs, as a subject's spiffeID.
+func checkSpiffeGlob(s string) error {
+	if !strings.HasPrefix(s, "spiffe://") {
+		return fmt.Errorf(`%s is not a SPIFFE ID pattern: want "spiffe://<trust domain>/..."`, quote(s))
+	}
+	return checkGlob(s)
+}
+
 // checkGlob accepts a path.Match pattern.
 func checkGlob(s string) error {
 	if s == "" {

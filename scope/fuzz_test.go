@@ -86,6 +86,17 @@ func checkPolicy(t *testing.T, p Policy) {
 					}
 				}
 			}
+			for _, c := range []struct {
+				v     string
+				check func(string) error
+			}{{peer.Service, checkService}, {peer.Namespace, checkDNSLabel}, {peer.SpiffeID, checkSpiffeGlob}} {
+				if c.v != "" {
+					set++
+					if err := c.check(c.v); err != nil {
+						t.Fatalf("%s: bad callee %q: %v", p.Name, c.v, err)
+					}
+				}
+			}
 			if set != 1 {
 				t.Fatalf("%s: peer %+v has %d fields set", p.Name, peer, set)
 			}

@@ -51,9 +51,12 @@ type Names struct {
 type Via uint8
 
 const (
-	ViaCIDR Via = iota + 1 // the address is in a cidr
-	ViaDNS                 // a name the caller resolved matches a dns pattern
-	ViaSNI                 // the TLS server name matches an sni pattern
+	ViaCIDR      Via = iota + 1 // the address is in a cidr
+	ViaDNS                      // a name the caller resolved matches a dns pattern
+	ViaSNI                      // the TLS server name matches an sni pattern
+	ViaService                  // the callee is the Service a service rule names
+	ViaNamespace                // the callee is in the namespace a namespace rule names
+	ViaSpiffeID                 // the callee pod's SPIFFE ID matches a spiffeID pattern
 )
 
 // Judgement is the verdict on one call, and what it rests on. It holds no
@@ -69,6 +72,10 @@ type Judgement struct {
 	Via Via
 	// Names are the destination names the verdict considered.
 	Names Names
+	// CalleeUnknown says a rule that names callees by their identity in
+	// the cluster (service, namespace, spiffeID) applied to the call, and
+	// the callee could not be named.
+	CalleeUnknown bool
 	// Cause and Wait are set by a Stage that gives a final verdict without
 	// waiting any longer for a call's TLS server name; see Cause.
 	Cause Cause
@@ -100,7 +107,37 @@ type compiledRule struct {
 	name     string
 	prefixes []netip.Prefix
 	dns, sni []string // lowercased patterns
-	ports    []PortRange
+	// By the callee's identity.
+	services   []serviceName
+	namespaces []string
+	spiffeIDs  []string // globs
+	ports      []PortRange
+}
+
+type serviceName struct{ namespace, name string }
+
+func (r *compiledRule) byCallee() bool {
+	return len(r.services)+len(r.namespaces)+len(r.spiffeIDs) > 0
+}
+
+// callee says whether c is among the rule's callees, and how.
+func (r *compiledRule) callee(c *enrich.Callee) Via {
+	for _, s := range r.services {
+		if c.Service == s.name && c.Namespace == s.namespace {
+			return ViaService
+		}
+	}
+	for _, ns := range r.namespaces {
+		if c.Namespace == ns {
+			return ViaNamespace
+		}
+	}
+	for _, g := range r.spiffeIDs {
+		if c.Identity != "" && globMatches(g, c.Identity) {
+			return ViaSpiffeID
+		}
+	}
+	return 0
 }
 
 type binding struct {
@@ -133,6 +170,13 @@ func Compile(policies []Policy) *Matcher {
 					cr.dns = append(cr.dns, strings.ToLower(to.DNS))
 				case to.SNI != "":
 					cr.sni = append(cr.sni, strings.ToLower(to.SNI))
+				case to.Service != "":
+					ns, name, _ := strings.Cut(to.Service, "/")
+					cr.services = append(cr.services, serviceName{ns, name})
+				case to.Namespace != "":
+					cr.namespaces = append(cr.namespaces, to.Namespace)
+				case to.SpiffeID != "":
+					cr.spiffeIDs = append(cr.spiffeIDs, to.SpiffeID)
 				}
 			}
 			cp.rules = append(cp.rules, cr)
@@ -168,6 +212,14 @@ func (m *Matcher) Judge(ev *enrich.Event, names Names, j *Judgement) {
 		if names.DNS != "" && anyHostMatches(r.dns, names.DNS) {
 			j.Verdict, j.Rule, j.Via = Allowed, r.name, ViaDNS
 			return
+		}
+		if r.byCallee() {
+			if ev.Callee == nil {
+				j.CalleeUnknown = true
+			} else if via := r.callee(ev.Callee); via != 0 {
+				j.Verdict, j.Rule, j.Via, j.CalleeUnknown = Allowed, r.name, via, false
+				return
+			}
 		}
 		if len(r.sni) > 0 {
 			if names.SNI != "" && anyHostMatches(r.sni, names.SNI) {

@@ -210,3 +210,57 @@ func BenchmarkCompile(b *testing.B) {
 		Compile(ps)
 	}
 }
+
+// TestJudgeByCallee: service, namespace and spiffeID rules allow calls to
+// the callees they name, on their ports, and a callee the cluster cannot
+// name is allowed by none of them.
+func TestJudgeByCallee(t *testing.T) {
+	m := Compile([]Policy{{Name: "billing-egress", Subject: Subject{Namespace: "payments"}, Egress: []Rule{
+		{To: []Peer{{Service: "payments/ledger"}}, Ports: []PortRange{{8443, 8443}}},
+		{To: []Peer{{Namespace: "shared"}}},
+		{To: []Peer{{SpiffeID: "spiffe://cluster.local/ns/*/sa/audit"}}, Ports: []PortRange{{443, 443}}},
+		{To: []Peer{{CIDR: mustPrefix("192.0.2.0/24")}}},
+	}}})
+	ledgerSvc := &enrich.Callee{Namespace: "payments", Service: "ledger"}
+	ledgerPod := &enrich.Callee{Namespace: "payments", Service: "ledger", Pod: "ledger-5c4-abc", ServiceAccount: "ledger",
+		Workload: "Deployment/ledger", Identity: "spiffe://cluster.local/ns/payments/sa/ledger"}
+	sharedPod := &enrich.Callee{Namespace: "shared", Pod: "cache-0", ServiceAccount: "cache", Identity: "spiffe://cluster.local/ns/shared/sa/cache"}
+	audit := &enrich.Callee{Namespace: "ops", Pod: "audit-1", ServiceAccount: "audit", Identity: "spiffe://cluster.local/ns/ops/sa/audit"}
+	otherSvc := &enrich.Callee{Namespace: "payments", Service: "ledger-admin"}
+	to := func(c *enrich.Callee) func(*enrich.Event) { return func(ev *enrich.Event) { ev.Callee = c } }
+
+	for _, tc := range []struct {
+		name    string
+		ev      *enrich.Event
+		verdict Verdict
+		rule    string
+		via     Via
+		unknown bool
+	}{
+		{"service's cluster IP", call(billingPod, "10.96.0.15:8443", to(ledgerSvc)), Allowed, "billing-egress/egress[0]", ViaService, false},
+		{"service's endpoint", call(billingPod, "10.244.1.5:8443", to(ledgerPod)), Allowed, "billing-egress/egress[0]", ViaService, false},
+		{"service, other port", call(billingPod, "10.96.0.15:443", to(ledgerSvc)), Violation, "", 0, false},
+		{"another service of the namespace", call(billingPod, "10.96.0.16:8443", to(otherSvc)), Violation, "", 0, false},
+		{"namespace, any port", call(billingPod, "10.244.2.9:6379", to(sharedPod)), Allowed, "billing-egress/egress[1]", ViaNamespace, false},
+		{"spiffe id", call(billingPod, "10.244.3.3:443", to(audit)), Allowed, "billing-egress/egress[2]", ViaSpiffeID, false},
+		{"spiffe id, other port", call(billingPod, "10.244.3.3:80", to(audit)), Violation, "", 0, false},
+		{"callee unknown", call(billingPod, "10.96.0.15:8443"), Violation, "", 0, true},
+		{"callee unknown, allowed by cidr", call(billingPod, "192.0.2.7:8443"), Allowed, "billing-egress/egress[3]", ViaCIDR, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var j Judgement
+			m.Judge(tc.ev, Names{SNIFinal: true}, &j)
+			if j.Verdict != tc.verdict || j.Rule != tc.rule || j.Via != tc.via {
+				t.Errorf("got %v %q via %v, want %v %q via %v", j.Verdict, j.Rule, j.Via, tc.verdict, tc.rule, tc.via)
+			}
+			if tc.verdict == Violation && j.CalleeUnknown != tc.unknown {
+				t.Errorf("CalleeUnknown %v, want %v", j.CalleeUnknown, tc.unknown)
+			}
+		})
+	}
+	ev := call(billingPod, "10.244.3.3:443", to(audit))
+	var j Judgement
+	if n := testing.AllocsPerRun(1000, func() { m.Judge(ev, Names{}, &j) }); n != 0 {
+		t.Errorf("%v allocations per verdict by callee", n)
+	}
+}

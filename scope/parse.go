@@ -39,8 +39,11 @@ var (
 	specFields     = []string{"subject", "egress"}
 	subjectFields  = []string{"namespace", "serviceAccount", "podLabels", "spiffeID", "systemdUnit", "exe", "cgroup"}
 	ruleFields     = []string{"to", "ports", "protocol"}
-	peerFields     = []string{"cidr", "dns", "sni"}
+	peerFields     = []string{"cidr", "dns", "sni", "service", "namespace", "spiffeID"}
 )
+
+// peerKinds lists peerFields for messages.
+const peerKinds = "cidr, dns, sni, service, namespace or spiffeID"
 
 // Parse reads the CallScopes of one file: YAML documents separated by
 // "---", where empty documents are skipped. name is the file's name in
@@ -398,10 +401,10 @@ func (p *parser) rule(item *yaml.Node, field string) (Rule, bool) {
 	f := p.fields(m, field, ruleFields)
 
 	if v := f.get("to"); absent(v) {
-		p.errorf(m, field+".to", "missing; give at least one of cidr, dns or sni (0.0.0.0/0 and ::/0 are any address)")
+		p.errorf(m, field+".to", "missing; give at least one of "+peerKinds+" (0.0.0.0/0 and ::/0 are any address)")
 	} else if list := p.list(v, field+".to"); list != nil {
 		if len(list.Content) == 0 {
-			p.errorf(list, field+".to", "empty; give at least one of cidr, dns or sni")
+			p.errorf(list, field+".to", "empty; give at least one of "+peerKinds)
 		} else {
 			// Sized at once: aliases may make many rules of one long list.
 			r.To = make([]Peer, 0, len(list.Content))
@@ -464,6 +467,12 @@ func (p *parser) peer(item *yaml.Node, field string) (Peer, bool) {
 			peer.DNS, err = hostPattern(s)
 		case "sni":
 			peer.SNI, err = hostPattern(s)
+		case "service":
+			peer.Service, err = s, checkService(s)
+		case "namespace":
+			peer.Namespace, err = s, checkDNSLabel(s)
+		case "spiffeID":
+			peer.SpiffeID, err = s, checkSpiffeGlob(s)
 		}
 		if err != nil {
 			p.errorf(v, field+"."+key, "%v", err)
@@ -471,10 +480,10 @@ func (p *parser) peer(item *yaml.Node, field string) (Peer, bool) {
 	}
 	switch len(given) {
 	case 0:
-		p.errorf(m, field, "give one of cidr, dns or sni")
+		p.errorf(m, field, "give one of "+peerKinds)
 	case 1:
 	default:
-		p.errorf(m, field, "give only one of cidr, dns or sni, not %s", strings.Join(given, " and "))
+		p.errorf(m, field, "give only one of %s, not %s", peerKinds, strings.Join(given, " and "))
 	}
 	return peer, true
 }

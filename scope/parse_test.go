@@ -169,9 +169,13 @@ func TestParseEveryField(t *testing.T) {
 					Source:   at(20, 7),
 				},
 				{To: []Peer{{CIDR: netip.MustParsePrefix("0.0.0.0/0")}, {CIDR: netip.MustParsePrefix("::/0")}}, Protocol: "tcp", Source: at(30, 7)},
+				{
+					To:    []Peer{{Service: "payments/ledger"}, {Namespace: "shared"}, {SpiffeID: "spiffe://cluster.local/ns/*/sa/ledger"}},
+					Ports: portList(8443, 8443), Protocol: "tcp", Source: at(31, 7),
+				},
 			},
 		},
-		{Name: "nothing-allowed.example", Source: at(34, 1), Subject: Subject{Exe: "/usr/local/bin/*"}},
+		{Name: "nothing-allowed.example", Source: at(36, 1), Subject: Subject{Exe: "/usr/local/bin/*"}},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Parse:\n got %+v\nwant %+v", got, want)
@@ -221,6 +225,24 @@ func TestParseErrors(t *testing.T) {
 			name: "address with a zone",
 			yaml: docHead + "billing\n" + subject + "    - to: [{cidr: \"fe80::1%eth0\"}]\n",
 			want: []string{`policies/billing.yaml:8:19: egress[0].to[0].cidr: "fe80::1%eth0" is not a CIDR`},
+		},
+		{
+			name: "bad callees",
+			yaml: docHead + "billing\n" + subject + "    - to:\n" +
+				"        - service: ledger\n" +
+				"        - service: Payments/ledger\n" +
+				"        - service: payments/9ledger\n" +
+				"        - namespace: pay_ments\n" +
+				"        - spiffeID: \"cluster.local/ns/*\"\n" +
+				"        - spiffeID: \"spiffe://cluster.local/ns/[a\"\n",
+			want: []string{
+				`policies/billing.yaml:9:20: egress[0].to[0].service: "ledger" is not a Service: want "namespace/name"`,
+				`policies/billing.yaml:10:20: egress[0].to[1].service: "Payments" is not a valid namespace: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit`,
+				`policies/billing.yaml:11:20: egress[0].to[2].service: "9ledger" is not a valid Service name: at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit`,
+				`policies/billing.yaml:12:22: egress[0].to[3].namespace: "pay_ments" is not a valid namespace: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit`,
+				`policies/billing.yaml:13:21: egress[0].to[4].spiffeID: "cluster.local/ns/*" is not a SPIFFE ID pattern: want "spiffe://<trust domain>/..."`,
+				`policies/billing.yaml:14:21: egress[0].to[5].spiffeID: "spiffe://cluster.local/ns/[a" is not a valid glob: syntax error in pattern`,
+			},
 		},
 		{
 			name: "unknown field with the valid ones",
@@ -328,8 +350,8 @@ func TestParseErrors(t *testing.T) {
 			name: "peer with two fields and with none",
 			yaml: docHead + "billing\n" + subject + "    - to:\n        - {cidr: 10.0.0.0/8, sni: a.example}\n        - {}\n        - 10.0.0.0/8\n",
 			want: []string{
-				`policies/billing.yaml:9:11: egress[0].to[0]: give only one of cidr, dns or sni, not cidr and sni`,
-				`policies/billing.yaml:10:11: egress[0].to[1]: give one of cidr, dns or sni`,
+				`policies/billing.yaml:9:11: egress[0].to[0]: give only one of cidr, dns, sni, service, namespace or spiffeID, not cidr and sni`,
+				`policies/billing.yaml:10:11: egress[0].to[1]: give one of cidr, dns, sni, service, namespace or spiffeID`,
 				`policies/billing.yaml:11:11: egress[0].to[2]: must be a mapping, not "10.0.0.0/8"`,
 			},
 		},
@@ -385,8 +407,8 @@ func TestParseErrors(t *testing.T) {
 			name: "rule without to",
 			yaml: docHead + "billing\n" + subject + "    - ports: [443]\n    - to: []\n",
 			want: []string{
-				`policies/billing.yaml:8:7: egress[0].to: missing; give at least one of cidr, dns or sni (0.0.0.0/0 and ::/0 are any address)`,
-				`policies/billing.yaml:9:11: egress[1].to: empty; give at least one of cidr, dns or sni`,
+				`policies/billing.yaml:8:7: egress[0].to: missing; give at least one of cidr, dns, sni, service, namespace or spiffeID (0.0.0.0/0 and ::/0 are any address)`,
+				`policies/billing.yaml:9:11: egress[1].to: empty; give at least one of cidr, dns, sni, service, namespace or spiffeID`,
 			},
 		},
 		{
@@ -439,14 +461,14 @@ func TestParseReportsEveryProblem(t *testing.T) {
 		`invalid.yaml:16:16: egress[0].to[2].dns: "api.*-stripe.com": "*" may only stand for a whole label`,
 		`invalid.yaml:17:16: egress[0].to[3].sni: "**" would match every name; write "**.example.com"`,
 		`invalid.yaml:18:17: egress[0].to[4].cidr: "::ffff:10.0.0.0/104" is an IPv4-mapped IPv6 range; write it as 10.0.0.0/8`,
-		`invalid.yaml:19:11: egress[0].to[5]: give only one of cidr, dns or sni, not cidr and dns`,
-		`invalid.yaml:20:11: egress[0].to[6]: give one of cidr, dns or sni`,
+		`invalid.yaml:19:11: egress[0].to[5]: give only one of cidr, dns, sni, service, namespace or spiffeID, not cidr and dns`,
+		`invalid.yaml:20:11: egress[0].to[6]: give one of cidr, dns, sni, service, namespace or spiffeID`,
 		`invalid.yaml:21:15: egress[0].ports[0]: "0" is not a port: want a number from 1 to 65535 or a range "from-to"`,
 		`invalid.yaml:21:18: egress[0].ports[1]: "80-" is not a port: want a number from 1 to 65535 or a range "from-to"`,
 		`invalid.yaml:21:25: egress[0].ports[2]: "65536" is not a port: want a number from 1 to 65535 or a range "from-to"`,
 		`invalid.yaml:21:32: egress[0].ports[3]: "90-80" is an empty range: 90 is above 80`,
 		`invalid.yaml:22:17: egress[0].protocol: "udp": only tcp is supported`,
-		`invalid.yaml:23:7: egress[1].to: missing; give at least one of cidr, dns or sni (0.0.0.0/0 and ::/0 are any address)`,
+		`invalid.yaml:23:7: egress[1].to: missing; give at least one of cidr, dns, sni, service, namespace or spiffeID (0.0.0.0/0 and ::/0 are any address)`,
 		`invalid.yaml:25:1: apiVersion: missing; want callscope.dev/v1alpha1`,
 		`invalid.yaml:29:12: subject: give at least one of namespace, serviceAccount, podLabels, spiffeID, systemdUnit, exe, cgroup`,
 		`invalid.yaml:30:3: spec: unknown field "egres"; valid fields are subject, egress`,

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/callscope/callscope/collector"
+	"github.com/callscope/callscope/enrich"
 )
 
 // Cause says why a Stage gave a violation without waiting any longer for a
@@ -64,8 +65,37 @@ func appendAllowed(dst []byte, ev *Event) []byte {
 	case ViaSNI:
 		dst = append(dst, " for TLS server name "...)
 		dst = append(dst, j.Names.SNI...)
+	case ViaService, ViaNamespace, ViaSpiffeID:
+		dst = append(dst, " for "...)
+		dst = appendCallee(dst, ev.Callee, j.Via)
 	}
 	return dst
+}
+
+// appendCallee names the callee as the rule that matched it saw it:
+// "Service payments/ledger", "namespace payments", "SPIFFE ID spiffe://...".
+func appendCallee(dst []byte, c *enrich.Callee, via Via) []byte {
+	if c == nil {
+		return dst
+	}
+	switch {
+	case via == ViaNamespace:
+		dst = append(dst, "namespace "...)
+		return append(dst, c.Namespace...)
+	case via == ViaSpiffeID:
+		dst = append(dst, "SPIFFE ID "...)
+		return append(dst, c.Identity...)
+	case c.Service != "":
+		dst = append(dst, "Service "...)
+	default:
+		dst = append(dst, "pod "...)
+		dst = append(dst, c.Namespace...)
+		dst = append(dst, '/')
+		return append(dst, c.Pod...)
+	}
+	dst = append(dst, c.Namespace...)
+	dst = append(dst, '/')
+	return append(dst, c.Service...)
 }
 
 func appendViolation(dst []byte, ev *Event) []byte {
@@ -91,6 +121,22 @@ func appendViolation(dst []byte, ev *Event) []byte {
 
 	dns, sni := j.Names.DNS, j.Names.SNI
 	noSNI := ev.Kind == collector.KindTLS && sni == ""
+	dst = appendNamesConsidered(dst, dns, sni, noSNI)
+	// What the cluster says of the callee, or that it could say nothing
+	// where a rule needed it.
+	switch {
+	case j.CalleeUnknown:
+		dst = append(dst, "; the callee is not known as a Service or pod of the cluster"...)
+	case ev.Callee != nil:
+		dst = append(dst, "; the callee is "...)
+		dst = appendCallee(dst, ev.Callee, 0)
+	}
+	return dst
+}
+
+// appendNamesConsidered writes the destination names a violation was
+// judged with, in parentheses.
+func appendNamesConsidered(dst []byte, dns, sni string, noSNI bool) []byte {
 	switch {
 	case dns != "" && sni != "" && !strings.EqualFold(dns, sni):
 		dst = append(dst, " (DNS name "...)

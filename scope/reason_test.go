@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/callscope/callscope/collector"
+	"github.com/callscope/callscope/enrich"
 )
 
 func TestAppendReason(t *testing.T) {
@@ -16,6 +17,8 @@ func TestAppendReason(t *testing.T) {
 		return e
 	}
 	const connect, tls, verdict = collector.KindConnect, collector.KindTLS, collector.KindVerdict
+	withCallee := func(e *Event, c *enrich.Callee) *Event { e.Callee = c; return e }
+	ledger := &enrich.Callee{Namespace: "payments", Service: "ledger", Pod: "ledger-5c4-abc", Identity: "spiffe://cluster.local/ns/payments/sa/ledger"}
 	for _, tc := range []struct {
 		name string
 		ev   *Event
@@ -44,6 +47,18 @@ func TestAppendReason(t *testing.T) {
 			"no egress rule of b allows 10.96.0.15:443 (the ClientHello named no server)"},
 		{"violation, DNS name but no server name", ev(tls, "10.96.0.15:443", Judgement{Verdict: Violation, Scopes: "b", Names: Names{DNS: "a.example"}}),
 			"no egress rule of b allows 10.96.0.15:443 (a.example; the ClientHello named no server)"},
+		{"allowed by service", withCallee(ev(connect, "10.96.0.15:8443", Judgement{Verdict: Allowed, Rule: "b/egress[0]", Via: ViaService}), ledger),
+			"allowed by b/egress[0] for Service payments/ledger"},
+		{"allowed by namespace", withCallee(ev(connect, "10.244.1.5:8443", Judgement{Verdict: Allowed, Rule: "b/egress[1]", Via: ViaNamespace}), ledger),
+			"allowed by b/egress[1] for namespace payments"},
+		{"allowed by spiffe id", withCallee(ev(connect, "10.244.1.5:8443", Judgement{Verdict: Allowed, Rule: "b/egress[2]", Via: ViaSpiffeID}), ledger),
+			"allowed by b/egress[2] for SPIFFE ID spiffe://cluster.local/ns/payments/sa/ledger"},
+		{"violation, callee known", withCallee(ev(connect, "10.96.0.15:443", Judgement{Verdict: Violation, Scopes: "b", Names: Names{DNS: "ledger.payments.svc"}}), ledger),
+			"no egress rule of b allows 10.96.0.15:443 (ledger.payments.svc); the callee is Service payments/ledger"},
+		{"violation, callee a pod of no service", withCallee(ev(connect, "10.244.2.2:80", Judgement{Verdict: Violation, Scopes: "b"}), &enrich.Callee{Namespace: "shared", Pod: "cache-0"}),
+			"no egress rule of b allows 10.244.2.2:80; the callee is pod shared/cache-0"},
+		{"violation, callee unknown", ev(connect, "10.96.0.15:8443", Judgement{Verdict: Violation, Scopes: "b", CalleeUnknown: true}),
+			"no egress rule of b allows 10.96.0.15:8443; the callee is not known as a Service or pod of the cluster"},
 		{"violation, two scopes", ev(connect, "[2001:db8::1]:8443", Judgement{Verdict: Violation, Scopes: "a,b"}),
 			"no egress rule of a or b allows [2001:db8::1]:8443"},
 		{"violation, three scopes", ev(connect, "10.0.0.1:22", Judgement{Verdict: Violation, Scopes: "a,b,c"}),

@@ -121,6 +121,12 @@ type Peer struct {
 	CIDR netip.Prefix // masked
 	DNS  string       // lowercased host name pattern
 	SNI  string       // lowercased host name pattern
+	// By the callee's identity in the cluster, which the agent learns
+	// from the Kubernetes API: a call whose callee it cannot name is not
+	// allowed by these.
+	Service   string // "namespace/name": the Service's cluster IPs and endpoints
+	Namespace string // any pod or Service of the namespace
+	SpiffeID  string // glob on the callee pod's SPIFFE ID
 }
 
 // PortRange is From to To, both included; From ≤ To.
