@@ -60,6 +60,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define EINPROGRESS 115
 #define TASK_COMM_LEN 16
+#define LOGIN_UID_UNSET 0xffffffff /* AUDIT_UID_UNSET */
 
 enum kind {
 	KIND_CONNECT = 1,    /* a connect that failed inside connect(2), before a SYN: the whole event */
@@ -113,7 +114,9 @@ struct caller {
 	__u32 gid;
 	__u32 netns;
 	__u8 comm[TASK_COMM_LEN];
-	__u32 _pad;
+	__u32 login_uid; /* the audit login uid; LOGIN_UID_UNSET when unset, or unknown to the kernel */
+	__u8 tty;        /* the process has a controlling terminal */
+	__u8 _pad[3];
 };
 
 struct event {
@@ -347,8 +350,14 @@ static __always_inline void fill_caller(struct caller *c)
 	c->task_start = task->group_leader->start_boottime;
 	c->start_ns = bpf_ktime_get_boot_ns();
 	c->netns = 0;
-	c->_pad = 0;
 	__builtin_memcpy(c->comm, task->comm, sizeof(c->comm));
+	/* A person's session: a controlling terminal, or a login uid that
+	 * the session's login set (kernels without CONFIG_AUDIT have none). */
+	c->tty = task->signal->tty != 0;
+	c->login_uid = LOGIN_UID_UNSET;
+	if (bpf_core_field_exists(task->loginuid))
+		c->login_uid = task->loginuid.val;
+	c->_pad[0] = c->_pad[1] = c->_pad[2] = 0;
 }
 
 static __always_inline __u32 sock_netns(struct bpf_sock *sk)
@@ -498,6 +507,7 @@ static __always_inline int emit_start(struct bpf_sock_ops *skops, struct bpf_soc
 		__builtin_memset(&e->caller, 0, sizeof(e->caller));
 		e->caller.netns = sock_netns(sk);
 		e->caller.start_ns = bpf_ktime_get_boot_ns();
+		e->caller.login_uid = LOGIN_UID_UNSET;
 	}
 	e->ts_ns = e->caller.start_ns;
 	e->kind = KIND_CONNECT_START;

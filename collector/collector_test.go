@@ -227,6 +227,60 @@ func TestCallerUser(t *testing.T) {
 
 // TestProcessExit: when a caller ends, an exit record names it by the same
 // pid and start time as its events, so its cached facts can go.
+// TestCallerSession: a connect carries whether its process has a
+// controlling terminal and its login uid, as a person's session has them,
+// and one without either says so.
+func TestCallerSession(t *testing.T) {
+	_, s := start(t)
+	cg := kerneltest.NewCgroup(t, "session")
+	dst, _ := listen(t, "tcp4", "127.0.0.1:0")
+	own, audit := loginUID(t)
+	login := uint32(4711)
+	for _, tc := range []struct {
+		name     string
+		tty      bool
+		loginUID *uint32
+		wantUID  uint32
+	}{
+		{"neither", false, nil, own},
+		{"a terminal", true, nil, own},
+		{"a login", false, &login, login},
+		{"both", true, &login, login},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.loginUID != nil && !audit {
+				t.Skip("this kernel keeps no login uid (CONFIG_AUDIT)")
+			}
+			pid, res := kerneltest.Connect{Addrs: []netip.AddrPort{dst}, Cgroup: cg, TTY: tc.tty, LoginUID: tc.loginUID}.Run(t)
+			if want := []string{dst.String() + "=ok"}; !slices.Equal(res, want) {
+				t.Fatalf("helper said %v, want %v", res, want)
+			}
+			e := s.await(t, 1, 5*time.Second, pid)[0]
+			if e.TTY != tc.tty || e.LoginUID != tc.wantUID {
+				t.Errorf("tty %v login uid %d, want %v %d", e.TTY, e.LoginUID, tc.tty, tc.wantUID)
+			}
+		})
+	}
+}
+
+// loginUID is this process's login uid, which its children inherit, and
+// whether the kernel keeps one (CONFIG_AUDIT): without, every connect
+// carries LoginUIDUnset.
+func loginUID(t *testing.T) (uint32, bool) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/loginuid")
+	if errors.Is(err, os.ErrNotExist) {
+		return collector.LoginUIDUnset, false
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint32(n), true
+}
+
 func TestProcessExit(t *testing.T) {
 	_, s := start(t)
 	dst, _ := listen(t, "tcp4", "127.0.0.1:0")

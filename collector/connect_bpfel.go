@@ -24,7 +24,10 @@ type connectCaller struct {
 	Gid       uint32
 	Netns     uint32
 	Comm      [16]uint8
-	Pad       uint32
+	LoginUid  uint32
+	Tty       uint8
+	Pad       [3]uint8
+	_         [4]byte
 }
 
 type connectEvent struct {

@@ -121,6 +121,11 @@ type Event struct {
 	// PID is reused.
 	ProcStart uint64
 	NetNS     uint32 // network namespace inode of the socket
+	// TTY says the caller had a controlling terminal at the connect, and
+	// LoginUID is its audit login uid (LoginUIDUnset when unset, or where
+	// the kernel keeps none): the marks of a person's session.
+	TTY      bool
+	LoginUID uint32
 
 	// For KindTLS: the ClientHello, and the ServerHello when one was seen
 	// (nil otherwise). They are allocated per event and never reused.
@@ -141,6 +146,10 @@ type Event struct {
 	LossStage  string
 	LossReason string
 }
+
+// LoginUIDUnset is the login uid of a process no login session set
+// (AUDIT_UID_UNSET).
+const LoginUIDUnset = ^uint32(0)
 
 // CommString returns the command name without its NUL padding.
 func (e *Event) CommString() string {
@@ -176,6 +185,8 @@ var (
 	offGID       = offCaller + unsafe.Offsetof(connectCaller{}.Gid)
 	offNetns     = offCaller + unsafe.Offsetof(connectCaller{}.Netns)
 	offComm      = offCaller + unsafe.Offsetof(connectCaller{}.Comm)
+	offLoginUID  = offCaller + unsafe.Offsetof(connectCaller{}.LoginUid)
+	offTTY       = offCaller + unsafe.Offsetof(connectCaller{}.Tty)
 	offSaddr     = unsafe.Offsetof(connectEvent{}.Saddr)
 	offDaddr     = unsafe.Offsetof(connectEvent{}.Daddr)
 	offSport     = unsafe.Offsetof(connectEvent{}.Sport)
@@ -292,9 +303,10 @@ func decodeOutcome(b []byte) (outcomeRecord, error) {
 // cookie and gives it to the connect's other events.
 type caller struct {
 	pid, tid, uid, gid uint32
-	netns              uint32
+	netns, loginUID    uint32
 	cgroup, procStart  uint64
 	comm               [16]byte
+	tty                bool
 }
 
 func decodeCaller(b []byte) caller {
@@ -305,8 +317,10 @@ func decodeCaller(b []byte) caller {
 		uid:       ne.Uint32(b[offUID:]),
 		gid:       ne.Uint32(b[offGID:]),
 		netns:     ne.Uint32(b[offNetns:]),
+		loginUID:  ne.Uint32(b[offLoginUID:]),
 		cgroup:    ne.Uint64(b[offCgroup:]),
 		procStart: ne.Uint64(b[offTaskStart:]),
+		tty:       b[offTTY] != 0,
 	}
 	copy(c.comm[:], b[offComm:offComm+16])
 	return c
@@ -315,6 +329,7 @@ func decodeCaller(b []byte) caller {
 func (c *caller) applyTo(e *Event) {
 	e.PID, e.TID, e.UID, e.GID, e.NetNS = c.pid, c.tid, c.uid, c.gid, c.netns
 	e.CgroupID, e.ProcStart, e.Comm = c.cgroup, c.procStart, c.comm
+	e.TTY, e.LoginUID = c.tty, c.loginUID
 }
 
 // decodeHeader sets e to what the struct event at the start of every

@@ -35,7 +35,7 @@ func baseEvent() connectEvent {
 		TsNs:   5_000_000_000,
 		Caller: connectCaller{
 			CgroupId: 9731, TaskStart: 1_230_000_000, StartNs: 4_000_000_000,
-			Tgid: 4242, Tid: 4243, Uid: 1000, Gid: 1001, Netns: 4026531840,
+			Tgid: 4242, Tid: 4243, Uid: 1000, Gid: 1001, Netns: 4026531840, LoginUid: 1500, Tty: 1,
 		},
 		Sport: 43210, Dport: 443, Family: afInet,
 		Kind: uint8(connectKindKIND_CONNECT), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED),
@@ -105,7 +105,8 @@ func TestDecode(t *testing.T) {
 			}
 			if e.Kind != KindConnect || e.Cookie != 0xc0ffee || e.Time != 5_000_001_000 ||
 				e.PID != 4242 || e.TID != 4243 || e.UID != 1000 || e.GID != 1001 ||
-				e.CgroupID != 9731 || e.ProcStart != 1_230_000_000 || e.NetNS != 4026531840 || e.CommString() != "billing" {
+				e.CgroupID != 9731 || e.ProcStart != 1_230_000_000 || e.NetNS != 4026531840 || e.CommString() != "billing" ||
+				!e.TTY || e.LoginUID != 1500 {
 				t.Errorf("fields: %+v", e)
 			}
 		})

@@ -67,8 +67,11 @@ typedef struct {
 	int counter;
 } atomic_t;
 
+struct tty_struct;
+
 struct signal_struct {
 	atomic_t live;
+	struct tty_struct *tty; /* the controlling terminal */
 };
 
 struct mm_struct {
@@ -104,6 +107,7 @@ struct task_struct {
 	struct task_struct *real_parent;
 	struct signal_struct *signal;
 	struct mm_struct *mm;
+	kuid_t loginuid; /* CONFIG_AUDIT only */
 };
 
 #pragma clang attribute pop

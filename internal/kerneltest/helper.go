@@ -84,6 +84,12 @@ type Connect struct {
 	// once, nonblocking, then waits for them all; stdout has one line per
 	// connect.
 	Concurrent bool
+	// TTY gives the process a pseudo-terminal of its own as its
+	// controlling terminal, as an interactive session has.
+	TTY bool
+	// LoginUID, if set, is written to /proc/self/loginuid before the
+	// connects, as a login (pam_loginuid) does.
+	LoginUID *uint32
 }
 
 // User is a uid and a gid.
@@ -106,6 +112,12 @@ func (c Connect) Command(t testing.TB) *exec.Cmd {
 		"CALLSCOPE_TEST_ATTEMPTS="+strconv.Itoa(max(c.Attempts, 1)),
 		"CALLSCOPE_TEST_POLL="+strconv.FormatBool(c.Poll),
 		"CALLSCOPE_TEST_CONCURRENT="+strconv.FormatBool(c.Concurrent))
+	if c.LoginUID != nil {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("CALLSCOPE_TEST_LOGINUID=%d", *c.LoginUID))
+	}
+	if c.TTY {
+		withTerminal(t, cmd)
+	}
 	if c.User != nil {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("CALLSCOPE_TEST_USER=%d:%d", c.User.UID, c.User.GID))
 	}
@@ -149,6 +161,11 @@ func connectMain(args []string) error {
 		}
 		if err := unix.Setresuid(uid, uid, uid); err != nil {
 			return fmt.Errorf("setresuid: %w", err)
+		}
+	}
+	if u := os.Getenv("CALLSCOPE_TEST_LOGINUID"); u != "" {
+		if err := os.WriteFile("/proc/self/loginuid", []byte(u), 0); err != nil {
+			return fmt.Errorf("set the login uid: %w", err)
 		}
 	}
 	repeat, _ := strconv.Atoi(os.Getenv("CALLSCOPE_TEST_REPEAT"))
