@@ -71,6 +71,9 @@ enum kind {
 	KIND_EXEC = 6,       /* a process ran execve: its path and arguments (struct payload_event) */
 	KIND_CONNECT_START = 7, /* a tracked connect's SYN is going out: caller and addresses; its outcome follows */
 	KIND_OUTCOME = 8,       /* the outcome of a tracked connect (struct outcome_event) */
+	/* the first data of an established connect to a TLS port was no TLS
+	 * handshake (a struct outcome_event, outcome 0) */
+	KIND_PLAINTEXT = 9,
 };
 
 /* What a connection that sent a ClientHello waits for. */
@@ -100,7 +103,9 @@ enum stat {
 	 * record, already read, waits in user space for nothing: counted here
 	 * once, it is not counted again when it expires. */
 	STAT_OUTCOME_LOST = 5,
-	STAT_MAX = 6,
+	/* a plaintext record lost: the connect goes without its finding */
+	STAT_PLAINTEXT_LOST = 6,
+	STAT_MAX = 7,
 };
 
 /* Identity of the caller, captured inside connect(2). */
@@ -277,6 +282,14 @@ struct {
 	__type(key, __u64);
 	__type(value, __u8);
 } lost_starts SEC(".maps");
+
+/* The ports where TLS is expected, one bit each, set by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u64);
+} tls_ports SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -943,6 +956,31 @@ static __always_inline int tracked(struct tcp_sock *tp)
 	return tp->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG;
 }
 
+static __always_inline int tls_port(__u16 port)
+{
+	__u32 key = port >> 6;
+	__u64 *bits = bpf_map_lookup_elem(&tls_ports, &key);
+	return bits && (*bits >> (port & 63)) & 1;
+}
+
+/* report_plaintext says a tracked connection's first data, to a port
+ * where TLS is expected, was no TLS handshake. */
+static __always_inline void report_plaintext(__u64 cookie)
+{
+	struct outcome_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_PLAINTEXT_LOST);
+		return;
+	}
+	e->cookie = cookie;
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->err = 0;
+	e->kind = KIND_PLAINTEXT;
+	e->outcome = 0;
+	e->_pad = 0;
+	submit(e);
+}
+
 /*
  * Data segments of a connection's first flights worth a look: a ClientHello
  * of PAYLOAD_MAX bytes spans 8 at the smallest MSS, and retransmissions
@@ -987,8 +1025,11 @@ int egress(struct __sk_buff *skb)
 		/* A TLS handshake record (type 22, version 3.x, its length)
 		 * holding a ClientHello (handshake type 1). */
 		if (p.len < sizeof(r) || bpf_skb_load_bytes(skb, p.payload, r, sizeof(r)) || r[0] != 0x16 || r[1] != 3 ||
-		    r[5] != 1)
+		    r[5] != 1) {
+			if (tls_port(p.dport))
+				report_plaintext(cookie);
 			return 1;
+		}
 		__u32 want = 5 + (((__u32)r[3] << 8) | r[4]);
 		__u8 more = 0;
 		if (want > PAYLOAD_MAX) {

@@ -4,6 +4,7 @@
 package collector
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -62,7 +63,12 @@ type Config struct {
 	// slower path. Without it such connects are still reported, when
 	// their socket is released, as failed without an error.
 	SyscallErrors bool
-	Logger        *slog.Logger
+	// TLSPorts are the ports where TLS is expected: an established
+	// connect to one waits (up to a second) for its first data, and
+	// carries Plaintext when that was no TLS handshake. nil means
+	// DefaultTLSPorts; empty, none.
+	TLSPorts []uint16
+	Logger   *slog.Logger
 }
 
 func (c *Config) defaults() error {
@@ -101,6 +107,9 @@ func (c *Config) defaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.TLSPorts == nil {
+		c.TLSPorts = DefaultTLSPorts
+	}
 	return nil
 }
 
@@ -123,7 +132,14 @@ type Stats struct {
 	// OutcomesLost counts, of the ring_buffer_full losses, the connects
 	// whose start was read but whose outcome the ring had no room for.
 	OutcomesLost uint64
-	Hellos       HelloStats
+	// PlaintextLost counts first data to a TLS port that was no TLS
+	// handshake, which the kernel could not report: its connect goes
+	// without Plaintext.
+	PlaintextLost uint64
+	// HeldFull counts established connects to TLS ports that went
+	// without waiting for their first data, too many waiting already.
+	HeldFull uint64
+	Hellos   HelloStats
 }
 
 // Loss counts events lost at one stage for one reason.
@@ -168,6 +184,9 @@ type Collector struct {
 	// counted: the sweep lets that many expire without counting them again.
 	orphans      uint64
 	outcomesLost atomic.Uint64
+	tlsPorts     *portSet
+	held         held // established connects to TLS ports, awaiting their first data
+	heldFull     atomic.Uint64
 	hellos       *assembler
 	batch        *Batch // being filled
 	payload      payload
@@ -274,6 +293,15 @@ func (c *Collector) load() error {
 			return fmt.Errorf("load BPF programs: %+v", ve)
 		}
 		return fmt.Errorf("load BPF programs: %w", err)
+	}
+	c.tlsPorts = newPortSet(c.cfg.TLSPorts)
+	for i, bits := range c.tlsPorts {
+		if bits == 0 {
+			continue
+		}
+		if err := c.objs.TlsPorts.Update(uint32(i), bits, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("set TLS ports: %w", err)
+		}
 	}
 	return nil
 }
@@ -398,6 +426,8 @@ func (c *Collector) Stats() Stats {
 	s.ExitsLost = c.noticesLost[connectStatSTAT_EXIT_LOST].Load()
 	s.ExecsLost = c.noticesLost[connectStatSTAT_EXEC_LOST].Load()
 	s.OutcomesLost = c.outcomesLost.Load()
+	s.PlaintextLost = c.noticesLost[connectStatSTAT_PLAINTEXT_LOST].Load()
+	s.HeldFull = c.heldFull.Load()
 	if h := c.helloStats.Load(); h != nil {
 		s.Hellos = *h
 	}
@@ -428,12 +458,13 @@ var lossReasons = [numLossReasons]struct{ stage, reason string }{
 // The kernel's stats map slots and the loss reasons they feed; noLoss
 // marks a slot that counts no event, kept in noticesLost instead.
 var kernelLoss = [connectStatSTAT_MAX]lossReason{
-	connectStatSTAT_RINGBUF_FULL: lossRingBuffer,
-	connectStatSTAT_PENDING_FULL: lossPending,
-	connectStatSTAT_EXIT_LOST:    noLoss,
-	connectStatSTAT_PAYLOAD_LOST: lossRingBuffer,
-	connectStatSTAT_EXEC_LOST:    noLoss,
-	connectStatSTAT_OUTCOME_LOST: lossRingBuffer,
+	connectStatSTAT_RINGBUF_FULL:   lossRingBuffer,
+	connectStatSTAT_PENDING_FULL:   lossPending,
+	connectStatSTAT_EXIT_LOST:      noLoss,
+	connectStatSTAT_PAYLOAD_LOST:   lossRingBuffer,
+	connectStatSTAT_EXEC_LOST:      noLoss,
+	connectStatSTAT_OUTCOME_LOST:   lossRingBuffer,
+	connectStatSTAT_PLAINTEXT_LOST: noLoss,
 }
 
 const noLoss lossReason = -1
@@ -497,7 +528,11 @@ func (c *Collector) read() {
 		err := c.reader.ReadInto(&rec)
 		if err == nil {
 			if len(rec.RawSample) == outcomeRecordSize {
-				c.outcome(rec.RawSample, bootOffset)
+				if connectKind(rec.RawSample[offOutcomeKind]) == connectKindKIND_PLAINTEXT {
+					c.firstData(binary.NativeEndian.Uint64(rec.RawSample[offOutcomeCookie:]), true)
+				} else {
+					c.outcome(rec.RawSample, bootOffset)
+				}
 				continue
 			}
 			if isStart(rec.RawSample) {
@@ -508,6 +543,9 @@ func (c *Collector) read() {
 				if derr := decodePayload(rec.RawSample, bootOffset, &c.payload); derr != nil {
 					c.malformed(derr)
 					continue
+				}
+				if c.payload.kind == connectKindKIND_TLS_CLIENT && c.payload.offset == 0 {
+					c.firstData(c.payload.head.Cookie, false)
 				}
 				c.hellos.add(&c.payload, time.Now())
 				continue
@@ -537,6 +575,7 @@ func (c *Collector) read() {
 			final = true
 		}
 		// The ring is drained: hand on what we have, with any losses.
+		c.held.expired(time.Now(), final, c.push)
 		c.hellos.expire(time.Now(), final)
 		hs := c.hellos.stats
 		c.helloStats.Store(&hs)
@@ -739,16 +778,32 @@ func (c *Collector) outcome(b []byte, bootOffset int64) {
 	if !ok {
 		return
 	}
-	ev := c.next()
-	*ev = Event{
+	ev := Event{
 		Kind: KindConnect, Outcome: o.outcome, Errno: o.errno,
 		Time: o.ts + bootOffset, Cookie: o.cookie, Src: st.src, Dst: st.dst,
 	}
-	st.caller.applyTo(ev)
+	st.caller.applyTo(&ev)
 	if o.outcome == OutcomeEstablished {
 		c.hellos.connected(o.cookie, &st.caller)
+		if c.tlsPorts.has(st.dst.Port()) {
+			if c.held.hold(&ev, time.Now().Add(firstDataWait)) {
+				return
+			}
+			c.heldFull.Add(1)
+		}
 	}
-	c.filled()
+	c.push(&ev)
+}
+
+// firstData hands on the connect held for cookie, now that its first data
+// came: a ClientHello, or, with plaintext, anything else.
+func (c *Collector) firstData(cookie uint64, plaintext bool) {
+	ev, ok := c.held.take(cookie)
+	if !ok {
+		return
+	}
+	ev.Plaintext = plaintext
+	c.push(ev)
 }
 
 // sweep forgets connects whose outcome can no longer come: a socket that

@@ -66,6 +66,7 @@ const (
 	connectKindKIND_EXEC          connectKind = 6
 	connectKindKIND_CONNECT_START connectKind = 7
 	connectKindKIND_OUTCOME       connectKind = 8
+	connectKindKIND_PLAINTEXT     connectKind = 9
 )
 
 type connectOutcome uint32
@@ -115,13 +116,14 @@ type connectPending struct {
 type connectStat uint32
 
 const (
-	connectStatSTAT_RINGBUF_FULL connectStat = 0
-	connectStatSTAT_PENDING_FULL connectStat = 1
-	connectStatSTAT_EXIT_LOST    connectStat = 2
-	connectStatSTAT_PAYLOAD_LOST connectStat = 3
-	connectStatSTAT_EXEC_LOST    connectStat = 4
-	connectStatSTAT_OUTCOME_LOST connectStat = 5
-	connectStatSTAT_MAX          connectStat = 6
+	connectStatSTAT_RINGBUF_FULL   connectStat = 0
+	connectStatSTAT_PENDING_FULL   connectStat = 1
+	connectStatSTAT_EXIT_LOST      connectStat = 2
+	connectStatSTAT_PAYLOAD_LOST   connectStat = 3
+	connectStatSTAT_EXEC_LOST      connectStat = 4
+	connectStatSTAT_OUTCOME_LOST   connectStat = 5
+	connectStatSTAT_PLAINTEXT_LOST connectStat = 6
+	connectStatSTAT_MAX            connectStat = 7
 )
 
 // Names of all BPF objects in the ELF.
@@ -136,6 +138,7 @@ const (
 	connectMapScratchDepth       = "scratch_depth"
 	connectMapStats              = "stats"
 	connectMapThreadPendings     = "thread_pendings"
+	connectMapTlsPorts           = "tls_ports"
 	connectMapUdpNetns           = "udp_netns"
 	connectProgConnect4          = "connect4"
 	connectProgConnect6          = "connect6"
@@ -228,6 +231,7 @@ type connectMapSpecs struct {
 	ScratchDepth   *ebpf.MapSpec `ebpf:"scratch_depth"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
 	ThreadPendings *ebpf.MapSpec `ebpf:"thread_pendings"`
+	TlsPorts       *ebpf.MapSpec `ebpf:"tls_ports"`
 	UdpNetns       *ebpf.MapSpec `ebpf:"udp_netns"`
 }
 
@@ -278,6 +282,7 @@ type connectMaps struct {
 	ScratchDepth   *ebpf.Map `ebpf:"scratch_depth"`
 	Stats          *ebpf.Map `ebpf:"stats"`
 	ThreadPendings *ebpf.Map `ebpf:"thread_pendings"`
+	TlsPorts       *ebpf.Map `ebpf:"tls_ports"`
 	UdpNetns       *ebpf.Map `ebpf:"udp_netns"`
 }
 
@@ -291,6 +296,7 @@ func (m *connectMaps) Close() error {
 		m.ScratchDepth,
 		m.Stats,
 		m.ThreadPendings,
+		m.TlsPorts,
 		m.UdpNetns,
 	)
 }

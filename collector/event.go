@@ -126,6 +126,9 @@ type Event struct {
 	// the kernel keeps none): the marks of a person's session.
 	TTY      bool
 	LoginUID uint32
+	// Plaintext says the first data of this established connect, to a
+	// port where TLS is expected (Config.TLSPorts), was no TLS handshake.
+	Plaintext bool
 
 	// For KindTLS: the ClientHello, and the ServerHello when one was seen
 	// (nil otherwise). They are allocated per event and never reused.

@@ -130,6 +130,46 @@ func TestPlainConnectHasNoTLS(t *testing.T) {
 	}
 }
 
+// TestFirstData: an established connect to a port where TLS is expected
+// waits for its first data; it carries Plaintext when that was no TLS
+// handshake, and goes without, at once, when it was one. A connect that
+// sends nothing goes once the wait is over, and one to another port does
+// not wait.
+func TestFirstData(t *testing.T) {
+	kerneltest.Require(t)
+	srv := kerneltest.NewTLSServer(t, "127.0.0.1:0")
+	plain, _ := listen(t, "tcp4", "127.0.0.1:0")
+	other, _ := listen(t, "tcp4", "127.0.0.1:0")
+	c, s := startWith(t, collector.Config{FlushInterval: 10 * time.Millisecond, TLSPorts: []uint16{srv.Addr.Port(), plain.Port()}}, 0)
+	cg := kerneltest.NewCgroup(t, "first-data")
+
+	pid, _ := kerneltest.Connect{Addrs: []netip.AddrPort{plain}, Cgroup: cg, Send: "GET / HTTP/1.1\r\nHost: x\r\n\r\n"}.Run(t)
+	if e := s.await(t, 1, 5*time.Second, pid)[0]; e.Outcome != collector.OutcomeEstablished || !e.Plaintext {
+		t.Errorf("HTTP to a TLS port: %+v, want established and plaintext", e)
+	}
+
+	pid = kerneltest.TLSClient{Addr: srv.Addr, ServerName: "first.example.test", Cgroup: cg}.Run(t)
+	connect, hello := s.connectAndTLS(t, pid)
+	if connect.Plaintext || hello.Plaintext {
+		t.Errorf("a TLS handshake was taken for plaintext: %+v", connect)
+	}
+
+	start := time.Now()
+	pid, _ = kerneltest.Connect{Addrs: []netip.AddrPort{plain}, Cgroup: cg}.Run(t)
+	if e := s.await(t, 1, 5*time.Second, pid)[0]; e.Plaintext {
+		t.Errorf("a connect that sent nothing: %+v", e)
+	}
+	t.Logf("a silent connect to a TLS port came after %v", time.Since(start))
+
+	pid, _ = kerneltest.Connect{Addrs: []netip.AddrPort{other}, Cgroup: cg, Send: "hello"}.Run(t)
+	if e := s.await(t, 1, 5*time.Second, pid)[0]; e.Plaintext {
+		t.Errorf("plaintext to a port where TLS is not expected: %+v", e)
+	}
+	if st := c.Stats(); st.HeldFull != 0 || st.PlaintextLost != 0 {
+		t.Errorf("held full %d, plaintext lost %d", st.HeldFull, st.PlaintextLost)
+	}
+}
+
 func collectorStats(t *testing.T, s *sink) collector.HelloStats {
 	t.Helper()
 	if s.c == nil {

@@ -90,6 +90,9 @@ type Connect struct {
 	// LoginUID, if set, is written to /proc/self/loginuid before the
 	// connects, as a login (pam_loginuid) does.
 	LoginUID *uint32
+	// Send is written on each socket once it is connected, before it is
+	// closed.
+	Send string
 }
 
 // User is a uid and a gid.
@@ -111,7 +114,8 @@ func (c Connect) Command(t testing.TB) *exec.Cmd {
 		"CALLSCOPE_TEST_LINGER="+strconv.FormatBool(c.Linger),
 		"CALLSCOPE_TEST_ATTEMPTS="+strconv.Itoa(max(c.Attempts, 1)),
 		"CALLSCOPE_TEST_POLL="+strconv.FormatBool(c.Poll),
-		"CALLSCOPE_TEST_CONCURRENT="+strconv.FormatBool(c.Concurrent))
+		"CALLSCOPE_TEST_CONCURRENT="+strconv.FormatBool(c.Concurrent),
+		"CALLSCOPE_TEST_SEND="+c.Send)
 	if c.LoginUID != nil {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("CALLSCOPE_TEST_LOGINUID=%d", *c.LoginUID))
 	}
@@ -170,7 +174,7 @@ func connectMain(args []string) error {
 	}
 	repeat, _ := strconv.Atoi(os.Getenv("CALLSCOPE_TEST_REPEAT"))
 	syncnt, _ := strconv.Atoi(os.Getenv("CALLSCOPE_TEST_SYNCNT"))
-	how := connectHow{syncnt: syncnt, poll: os.Getenv("CALLSCOPE_TEST_POLL") == "true"}
+	how := connectHow{syncnt: syncnt, poll: os.Getenv("CALLSCOPE_TEST_POLL") == "true", send: os.Getenv("CALLSCOPE_TEST_SEND")}
 	how.attempts, _ = strconv.Atoi(os.Getenv("CALLSCOPE_TEST_ATTEMPTS"))
 	var out strings.Builder
 	if os.Getenv("CALLSCOPE_TEST_CONCURRENT") == "true" {
@@ -302,6 +306,7 @@ type connectHow struct {
 	syncnt   int
 	attempts int
 	poll     bool
+	send     string
 }
 
 // connectOnce connects one socket, as how says, and closes it. The error
@@ -327,6 +332,11 @@ func connectOnce(ap netip.AddrPort, how connectHow) error {
 		err = unix.Connect(fd, sa)
 		if err == unix.EISCONN {
 			err = nil
+		}
+	}
+	if err == nil && how.send != "" {
+		if _, werr := unix.Write(fd, []byte(how.send)); werr != nil {
+			return fmt.Errorf("write: %w", werr)
 		}
 	}
 	return err
