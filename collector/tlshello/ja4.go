@@ -45,7 +45,7 @@ func (fp *fingerprint) ja4(ch *ClientHello) string {
 // (JA4_r, the "raw" fingerprint, joins them unhashed), written to buf.
 func (fp *fingerprint) parts(ch *ClientHello, buf []byte) (a [10]byte, b, c []byte) {
 	a[0] = 't'
-	v := ja4Version(ch.version())
+	v := ja4Version(ch.MaxVersion())
 	a[1], a[2] = v[0], v[1]
 	a[3] = 'i'
 	if fp.sni {
@@ -84,9 +84,10 @@ func (fp *fingerprint) parts(ch *ClientHello, buf []byte) (a [10]byte, b, c []by
 	return a, b, buf[start:]
 }
 
-// version is the highest supported_versions value when the extension is
-// there (it never parses to nil), else the legacy version.
-func (ch *ClientHello) version() uint16 {
+// MaxVersion is the highest version the client offers: the highest
+// supported_versions value when the extension is there (it never parses
+// to nil), else the legacy version.
+func (ch *ClientHello) MaxVersion() uint16 {
 	if ch.Versions == nil {
 		return ch.LegacyVersion
 	}

@@ -151,7 +151,7 @@ func TestJA4Version(t *testing.T) {
 		{0xfefd, nil, "d2"},
 	} {
 		ch := ClientHello{LegacyVersion: tc.legacy, Versions: tc.versions}
-		if got := ja4Version(ch.version()); got != tc.want {
+		if got := ja4Version(ch.MaxVersion()); got != tc.want {
 			t.Errorf("legacy %#04x, supported %x: %q, want %q", tc.legacy, tc.versions, got, tc.want)
 		}
 	}
