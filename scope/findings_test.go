@@ -64,7 +64,11 @@ func TestFindings(t *testing.T) {
 		{"an unlabelled namespace", connect("10.96.0.1:443", inPod, to("kube-system")), nil},
 		{"callee unknown", connect("10.96.0.1:443", inPod), nil},
 		{"several", tlsEvent(&tlshello.ClientHello{LegacyVersion: 0x0301}, nil, inPod, tty, to("sandbox")), []Finding{HumanUse, LegacyTLS, NoSNI, CrossEnvironment}},
-		{"a loss is no call", func() *enrich.Event { ev := connect("10.0.0.1:23", inPod, tty); ev.Kind = collector.KindLoss; return ev }(), nil},
+		{"a loss is no call", func() *enrich.Event {
+			ev := connect("10.0.0.1:23", inPod, tty)
+			ev.Kind = collector.KindLoss
+			return ev
+		}(), nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var want Findings
