@@ -70,10 +70,11 @@ enum kind {
 	KIND_DNS = 5,        /* a DNS answer's payload (struct payload_event) */
 	KIND_EXEC = 6,       /* a process ran execve: its path and arguments (struct payload_event) */
 	KIND_CONNECT_START = 7, /* a tracked connect's SYN is going out: caller and addresses; its outcome follows */
-	KIND_OUTCOME = 8,       /* the outcome of a tracked connect (struct outcome_event) */
+	KIND_OUTCOME = 8,       /* the outcome of a tracked connect (a struct header) */
 	/* the first data of an established connect to a TLS port was no TLS
-	 * handshake (a struct outcome_event, outcome 0) */
+	 * handshake (a struct header, outcome 0) */
 	KIND_PLAINTEXT = 9,
+	KIND_MAX, /* the number of kinds; keep last */
 };
 
 /* What a connection that sent a ClientHello waits for. */
@@ -124,19 +125,30 @@ struct caller {
 	__u8 _pad[3];
 };
 
+/*
+ * The start of every ring-buffer record: what kind it is, first, and the
+ * fields most kinds carry. A KIND_OUTCOME or KIND_PLAINTEXT record is a
+ * header alone.
+ */
+struct header {
+	__u8 kind;     /* enum kind */
+	__u8 outcome;  /* enum outcome: KIND_CONNECT, KIND_OUTCOME */
+	__u16 family;  /* AF_INET or AF_INET6, for records with addresses */
+	__s32 err;     /* KIND_CONNECT, KIND_OUTCOME: the error (OUTCOME_CLOSED: sk_err, 0 when the caller closed) */
+	__u64 cookie;  /* socket cookie: joins every record of one connection */
+	__u64 ts_ns;   /* when it happened, ns since boot */
+};
+
+/* A header, the caller and the addresses: KIND_CONNECT, KIND_CONNECT_START,
+ * KIND_EXIT, and the start of every payload record. */
 struct event {
-	__u64 cookie; /* socket cookie: joins every event of one connection */
-	__u64 ts_ns;  /* when the outcome was known, ns since boot */
+	struct header h;
 	struct caller caller;
 	__u8 saddr[16];
 	__u8 daddr[16];
 	__u16 sport; /* host byte order */
 	__u16 dport; /* host byte order */
-	__u16 family;
-	__u8 kind;
-	__u8 outcome;
-	__s32 err;
-	__u32 aux; /* by kind: for KIND_EXEC, the parent's tgid */
+	__u32 aux;   /* by kind: for KIND_EXEC, the parent's tgid */
 };
 
 /* Bytes copied from one packet at most, and of one ClientHello in all. */
@@ -159,16 +171,6 @@ struct payload_event {
 	__u8 data[PAYLOAD_MAX];
 };
 
-/* The outcome of a tracked connect, joined by cookie to its start record. */
-struct outcome_event {
-	__u64 cookie;
-	__u64 ts_ns; /* when the outcome was known, ns since boot */
-	__s32 err;   /* OUTCOME_CLOSED: sk_err, 0 when the caller closed */
-	__u8 kind;   /* KIND_OUTCOME */
-	__u8 outcome;
-	__u16 _pad;
-};
-
 /* A connection whose ClientHello is being read, from its first segment to
  * the server's answer. */
 struct hello {
@@ -182,7 +184,7 @@ struct hello {
 /* Referenced so that their BTF, and so their Go bindings, exist. */
 const struct event *unused_event __attribute__((unused));
 const struct payload_event *unused_payload_event __attribute__((unused));
-const struct outcome_event *unused_outcome_event __attribute__((unused));
+const struct header *unused_header __attribute__((unused));
 const enum outcome *unused_outcome __attribute__((unused));
 const enum kind *unused_kind __attribute__((unused));
 const enum stat *unused_stat __attribute__((unused));
@@ -323,6 +325,16 @@ volatile const __u8 sockops_current = 1;
  * before the SYN at once, with their error. */
 volatile const __u8 syscall_errors = 0;
 
+static __always_inline void set_header(struct header *h, __u8 kind, __u64 cookie, __u64 ts_ns)
+{
+	h->kind = kind;
+	h->outcome = 0;
+	h->family = 0;
+	h->err = 0;
+	h->cookie = cookie;
+	h->ts_ns = ts_ns;
+}
+
 static __always_inline void count(enum stat s)
 {
 	__u32 key = s;
@@ -431,13 +443,11 @@ static __always_inline void report_unsent(struct pending *p, __s32 err)
 		count(STAT_RINGBUF_FULL);
 		return;
 	}
-	e->cookie = p->cookie;
+	set_header(&e->h, KIND_CONNECT, p->cookie, p->caller.start_ns);
+	e->h.outcome = OUTCOME_UNSENT;
+	e->h.err = err;
+	e->h.family = p->dest.family;
 	e->caller = p->caller;
-	e->ts_ns = p->caller.start_ns;
-	e->kind = KIND_CONNECT;
-	e->outcome = OUTCOME_UNSENT;
-	e->err = err;
-	e->family = p->dest.family;
 	e->sport = 0;
 	e->dport = p->dest.dport;
 	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
@@ -507,26 +517,22 @@ static __always_inline int emit_start(struct bpf_sock_ops *skops, struct bpf_soc
 		count(STAT_RINGBUF_FULL);
 		return -1;
 	}
-	e->cookie = cookie;
 	if (p) {
 		e->caller = p->caller;
 	} else if (sockops_current) {
 		fill_caller(&e->caller);
 		e->caller.netns = sock_netns(sk);
 	} else {
-		/* Unknown, and left out: the storage connect4/6 needed was
-		 * not there (counted), or the connect began before they were
-		 * attached. */
+		/* Unknown, and left out: connect4/6 found no room for the
+		 * thread's record (counted), or the connect began before they
+		 * were attached. */
 		__builtin_memset(&e->caller, 0, sizeof(e->caller));
 		e->caller.netns = sock_netns(sk);
 		e->caller.start_ns = bpf_ktime_get_boot_ns();
 		e->caller.login_uid = LOGIN_UID_UNSET;
 	}
-	e->ts_ns = e->caller.start_ns;
-	e->kind = KIND_CONNECT_START;
-	e->outcome = 0;
-	e->err = 0;
-	e->family = skops->family;
+	set_header(&e->h, KIND_CONNECT_START, cookie, e->caller.start_ns);
+	e->h.family = skops->family;
 	e->sport = skops->local_port;            /* host byte order already */
 	e->dport = bpf_ntohl(skops->remote_port); /* network order in the high half */
 	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
@@ -571,7 +577,7 @@ static __always_inline int sock_err(struct bpf_sock_ops *skops)
 static __always_inline void report(struct bpf_sock_ops *skops, __u8 outcome, __s32 err)
 {
 	__u64 cookie = bpf_get_socket_cookie(skops);
-	struct outcome_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct header *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		/* Of a connect whose start this instance lost and counted, the
 		 * outcome (brought by another program's flag) is no new loss. */
@@ -579,12 +585,9 @@ static __always_inline void report(struct bpf_sock_ops *skops, __u8 outcome, __s
 			count(STAT_OUTCOME_LOST);
 		return;
 	}
-	e->cookie = cookie;
-	e->ts_ns = bpf_ktime_get_boot_ns();
-	e->err = err;
-	e->kind = KIND_OUTCOME;
+	set_header(e, KIND_OUTCOME, cookie, bpf_ktime_get_boot_ns());
 	e->outcome = outcome;
-	e->_pad = 0;
+	e->err = err;
 	submit(e);
 }
 
@@ -716,10 +719,10 @@ int process_exit(void *ctx)
 		return 0;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
-	e->kind = KIND_EXIT;
+	e->h.kind = KIND_EXIT;
 	e->caller.tgid = bpf_get_current_pid_tgid() >> 32;
 	e->caller.task_start = BPF_CORE_READ(task, group_leader, start_boottime);
-	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->h.ts_ns = bpf_ktime_get_boot_ns();
 	submit(e);
 	return 0;
 }
@@ -924,12 +927,8 @@ static __always_inline void fill_payload(struct __sk_buff *skb, struct packet *p
 	e->ev.caller.cgroup_id = bpf_skb_cgroup_id(skb);
 	if (kind == KIND_DNS)
 		e->ev.caller.netns = skb_netns(skb);
-	e->ev.cookie = cookie;
-	e->ev.ts_ns = bpf_ktime_get_boot_ns();
-	e->ev.kind = kind;
-	e->ev.outcome = 0;
-	e->ev.err = 0;
-	e->ev.family = p->family;
+	set_header(&e->ev.h, kind, cookie, bpf_ktime_get_boot_ns());
+	e->ev.h.family = p->family;
 	e->ev.sport = p->sport;
 	e->ev.dport = p->dport;
 	__builtin_memcpy(e->ev.saddr, p->saddr, sizeof(e->ev.saddr));
@@ -967,17 +966,12 @@ static __always_inline int tls_port(__u16 port)
  * where TLS is expected, was no TLS handshake. */
 static __always_inline void report_plaintext(__u64 cookie)
 {
-	struct outcome_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct header *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_PLAINTEXT_LOST);
 		return;
 	}
-	e->cookie = cookie;
-	e->ts_ns = bpf_ktime_get_boot_ns();
-	e->err = 0;
-	e->kind = KIND_PLAINTEXT;
-	e->outcome = 0;
-	e->_pad = 0;
+	set_header(e, KIND_PLAINTEXT, cookie, bpf_ktime_get_boot_ns());
 	submit(e);
 }
 
@@ -1167,8 +1161,8 @@ static __always_inline void fill_exec(struct exec_ctx *ctx, struct payload_event
 
 	__builtin_memset(&e->ev, 0, sizeof(e->ev));
 	fill_caller(&e->ev.caller);
-	e->ev.ts_ns = e->ev.caller.start_ns;
-	e->ev.kind = KIND_EXEC;
+	e->ev.h.ts_ns = e->ev.caller.start_ns;
+	e->ev.h.kind = KIND_EXEC;
 	e->ev.aux = BPF_CORE_READ(task, real_parent, tgid);
 
 	long n = bpf_probe_read_kernel_str(e->data, EXEC_PATH_MAX, (void *)ctx + (ctx->filename & 0xffff));

@@ -527,36 +527,7 @@ func (c *Collector) read() {
 	for {
 		err := c.reader.ReadInto(&rec)
 		if err == nil {
-			if len(rec.RawSample) == outcomeRecordSize {
-				if connectKind(rec.RawSample[offOutcomeKind]) == connectKindKIND_PLAINTEXT {
-					c.firstData(binary.NativeEndian.Uint64(rec.RawSample[offOutcomeCookie:]), true)
-				} else {
-					c.outcome(rec.RawSample, bootOffset)
-				}
-				continue
-			}
-			if isStart(rec.RawSample) {
-				c.start(rec.RawSample, bootOffset)
-				continue
-			}
-			if isPayload(rec.RawSample) {
-				if derr := decodePayload(rec.RawSample, bootOffset, &c.payload); derr != nil {
-					c.malformed(derr)
-					continue
-				}
-				if c.payload.kind == connectKindKIND_TLS_CLIENT && c.payload.offset == 0 {
-					c.firstData(c.payload.head.Cookie, false)
-				}
-				c.hellos.add(&c.payload, time.Now())
-				continue
-			}
-			ev := c.next()
-			if derr := ev.Decode(rec.RawSample, bootOffset); derr != nil {
-				c.batch.Events = c.batch.Events[:len(c.batch.Events)-1]
-				c.malformed(derr)
-				continue
-			}
-			c.filled()
+			c.record(rec.RawSample, bootOffset)
 			continue
 		}
 
@@ -594,6 +565,41 @@ func (c *Collector) read() {
 		}
 		bootOffset = bootTimeOffset()
 		c.reader.SetDeadline(time.Now().Add(c.cfg.FlushInterval))
+	}
+}
+
+// record handles one ring-buffer record, as its kind says.
+func (c *Collector) record(b []byte, bootOffset int64) {
+	switch kind := recordKind(b); kind {
+	case connectKindKIND_CONNECT_START:
+		c.start(b, bootOffset)
+	case connectKindKIND_OUTCOME:
+		c.outcome(b, bootOffset)
+	case connectKindKIND_PLAINTEXT:
+		if len(b) != headerSize {
+			c.malformed(fmt.Errorf("%w: plaintext record of %d bytes", ErrMalformed, len(b)))
+			return
+		}
+		c.firstData(binary.NativeEndian.Uint64(b[offCookie:]), true)
+	case connectKindKIND_TLS_CLIENT, connectKindKIND_TLS_SERVER, connectKindKIND_DNS, connectKindKIND_EXEC:
+		if err := decodePayload(b, bootOffset, &c.payload); err != nil {
+			c.malformed(err)
+			return
+		}
+		if kind == connectKindKIND_TLS_CLIENT && c.payload.offset == 0 {
+			c.firstData(c.payload.head.Cookie, false)
+		}
+		c.hellos.add(&c.payload, time.Now())
+	case connectKindKIND_CONNECT, connectKindKIND_EXIT:
+		ev := c.next()
+		if err := ev.Decode(b, bootOffset); err != nil {
+			c.batch.Events = c.batch.Events[:len(c.batch.Events)-1]
+			c.malformed(err)
+			return
+		}
+		c.filled()
+	default:
+		c.malformed(fmt.Errorf("%w: kind %d", ErrMalformed, kind))
 	}
 }
 

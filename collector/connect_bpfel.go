@@ -31,19 +31,24 @@ type connectCaller struct {
 }
 
 type connectEvent struct {
+	_      structs.HostLayout
+	H      connectHeader
+	Caller connectCaller
+	Saddr  [16]uint8
+	Daddr  [16]uint8
+	Sport  uint16
+	Dport  uint16
+	Aux    uint32
+}
+
+type connectHeader struct {
 	_       structs.HostLayout
-	Cookie  uint64
-	TsNs    uint64
-	Caller  connectCaller
-	Saddr   [16]uint8
-	Daddr   [16]uint8
-	Sport   uint16
-	Dport   uint16
-	Family  uint16
 	Kind    uint8
 	Outcome uint8
+	Family  uint16
 	Err     int32
-	Aux     uint32
+	Cookie  uint64
+	TsNs    uint64
 }
 
 type connectHello struct {
@@ -67,6 +72,7 @@ const (
 	connectKindKIND_CONNECT_START connectKind = 7
 	connectKindKIND_OUTCOME       connectKind = 8
 	connectKindKIND_PLAINTEXT     connectKind = 9
+	connectKindKIND_MAX           connectKind = 10
 )
 
 type connectOutcome uint32
@@ -76,16 +82,6 @@ const (
 	connectOutcomeOUTCOME_CLOSED      connectOutcome = 2
 	connectOutcomeOUTCOME_UNSENT      connectOutcome = 3
 )
-
-type connectOutcomeEvent struct {
-	_       structs.HostLayout
-	Cookie  uint64
-	TsNs    uint64
-	Err     int32
-	Kind    uint8
-	Outcome uint8
-	Pad     uint16
-}
 
 type connectPayloadEvent struct {
 	_      structs.HostLayout
@@ -157,9 +153,9 @@ const (
 	connectVarTaskStorage        = "task_storage"
 	connectVarUdpNetnsHook       = "udp_netns_hook"
 	connectVarUnusedEvent        = "unused_event"
+	connectVarUnusedHeader       = "unused_header"
 	connectVarUnusedKind         = "unused_kind"
 	connectVarUnusedOutcome      = "unused_outcome"
-	connectVarUnusedOutcomeEvent = "unused_outcome_event"
 	connectVarUnusedPayloadEvent = "unused_payload_event"
 	connectVarUnusedStat         = "unused_stat"
 	connectVarWakeupBytes        = "wakeup_bytes"
@@ -246,9 +242,9 @@ type connectVariableSpecs struct {
 	TaskStorage        *ebpf.VariableSpec `ebpf:"task_storage"`
 	UdpNetnsHook       *ebpf.VariableSpec `ebpf:"udp_netns_hook"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedHeader       *ebpf.VariableSpec `ebpf:"unused_header"`
 	UnusedKind         *ebpf.VariableSpec `ebpf:"unused_kind"`
 	UnusedOutcome      *ebpf.VariableSpec `ebpf:"unused_outcome"`
-	UnusedOutcomeEvent *ebpf.VariableSpec `ebpf:"unused_outcome_event"`
 	UnusedPayloadEvent *ebpf.VariableSpec `ebpf:"unused_payload_event"`
 	UnusedStat         *ebpf.VariableSpec `ebpf:"unused_stat"`
 	WakeupBytes        *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -312,9 +308,9 @@ type connectVariables struct {
 	TaskStorage        *ebpf.Variable `ebpf:"task_storage"`
 	UdpNetnsHook       *ebpf.Variable `ebpf:"udp_netns_hook"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
+	UnusedHeader       *ebpf.Variable `ebpf:"unused_header"`
 	UnusedKind         *ebpf.Variable `ebpf:"unused_kind"`
 	UnusedOutcome      *ebpf.Variable `ebpf:"unused_outcome"`
-	UnusedOutcomeEvent *ebpf.Variable `ebpf:"unused_outcome_event"`
 	UnusedPayloadEvent *ebpf.Variable `ebpf:"unused_payload_event"`
 	UnusedStat         *ebpf.Variable `ebpf:"unused_stat"`
 	WakeupBytes        *ebpf.Variable `ebpf:"wakeup_bytes"`

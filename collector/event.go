@@ -31,6 +31,9 @@ const (
 	// KindExec says a process ran execve (Exec is set). Enrichment keeps it
 	// for a process gone before /proc is read; it is not written.
 	KindExec
+
+	// NumKinds sizes arrays by kind; keep it last.
+	NumKinds
 )
 
 func (k Kind) String() string {
@@ -172,13 +175,20 @@ const (
 	afInet6 = 10
 )
 
-// Offsets into the kernel's struct event, taken from the generated type so
+// Offsets into the kernel's records, taken from the generated types so
 // that a layout change in the C code cannot silently skew the decoder.
+// Every record starts with a struct header, whose first byte is its kind.
 var (
-	recordSize = int(unsafe.Sizeof(connectEvent{}))
+	headerSize = int(unsafe.Sizeof(connectHeader{}))
+	offKind    = unsafe.Offsetof(connectHeader{}.Kind)
+	offOutcome = unsafe.Offsetof(connectHeader{}.Outcome)
+	offFamily  = unsafe.Offsetof(connectHeader{}.Family)
+	offErr     = unsafe.Offsetof(connectHeader{}.Err)
+	offCookie  = unsafe.Offsetof(connectHeader{}.Cookie)
+	offTs      = unsafe.Offsetof(connectHeader{}.TsNs)
 
-	offCookie    = unsafe.Offsetof(connectEvent{}.Cookie)
-	offTs        = unsafe.Offsetof(connectEvent{}.TsNs)
+	// A struct event: the header, the caller and the addresses.
+	recordSize   = int(unsafe.Sizeof(connectEvent{}))
 	offCaller    = unsafe.Offsetof(connectEvent{}.Caller)
 	offCgroup    = offCaller + unsafe.Offsetof(connectCaller{}.CgroupId)
 	offTaskStart = offCaller + unsafe.Offsetof(connectCaller{}.TaskStart)
@@ -194,11 +204,16 @@ var (
 	offDaddr     = unsafe.Offsetof(connectEvent{}.Daddr)
 	offSport     = unsafe.Offsetof(connectEvent{}.Sport)
 	offDport     = unsafe.Offsetof(connectEvent{}.Dport)
-	offFamily    = unsafe.Offsetof(connectEvent{}.Family)
-	offKind      = unsafe.Offsetof(connectEvent{}.Kind)
-	offOutcome   = unsafe.Offsetof(connectEvent{}.Outcome)
-	offErr       = unsafe.Offsetof(connectEvent{}.Err)
 )
+
+// recordKind is what a record says it is: its first byte. The read loop
+// switches on it.
+func recordKind(b []byte) connectKind {
+	if len(b) < headerSize {
+		return 0
+	}
+	return connectKind(b[offKind])
+}
 
 // ErrMalformed is returned for a record that is not a valid kernel event.
 var ErrMalformed = fmt.Errorf("malformed record")
@@ -238,23 +253,6 @@ func (e *Event) Decode(b []byte, bootOffset int64) error {
 	return nil
 }
 
-// Outcome records are a struct outcome_event: only their size tells them
-// from the other records, all of which start with a struct event.
-var (
-	outcomeRecordSize = int(unsafe.Sizeof(connectOutcomeEvent{}))
-	offOutcomeCookie  = unsafe.Offsetof(connectOutcomeEvent{}.Cookie)
-	offOutcomeTs      = unsafe.Offsetof(connectOutcomeEvent{}.TsNs)
-	offOutcomeErr     = unsafe.Offsetof(connectOutcomeEvent{}.Err)
-	offOutcomeKind    = unsafe.Offsetof(connectOutcomeEvent{}.Kind)
-	offOutcomeOutcome = unsafe.Offsetof(connectOutcomeEvent{}.Outcome)
-)
-
-// isStart tells a connect's start record: its caller and addresses,
-// without an outcome yet.
-func isStart(b []byte) bool {
-	return len(b) == recordSize && connectKind(b[offKind]) == connectKindKIND_CONNECT_START
-}
-
 // started is what a start record says of a connect: all of its event but
 // the outcome and its time.
 type started struct {
@@ -265,8 +263,8 @@ type started struct {
 
 // decodeStart reads a start record.
 func decodeStart(b []byte, bootOffset int64) (cookie uint64, st started, err error) {
-	if !isStart(b) {
-		return 0, started{}, fmt.Errorf("%w: not a start record", ErrMalformed)
+	if len(b) != recordSize || recordKind(b) != connectKindKIND_CONNECT_START {
+		return 0, started{}, fmt.Errorf("%w: not a start record of %d bytes", ErrMalformed, recordSize)
 	}
 	if st.src, st.dst, err = decodeAddrs(b); err != nil {
 		return 0, started{}, err
@@ -287,18 +285,18 @@ type outcomeRecord struct {
 
 func decodeOutcome(b []byte) (outcomeRecord, error) {
 	ne := binary.NativeEndian
-	if len(b) != outcomeRecordSize || connectKind(b[offOutcomeKind]) != connectKindKIND_OUTCOME {
-		return outcomeRecord{}, fmt.Errorf("%w: not an outcome record", ErrMalformed)
+	if len(b) != headerSize || recordKind(b) != connectKindKIND_OUTCOME {
+		return outcomeRecord{}, fmt.Errorf("%w: not an outcome record of %d bytes", ErrMalformed, headerSize)
 	}
-	errno := int32(ne.Uint32(b[offOutcomeErr:]))
+	errno := int32(ne.Uint32(b[offErr:]))
 	if errno < 0 {
 		return outcomeRecord{}, fmt.Errorf("%w: errno %d", ErrMalformed, errno)
 	}
-	o, err := outcomeOf(connectOutcome(b[offOutcomeOutcome]), unix.Errno(errno))
+	o, err := outcomeOf(connectOutcome(b[offOutcome]), unix.Errno(errno))
 	if err != nil {
 		return outcomeRecord{}, err
 	}
-	return outcomeRecord{cookie: ne.Uint64(b[offOutcomeCookie:]), ts: int64(ne.Uint64(b[offOutcomeTs:])), outcome: o, errno: unix.Errno(errno)}, nil
+	return outcomeRecord{cookie: ne.Uint64(b[offCookie:]), ts: int64(ne.Uint64(b[offTs:])), outcome: o, errno: unix.Errno(errno)}, nil
 }
 
 // caller is what a record holds of its caller. The kernel sends a start's

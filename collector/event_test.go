@@ -31,14 +31,15 @@ func record(t testing.TB, ev connectEvent) []byte {
 
 func baseEvent() connectEvent {
 	ev := connectEvent{
-		Cookie: 0xc0ffee,
-		TsNs:   5_000_000_000,
+		H: connectHeader{
+			Kind: uint8(connectKindKIND_CONNECT), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED),
+			Family: afInet, Cookie: 0xc0ffee, TsNs: 5_000_000_000,
+		},
 		Caller: connectCaller{
 			CgroupId: 9731, TaskStart: 1_230_000_000, StartNs: 4_000_000_000,
 			Tgid: 4242, Tid: 4243, Uid: 1000, Gid: 1001, Netns: 4026531840, LoginUid: 1500, Tty: 1,
 		},
-		Sport: 43210, Dport: 443, Family: afInet,
-		Kind: uint8(connectKindKIND_CONNECT), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED),
+		Sport: 43210, Dport: 443,
 	}
 	copy(ev.Caller.Comm[:], "billing")
 	copy(ev.Saddr[:], []byte{10, 0, 3, 7})
@@ -48,25 +49,25 @@ func baseEvent() connectEvent {
 
 func TestDecode(t *testing.T) {
 	v6 := baseEvent()
-	v6.Family = afInet6
+	v6.H.Family = afInet6
 	s6, d6 := netip.MustParseAddr("fd00::1").As16(), netip.MustParseAddr("2001:db8::15").As16()
 	v6.Saddr, v6.Daddr = s6, d6
 
 	mapped := baseEvent()
-	mapped.Family = afInet6
+	mapped.H.Family = afInet6
 	mapped.Saddr = netip.MustParseAddr("::ffff:10.0.3.7").As16()
 	mapped.Daddr = netip.MustParseAddr("::ffff:10.96.0.15").As16()
 
 	closed := func(err unix.Errno) connectEvent {
 		ev := baseEvent()
-		ev.Outcome = uint8(connectOutcomeOUTCOME_CLOSED)
-		ev.Err = int32(err)
+		ev.H.Outcome = uint8(connectOutcomeOUTCOME_CLOSED)
+		ev.H.Err = int32(err)
 		return ev
 	}
 	unsent := func(err unix.Errno) connectEvent {
 		ev := baseEvent()
-		ev.Outcome = uint8(connectOutcomeOUTCOME_UNSENT)
-		ev.Err = int32(err)
+		ev.H.Outcome = uint8(connectOutcomeOUTCOME_UNSENT)
+		ev.H.Err = int32(err)
 		ev.Sport = 0
 		ev.Saddr = [16]byte{}
 		return ev
@@ -100,8 +101,8 @@ func TestDecode(t *testing.T) {
 			if e.Outcome != tc.outcome || e.Src.String() != tc.src || e.Dst.String() != tc.dst {
 				t.Errorf("got %v %v → %v, want %v %v → %v", e.Outcome, e.Src, e.Dst, tc.outcome, tc.src, tc.dst)
 			}
-			if e.Errno != unix.Errno(tc.in.Err) {
-				t.Errorf("errno %v, want %v", e.Errno, unix.Errno(tc.in.Err))
+			if e.Errno != unix.Errno(tc.in.H.Err) {
+				t.Errorf("errno %v, want %v", e.Errno, unix.Errno(tc.in.H.Err))
 			}
 			if e.Kind != KindConnect || e.Cookie != 0xc0ffee || e.Time != 5_000_001_000 ||
 				e.PID != 4242 || e.TID != 4243 || e.UID != 1000 || e.GID != 1001 ||
@@ -114,7 +115,7 @@ func TestDecode(t *testing.T) {
 }
 
 func TestDecodeExit(t *testing.T) {
-	rec := connectEvent{Kind: uint8(connectKindKIND_EXIT), TsNs: 7, Caller: connectCaller{Tgid: 4242, TaskStart: 1_230_000_000}}
+	rec := connectEvent{H: connectHeader{Kind: uint8(connectKindKIND_EXIT), TsNs: 7}, Caller: connectCaller{Tgid: 4242, TaskStart: 1_230_000_000}}
 	var e Event
 	if err := e.Decode(record(t, rec), 1); err != nil {
 		t.Fatal(err)
@@ -137,11 +138,11 @@ func TestDecodeRejects(t *testing.T) {
 		{"empty", nil},
 		{"short", record(t, baseEvent())[:RecordSize-1]},
 		{"long", append(record(t, baseEvent()), 0)},
-		{"kind", bad(func(e *connectEvent) { e.Kind = 9 })},
-		{"family", bad(func(e *connectEvent) { e.Family = 1 })},
-		{"outcome", bad(func(e *connectEvent) { e.Outcome = 0 })},
-		{"negative errno", bad(func(e *connectEvent) { e.Outcome = 2; e.Err = -1 })},
-		{"outcome past the last", bad(func(e *connectEvent) { e.Outcome = 4 })},
+		{"kind", bad(func(e *connectEvent) { e.H.Kind = 9 })},
+		{"family", bad(func(e *connectEvent) { e.H.Family = 1 })},
+		{"outcome", bad(func(e *connectEvent) { e.H.Outcome = 0 })},
+		{"negative errno", bad(func(e *connectEvent) { e.H.Outcome = 2; e.H.Err = -1 })},
+		{"outcome past the last", bad(func(e *connectEvent) { e.H.Outcome = 4 })},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var e Event
@@ -165,9 +166,9 @@ func TestDecodeAllocs(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	f.Add(record(f, baseEvent()))
 	ev := baseEvent()
-	ev.Family = afInet6
-	ev.Outcome = uint8(connectOutcomeOUTCOME_CLOSED)
-	ev.Err = int32(unix.ECONNREFUSED)
+	ev.H.Family = afInet6
+	ev.H.Outcome = uint8(connectOutcomeOUTCOME_CLOSED)
+	ev.H.Err = int32(unix.ECONNREFUSED)
 	f.Add(record(f, ev))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -229,7 +230,7 @@ func BenchmarkDecode(b *testing.B) {
 
 func startEvent() connectEvent {
 	ev := baseEvent()
-	ev.Kind, ev.Outcome = uint8(connectKindKIND_CONNECT_START), 0
+	ev.H.Kind, ev.H.Outcome = uint8(connectKindKIND_CONNECT_START), 0
 	return ev
 }
 
@@ -251,7 +252,7 @@ func TestDecodeStartAndOutcome(t *testing.T) {
 		t.Errorf("a connect record as a start: %v, want ErrMalformed", err)
 	}
 
-	rec := encode(t, connectOutcomeEvent{Cookie: 0xc0ffee, TsNs: 7, Err: int32(unix.ECONNREFUSED),
+	rec := encode(t, connectHeader{Cookie: 0xc0ffee, TsNs: 7, Err: int32(unix.ECONNREFUSED),
 		Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_CLOSED)})
 	o, err := decodeOutcome(rec)
 	if err != nil || o.cookie != 0xc0ffee || o.ts != 7 || o.outcome != OutcomeRefused || o.errno != unix.ECONNREFUSED {
@@ -259,9 +260,9 @@ func TestDecodeStartAndOutcome(t *testing.T) {
 	}
 	for name, b := range map[string][]byte{
 		"short":          rec[:len(rec)-1],
-		"wrong kind":     encode(t, connectOutcomeEvent{Kind: uint8(connectKindKIND_EXIT), Outcome: 1}),
-		"no outcome":     encode(t, connectOutcomeEvent{Kind: uint8(connectKindKIND_OUTCOME)}),
-		"negative errno": encode(t, connectOutcomeEvent{Kind: uint8(connectKindKIND_OUTCOME), Outcome: 2, Err: -1}),
+		"wrong kind":     encode(t, connectHeader{Kind: uint8(connectKindKIND_EXIT), Outcome: 1}),
+		"no outcome":     encode(t, connectHeader{Kind: uint8(connectKindKIND_OUTCOME)}),
+		"negative errno": encode(t, connectHeader{Kind: uint8(connectKindKIND_OUTCOME), Outcome: 2, Err: -1}),
 	} {
 		if _, err := decodeOutcome(b); !errors.Is(err, ErrMalformed) {
 			t.Errorf("%s: %v, want ErrMalformed", name, err)
@@ -273,23 +274,37 @@ func TestDecodeStartAndOutcome(t *testing.T) {
 // connect or fail with ErrMalformed, whatever the bytes.
 func FuzzDecodeJoin(f *testing.F) {
 	f.Add(record(f, startEvent()))
-	f.Add(encode(f, connectOutcomeEvent{Cookie: 1, TsNs: 2, Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED)}))
-	f.Add(encode(f, connectOutcomeEvent{Cookie: 1, TsNs: 2, Err: int32(unix.ETIMEDOUT), Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_CLOSED)}))
+	f.Add(encode(f, connectHeader{Cookie: 1, TsNs: 2, Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED)}))
+	f.Add(encode(f, connectHeader{Cookie: 1, TsNs: 2, Err: int32(unix.ETIMEDOUT), Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_CLOSED)}))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if o, err := decodeOutcome(b); err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("error %v is not ErrMalformed", err)
 			}
-		} else if len(b) != outcomeRecordSize || o.outcome == OutcomeUnknown || o.errno < 0 {
+		} else if len(b) != headerSize || o.outcome == OutcomeUnknown || o.errno < 0 {
 			t.Fatalf("inconsistent outcome %+v from %d bytes", o, len(b))
 		}
 		if _, st, err := decodeStart(b, 0); err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("error %v is not ErrMalformed", err)
 			}
-		} else if !isStart(b) || !st.dst.IsValid() || !st.src.IsValid() || len(b) != recordSize {
+		} else if recordKind(b) != connectKindKIND_CONNECT_START || !st.dst.IsValid() || !st.src.IsValid() || len(b) != recordSize {
 			t.Fatalf("inconsistent start %+v", st)
 		}
 	})
+}
+
+// TestRecordsStartWithTheHeader: the read loop takes every record's kind
+// from its first byte, which must be its header's.
+func TestRecordsStartWithTheHeader(t *testing.T) {
+	if off := unsafe.Offsetof(connectEvent{}.H); off != 0 {
+		t.Errorf("struct event's header at %d", off)
+	}
+	if off := unsafe.Offsetof(connectPayloadEvent{}.Ev); off != 0 {
+		t.Errorf("struct payload_event's event at %d", off)
+	}
+	if offKind != 0 {
+		t.Errorf("the header's kind at %d", offKind)
+	}
 }

@@ -37,17 +37,6 @@ type payload struct {
 	data   []byte
 }
 
-func isPayload(b []byte) bool {
-	if len(b) < recordSize {
-		return false
-	}
-	switch connectKind(b[offKind]) {
-	case connectKindKIND_TLS_CLIENT, connectKindKIND_TLS_SERVER, connectKindKIND_DNS, connectKindKIND_EXEC:
-		return true
-	}
-	return false
-}
-
 func decodePayload(b []byte, bootOffset int64, p *payload) error {
 	if len(b) < payloadHeaderSize {
 		return fmt.Errorf("%w: payload record of %d bytes", ErrMalformed, len(b))

@@ -190,7 +190,7 @@ func joinCollector() *Collector {
 func TestJoinAllocatesNothing(t *testing.T) {
 	c := joinCollector()
 	start := record(t, startEvent())
-	outcome := encode(t, connectOutcomeEvent{Cookie: 0xc0ffee, TsNs: 5, Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED)})
+	outcome := encode(t, connectHeader{Cookie: 0xc0ffee, TsNs: 5, Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED)})
 	c.start(start, 0)
 	c.outcome(outcome, 0)
 	if len(c.batch.Events) != 1 {
@@ -226,9 +226,9 @@ func BenchmarkJoin(b *testing.B) {
 			starts := make([][]byte, 4*waiting)
 			outcomes := make([][]byte, len(starts))
 			for i := range starts {
-				ev.Cookie = uint64(i + 1)
+				ev.H.Cookie = uint64(i + 1)
 				starts[i] = record(b, ev)
-				outcomes[i] = encode(b, connectOutcomeEvent{Cookie: uint64(i + 1), TsNs: 5, Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED)})
+				outcomes[i] = encode(b, connectHeader{Cookie: uint64(i + 1), TsNs: 5, Kind: uint8(connectKindKIND_OUTCOME), Outcome: uint8(connectOutcomeOUTCOME_ESTABLISHED)})
 			}
 			for i := range waiting {
 				c.start(starts[i], 0)

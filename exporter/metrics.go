@@ -16,7 +16,7 @@ import (
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	events       [collector.KindDNS + 1]prometheus.Counter // by kind
+	events       [collector.NumKinds]prometheus.Counter // by kind
 	sinkFailures *prometheus.CounterVec
 }
 
@@ -58,7 +58,7 @@ func NewMetrics(src Sources) *Metrics {
 
 // Written counts events that reached the stream.
 func (m *Metrics) Written(events []scope.Event) {
-	var n [collector.KindDNS + 1]int
+	var n [collector.NumKinds]int
 	for i := range events {
 		if k := events[i].Kind; int(k) < len(n) {
 			n[k]++
