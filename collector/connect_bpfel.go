@@ -75,6 +75,15 @@ const (
 	connectKindKIND_MAX           connectKind = 10
 )
 
+type connectLimit uint32
+
+const (
+	connectLimitPAYLOAD_MAX      connectLimit = 4096
+	connectLimitSERVER_HELLO_MAX connectLimit = 2048
+	connectLimitEXEC_PATH_MAX    connectLimit = 256
+	connectLimitEXEC_ARGS_MAX    connectLimit = 1024
+)
+
 type connectOutcome uint32
 
 const (
@@ -155,6 +164,7 @@ const (
 	connectVarUnusedEvent        = "unused_event"
 	connectVarUnusedHeader       = "unused_header"
 	connectVarUnusedKind         = "unused_kind"
+	connectVarUnusedLimit        = "unused_limit"
 	connectVarUnusedOutcome      = "unused_outcome"
 	connectVarUnusedPayloadEvent = "unused_payload_event"
 	connectVarUnusedStat         = "unused_stat"
@@ -244,6 +254,7 @@ type connectVariableSpecs struct {
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedHeader       *ebpf.VariableSpec `ebpf:"unused_header"`
 	UnusedKind         *ebpf.VariableSpec `ebpf:"unused_kind"`
+	UnusedLimit        *ebpf.VariableSpec `ebpf:"unused_limit"`
 	UnusedOutcome      *ebpf.VariableSpec `ebpf:"unused_outcome"`
 	UnusedPayloadEvent *ebpf.VariableSpec `ebpf:"unused_payload_event"`
 	UnusedStat         *ebpf.VariableSpec `ebpf:"unused_stat"`
@@ -310,6 +321,7 @@ type connectVariables struct {
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
 	UnusedHeader       *ebpf.Variable `ebpf:"unused_header"`
 	UnusedKind         *ebpf.Variable `ebpf:"unused_kind"`
+	UnusedLimit        *ebpf.Variable `ebpf:"unused_limit"`
 	UnusedOutcome      *ebpf.Variable `ebpf:"unused_outcome"`
 	UnusedPayloadEvent *ebpf.Variable `ebpf:"unused_payload_event"`
 	UnusedStat         *ebpf.Variable `ebpf:"unused_stat"`

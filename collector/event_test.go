@@ -307,4 +307,7 @@ func TestRecordsStartWithTheHeader(t *testing.T) {
 	if offKind != 0 {
 		t.Errorf("the header's kind at %d", offKind)
 	}
+	if payloadMax != len(connectPayloadEvent{}.Data) {
+		t.Errorf("PAYLOAD_MAX %d, a payload record's data %d", payloadMax, len(connectPayloadEvent{}.Data))
+	}
 }

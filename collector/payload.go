@@ -20,7 +20,7 @@ var (
 	offPayloadWant    = unsafe.Offsetof(connectPayloadEvent{}.Want)
 	offPayloadMore    = unsafe.Offsetof(connectPayloadEvent{}.More)
 	offPayloadProto   = unsafe.Offsetof(connectPayloadEvent{}.Proto)
-	payloadMax        = len(connectPayloadEvent{}.Data)
+	payloadMax        = int(connectLimitPAYLOAD_MAX)
 )
 
 const ipprotoTCP = 6
@@ -284,10 +284,8 @@ type Exec struct {
 	PPID          uint32
 }
 
-// Where the kernel puts an exec's path and arguments in a payload record.
-const (
-	execPathMax = 256
-)
+// Where the kernel puts an exec's arguments in a payload record.
+const execPathMax = int(connectLimitEXEC_PATH_MAX)
 
 var offAux = unsafe.Offsetof(connectEvent{}.Aux)
 
