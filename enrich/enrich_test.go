@@ -129,6 +129,34 @@ func TestProcCache(t *testing.T) {
 	}
 }
 
+// TestProcCacheExitingProcess: a process read as it exits has its exe
+// still but an empty cmdline, its memory gone; it keeps execve's
+// arguments. A /proc of its own stands for the kernel's, in that moment.
+func TestProcCacheExitingProcess(t *testing.T) {
+	root := t.TempDir()
+	const pid, startNS = 4242, 98_765 * (1e9 / userHZ)
+	dir := filepath.Join(root, "4242")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stat := "4242 (curl) Z 1 4242 4242 0 -1 4194560 200 0 0 0 1 2 0 0 20 0 1 0 98765 1000 100"
+	if err := os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cmdline"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/usr/bin/curl", filepath.Join(dir, "exe")); err != nil {
+		t.Fatal(err)
+	}
+	c := newProcCache(root, 8)
+	c.execed(pid, startNS, &collector.Exec{Path: "curl", Args: []string{"curl", "-s", "http://x/"}, PPID: 1})
+	p, _ := c.get(pid, startNS, 0)
+	if p == nil || p.Exe != "/usr/bin/curl" || !slices.Equal(p.Cmdline, []string{"curl", "-s", "http://x/"}) {
+		t.Errorf("got %+v, want /proc's exe and execve's arguments", p)
+	}
+}
+
 func TestProcCacheBounded(t *testing.T) {
 	c := newProcCache("/nonexistent", 10)
 	for i := range 1000 {

@@ -80,14 +80,20 @@ func (c *procCache) get(pid uint32, startNS uint64, uid uint32) (p *cachedProces
 		p = nil
 	}
 	// A process gone, or a zombie whose exe and cmdline are already
-	// unreadable, keeps what its execve told.
-	if p == nil || p.Exe == "" {
-		if x, ok := c.execs.Get(k); ok {
+	// unreadable, keeps what its execve told. One caught exiting has its
+	// exe still, but its cmdline empty once its memory is gone: it keeps
+	// execve's arguments (only kernel threads, which make no calls, have
+	// an empty cmdline while they live).
+	if x, ok := c.execs.Get(k); ok {
+		switch {
+		case p == nil || p.Exe == "":
 			ppid := x.PPID
 			if p != nil && p.PPID != 0 {
 				ppid = p.PPID
 			}
 			p = &cachedProcess{Process: Process{Exe: x.Path, Cmdline: x.Args, PPID: ppid}}
+		case len(p.Cmdline) == 0:
+			p.Cmdline = x.Args
 		}
 	}
 	if p != nil && p.Exe != "" {
