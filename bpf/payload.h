@@ -11,11 +11,6 @@
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
 
-/* The loader sets a missing weak kfunc's address to 0 (libbpf's macro, which
- * Debian's libbpf-dev may predate). */
-#ifndef bpf_ksym_exists
-#define bpf_ksym_exists(sym) (!!(sym))
-#endif
 
 SEC("cgroup/sock_create")
 int sock_create(struct bpf_sock *sk)
