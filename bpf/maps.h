@@ -112,6 +112,24 @@ struct {
 	__type(value, __u8);
 } lost_starts SEC(".maps");
 
+/*
+ * Processes whose end was reported, by tgid and start time: two threads
+ * leaving at once can both see the process end, and only the first to
+ * claim it here reports it. An LRU: a process's key never comes back.
+ */
+struct exited {
+	__u64 start;
+	__u32 tgid;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct exited);
+	__type(value, __u8);
+} exited SEC(".maps");
+
 /* The ports where TLS is expected, one bit each, set by the loader. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

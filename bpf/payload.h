@@ -11,7 +11,6 @@
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
 
-
 SEC("cgroup/sock_create")
 int sock_create(struct bpf_sock *sk)
 {

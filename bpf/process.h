@@ -16,9 +16,8 @@ int process_exit(void *ctx)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	/*
-	 * do_exit() decrements signal->live before this tracepoint fires. Read
-	 * first: the later it is read, the likelier two last threads exiting
-	 * at once both see 0 (harmless: user space forgets a process twice).
+	 * do_exit() decrements signal->live before this tracepoint fires: the
+	 * last thread to leave sees 0, and so may another leaving at once.
 	 */
 	int live = BPF_CORE_READ(task, signal, live.counter);
 
@@ -35,6 +34,15 @@ int process_exit(void *ctx)
 	}
 	if (live != 0)
 		return 0;
+	/* Of two threads that both saw 0, the first to claim the process
+	 * reports its end. */
+	struct exited who = {
+	    .tgid = bpf_get_current_pid_tgid() >> 32,
+	    .start = BPF_CORE_READ(task, group_leader, start_boottime),
+	};
+	__u8 one = 1;
+	if (bpf_map_update_elem(&exited, &who, &one, BPF_NOEXIST))
+		return 0;
 
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -43,8 +51,8 @@ int process_exit(void *ctx)
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->h.kind = KIND_EXIT;
-	e->caller.tgid = bpf_get_current_pid_tgid() >> 32;
-	e->caller.task_start = BPF_CORE_READ(task, group_leader, start_boottime);
+	e->caller.tgid = who.tgid;
+	e->caller.task_start = who.start;
 	e->h.ts_ns = bpf_ktime_get_boot_ns();
 	submit(e);
 	return 0;

@@ -41,6 +41,13 @@ type connectEvent struct {
 	Aux    uint32
 }
 
+type connectExited struct {
+	_     structs.HostLayout
+	Start uint64
+	Tgid  uint32
+	Pad   uint32
+}
+
 type connectHeader struct {
 	_       structs.HostLayout
 	Kind    uint8
@@ -136,6 +143,7 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	connectMapEvents             = "events"
+	connectMapExited             = "exited"
 	connectMapHellos             = "hellos"
 	connectMapLostStarts         = "lost_starts"
 	connectMapPendings           = "pendings"
@@ -230,6 +238,7 @@ type connectProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectMapSpecs struct {
 	Events         *ebpf.MapSpec `ebpf:"events"`
+	Exited         *ebpf.MapSpec `ebpf:"exited"`
 	Hellos         *ebpf.MapSpec `ebpf:"hellos"`
 	LostStarts     *ebpf.MapSpec `ebpf:"lost_starts"`
 	Pendings       *ebpf.MapSpec `ebpf:"pendings"`
@@ -282,6 +291,7 @@ func (o *connectObjects) Close() error {
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectMaps struct {
 	Events         *ebpf.Map `ebpf:"events"`
+	Exited         *ebpf.Map `ebpf:"exited"`
 	Hellos         *ebpf.Map `ebpf:"hellos"`
 	LostStarts     *ebpf.Map `ebpf:"lost_starts"`
 	Pendings       *ebpf.Map `ebpf:"pendings"`
@@ -296,6 +306,7 @@ type connectMaps struct {
 func (m *connectMaps) Close() error {
 	return _ConnectClose(
 		m.Events,
+		m.Exited,
 		m.Hellos,
 		m.LostStarts,
 		m.Pendings,

@@ -13,7 +13,7 @@ func (c *Collector) ObjectIDs() (progs []ebpf.ProgramID, maps []ebpf.MapID) {
 		id, _ := info.ID()
 		progs = append(progs, id)
 	}
-	for _, m := range []*ebpf.Map{c.objs.Events, c.objs.Hellos, c.objs.Pendings, c.objs.ThreadPendings, c.objs.LostStarts, c.objs.UdpNetns, c.objs.Stats, c.objs.Scratch, c.objs.ScratchDepth} {
+	for _, m := range []*ebpf.Map{c.objs.Events, c.objs.Hellos, c.objs.Pendings, c.objs.ThreadPendings, c.objs.LostStarts, c.objs.UdpNetns, c.objs.Exited, c.objs.Stats, c.objs.Scratch, c.objs.ScratchDepth} {
 		info, err := m.Info()
 		if err != nil {
 			panic(err)
