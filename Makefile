@@ -95,9 +95,10 @@ generate: ## rebuild the BPF object and its Go bindings (needs Debian's clang-14
 	$(GO) generate ./collector/
 
 .PHONY: lint
-lint: ## gofmt, go vet, clang-format of bpf/, and shellcheck and ruby -c (of the Vagrantfile) where installed
+lint: ## gofmt, go vet, staticcheck, clang-format of bpf/, and shellcheck and ruby -c (of the Vagrantfile) where installed
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
 	@if command -v clang-format >/dev/null; then clang-format --dry-run --Werror bpf/*.c bpf/*.h bpf/headers/kernel.h bpf/headers/linux/types.h; fi
 	@if command -v shellcheck >/dev/null; then shellcheck .ci/run bench/*.sh deploy/vagrant/*.sh internal/vmtest/run.sh internal/vmtest/init; fi
 	@if command -v ruby >/dev/null; then ruby -c Vagrantfile >/dev/null; fi

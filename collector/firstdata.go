@@ -50,8 +50,6 @@ type heldConnect struct {
 	deadline time.Time
 }
 
-func (h *held) len() int { return h.index.Len() }
-
 // hold keeps ev until its first data or the deadline; it reports false
 // when maxHeld are held already.
 func (h *held) hold(ev *Event, deadline time.Time) bool {

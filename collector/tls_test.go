@@ -48,10 +48,9 @@ func TestTLSClientHello(t *testing.T) {
 		opensslAddr := srv.Addr.String()
 
 		type want struct {
-			sni        string
-			alpn       []string
-			pq         bool
-			serverName bool
+			sni  string
+			alpn []string
+			pq   bool
 		}
 		for _, c := range []struct {
 			name string

@@ -13,12 +13,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/callscope/callscope/internal/gobin"
 
 	utiljson "k8s.io/apimachinery/pkg/util/json"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -52,12 +53,8 @@ var (
 func agentBinary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		goBin, err := exec.LookPath("go")
-		if err != nil {
-			goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-		}
 		out := filepath.Join(buildDir, "callscope")
-		cmd := exec.Command(goBin, "build", "-trimpath", "-o", out, "./cmd/callscope")
+		cmd := exec.Command(gobin.Path(), "build", "-trimpath", "-o", out, "./cmd/callscope")
 		cmd.Dir = repoRoot(t)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if b, err := cmd.CombinedOutput(); err != nil {

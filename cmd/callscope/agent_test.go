@@ -11,13 +11,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/callscope/callscope/internal/gobin"
 
 	"github.com/callscope/callscope/internal/kerneltest"
 )
@@ -112,13 +113,7 @@ func binary(t *testing.T) string {
 			return
 		}
 		binOnce.path = filepath.Join(dir, "callscope")
-		// Under sudo the PATH may not hold go: fall back to the toolchain
-		// this test was built with.
-		gobin, err := exec.LookPath("go")
-		if err != nil {
-			gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
-		}
-		out, err := exec.Command(gobin, "build", "-o", binOnce.path, ".").CombinedOutput()
+		out, err := exec.Command(gobin.Path(), "build", "-o", binOnce.path, ".").CombinedOutput()
 		if err != nil {
 			binOnce.err = &buildError{err, string(out)}
 		}

@@ -7,9 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"syscall"
 	"time"
+
+	"github.com/callscope/callscope/internal/gobin"
 )
 
 // APIServerEnv names a kube-apiserver binary to use instead of
@@ -64,10 +65,7 @@ func buildAPIServer(root, bin string, logf func(string, ...any)) error {
 		return nil // built while this one waited
 	}
 
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
+	goBin := gobin.Path()
 	logf("kubetest: building %s (minutes without a warm Go build cache)", bin)
 	begin := time.Now()
 	tmp := bin + ".tmp"
