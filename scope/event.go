@@ -13,4 +13,8 @@ type Event struct {
 	// Scope is the verdict on the call. Its Verdict is zero when no policy
 	// is loaded, and on events that are not calls (loss).
 	Scope Judgement
+	// Findings are the hygiene marks on the call, whatever its verdict
+	// and with or without policies; none on events that are not calls. A
+	// verdict event repeats its connect's.
+	Findings Findings
 }

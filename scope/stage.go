@@ -20,7 +20,9 @@ type StageConfig struct {
 	// MaxPending bounds the pending calls remembered; past it the oldest
 	// is judged without waiting any longer. Default 65536.
 	MaxPending int
-	Logger     *slog.Logger
+	// Findings says how to find what; the zero value finds the defaults.
+	Findings FindingsConfig
+	Logger   *slog.Logger
 }
 
 // StageStats counts what a Stage did.
@@ -33,6 +35,10 @@ type StageStats struct {
 	TimedOut, Stopped, TrackingFull uint64
 	// PendingNow is the number of calls awaiting their ClientHello.
 	PendingNow uint64
+	// Findings counts the calls carrying each finding, by Finding: each
+	// connect and tls event once (a verdict event repeats its connect's,
+	// and is not counted again).
+	Findings [NumFindings]uint64
 }
 
 // Stage gives every event its verdict. A call that only a TLS server name
@@ -43,8 +49,9 @@ type StageStats struct {
 // JudgeBatch and Expire are for one goroutine, the pipeline's; Stats may
 // be called from any.
 type Stage struct {
-	cfg StageConfig
-	log *slog.Logger
+	cfg   StageConfig
+	log   *slog.Logger
+	rules *findingRules
 
 	// pending holds the calls awaiting their ClientHello in a list ordered
 	// by when they began to wait, so that the oldest are found first both
@@ -65,6 +72,7 @@ type Stage struct {
 	allowed, violation, unscoped, pendingVerdicts atomic.Uint64
 	closed                                        [numCauses]atomic.Uint64 // pending calls closed, by cause
 	pendingNow                                    atomic.Int64
+	findings                                      [NumFindings]atomic.Uint64
 }
 
 type pendingCall struct {
@@ -88,6 +96,7 @@ func NewStage(cfg StageConfig) *Stage {
 	return &Stage{
 		cfg:        cfg,
 		log:        cfg.Logger.With("component", "policy"),
+		rules:      newFindingRules(cfg.Findings),
 		pending:    make(map[uint64]int32),
 		head:       -1,
 		tail:       -1,
@@ -107,7 +116,15 @@ func (s *Stage) Stats() StageStats {
 		Stopped:      s.closed[CauseStopped].Load(),
 		TrackingFull: s.closed[CauseTrackingFull].Load(),
 		PendingNow:   uint64(max(s.pendingNow.Load(), 0)),
+		Findings:     s.findingCounts(),
 	}
+}
+
+func (s *Stage) findingCounts() (n [NumFindings]uint64) {
+	for f := range n {
+		n[f] = s.findings[f].Load()
+	}
+	return n
 }
 
 // JudgeBatch appends to out one Event per event of in, with its verdict,
@@ -118,7 +135,10 @@ func (s *Stage) Stats() StageStats {
 func (s *Stage) JudgeBatch(in []enrich.Event, out []Event, now time.Time) []Event {
 	m := s.cfg.Policies.Current()
 	for i := range in {
-		out = append(out, Event{Event: in[i]})
+		out = append(out, Event{Event: in[i], Findings: s.rules.find(&in[i])})
+		if f := out[len(out)-1].Findings; f != 0 && in[i].Kind != collector.KindVerdict {
+			s.countFindings(f)
+		}
 		if m == nil {
 			continue
 		}
@@ -247,7 +267,7 @@ func (s *Stage) rearmWarning() {
 // for its connect, and forgets it.
 func (s *Stage) close(out []Event, slot int32, now time.Time, cause Cause, wait time.Duration) []Event {
 	c := &s.slots[slot]
-	out = append(out, Event{Event: c.ev})
+	out = append(out, Event{Event: c.ev, Findings: s.rules.find(&c.ev)})
 	ev := &out[len(out)-1]
 	ev.Kind = collector.KindVerdict
 	ev.Time = now.UnixNano()
@@ -292,6 +312,14 @@ func (s *Stage) alloc() int32 {
 	}
 	s.slots = append(s.slots, pendingCall{})
 	return int32(len(s.slots) - 1)
+}
+
+func (s *Stage) countFindings(set Findings) {
+	for f := range NumFindings {
+		if set.Has(f) {
+			s.findings[f].Add(1)
+		}
+	}
 }
 
 func (s *Stage) count(v Verdict) {

@@ -136,7 +136,7 @@ func TestStage(t *testing.T) {
 			{collector.KindConnect, 7, Pending, ""},
 			{collector.KindTLS, 7, Violation, "no egress rule of billing-egress allows 203.0.113.5:443 (the ClientHello named no server)"},
 		},
-		stats: StageStats{Pending: 1, Violation: 1},
+		stats: StageStats{Pending: 1, Violation: 1, Findings: [NumFindings]uint64{NoSNI: 1}},
 	}, {
 		name: "pending with a DNS name, then another SNI",
 		steps: []step{
@@ -486,5 +486,33 @@ func TestRecentNames(t *testing.T) {
 	}
 	if len(r.index) != 3 {
 		t.Errorf("%d names held, want 3", len(r.index))
+	}
+}
+
+// TestStageFindings: findings come with or without policies, whatever the
+// verdict, and a verdict event repeats its connect's without counting them
+// again.
+func TestStageFindings(t *testing.T) {
+	plain := connect(billingPod, 9, "203.0.113.5:443", func(ev *enrich.Event) { ev.Plaintext = true })
+	for _, p := range []*Policies{nil, stagePolicies()} {
+		s := NewStage(StageConfig{Policies: p})
+		got := s.JudgeBatch([]enrich.Event{plain}, nil, t0)
+		got = s.Expire(got, t0.Add(time.Minute), false)
+		wantKinds := []collector.Kind{collector.KindConnect}
+		if p != nil {
+			// Pending on an SNI rule, closed by a verdict event.
+			wantKinds = append(wantKinds, collector.KindVerdict)
+		}
+		if len(got) != len(wantKinds) {
+			t.Fatalf("policies %v: %d events, want %d:\n%s", p != nil, len(got), len(wantKinds), describeEvents(got))
+		}
+		for i, ev := range got {
+			if ev.Kind != wantKinds[i] || !ev.Findings.Has(Plaintext) || ev.Findings.Has(NoSNI) {
+				t.Errorf("policies %v: event %d: %v with findings %b, want %v with plaintext", p != nil, i, ev.Kind, ev.Findings, wantKinds[i])
+			}
+		}
+		if n := s.Stats().Findings; n != [NumFindings]uint64{Plaintext: 1} {
+			t.Errorf("policies %v: findings counted %v, want plaintext once", p != nil, n)
+		}
 	}
 }
