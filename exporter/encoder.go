@@ -35,9 +35,9 @@ type Encoder struct {
 	reason []byte // scratch for a verdict's reason, escaped on its way out
 	// The scope member up to its reason, as written last, and what it says.
 	scopeHead struct {
-		enc          []byte
-		verdict      scope.Verdict
-		scopes, rule string
+		enc                   []byte
+		verdict               scope.Verdict
+		scopes, rule, version string
 	}
 	// The formatted second of the last event: events come in bursts of
 	// the same second, and formatting a date costs more than the rest of
@@ -144,13 +144,14 @@ func (e *Encoder) appendScope(dst []byte, ev *scope.Event) []byte {
 	j := &ev.Scope
 	// Verdicts come in runs of the same scope and rule: their members are
 	// escaped once per run.
-	if h := &e.scopeHead; h.enc == nil || h.verdict != j.Verdict || h.scopes != j.Scopes || h.rule != j.Rule {
-		h.verdict, h.scopes, h.rule = j.Verdict, j.Scopes, j.Rule
+	if h := &e.scopeHead; h.enc == nil || h.verdict != j.Verdict || h.scopes != j.Scopes || h.rule != j.Rule || h.version != j.PolicyVersion {
+		h.verdict, h.scopes, h.rule, h.version = j.Verdict, j.Scopes, j.Rule, j.PolicyVersion
 		h.enc = append(h.enc[:0], `,"scope":{"verdict":"`...)
 		h.enc = append(h.enc, j.Verdict.String()...)
 		h.enc = append(h.enc, '"')
 		h.enc = appendOptional(h.enc, `,"policy":`, j.Scopes)
 		h.enc = appendOptional(h.enc, `,"rule":`, j.Rule)
+		h.enc = appendOptional(h.enc, `,"policy_version":`, j.PolicyVersion)
 	}
 	dst = append(dst, e.scopeHead.enc...)
 	e.reason = scope.AppendReason(e.reason[:0], ev)

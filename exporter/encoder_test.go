@@ -113,7 +113,8 @@ func TestEncoderProcessRuns(t *testing.T) {
 }
 
 // TestEncoderScopeRuns: the scope member's head kept from the last verdict
-// is reused only while verdict, scopes and rule are the same.
+// is reused only while verdict, scopes, rule and policy version are the
+// same.
 func TestEncoderScopeRuns(t *testing.T) {
 	enc := NewEncoder("", "i")
 	steps := []scope.Judgement{
@@ -125,6 +126,9 @@ func TestEncoderScopeRuns(t *testing.T) {
 		{Verdict: scope.Pending, Scopes: "a,b"},
 		{Verdict: scope.Unscoped},
 		{},
+		{Verdict: scope.Allowed, Scopes: "a", Rule: "a/egress[0]", Via: scope.ViaCIDR},
+		{Verdict: scope.Allowed, Scopes: "a", Rule: "a/egress[0]", Via: scope.ViaCIDR, PolicyVersion: "3f2a9c01b7de"},
+		{Verdict: scope.Allowed, Scopes: "a", Rule: "a/egress[0]", Via: scope.ViaCIDR, PolicyVersion: "0c5e11a2f4d8"},
 		{Verdict: scope.Allowed, Scopes: "a", Rule: "a/egress[0]", Via: scope.ViaCIDR},
 	}
 	for i, j := range steps {
@@ -143,6 +147,9 @@ func TestEncoderScopeRuns(t *testing.T) {
 		}
 		if j.Rule != "" {
 			want["rule"] = j.Rule
+		}
+		if j.PolicyVersion != "" {
+			want["policy_version"] = j.PolicyVersion
 		}
 		if r := scope.AppendReason(nil, ev); len(r) > 0 {
 			want["reason"] = string(r)
@@ -560,6 +567,19 @@ func TestEncoderAllocs(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("Append allocates %v times per event, want 0", allocs)
+	}
+	// Verdicts under policy versions that change as policies reload.
+	judged := []scope.Event{
+		{Event: ev, Scope: scope.Judgement{Verdict: scope.Violation, Scopes: "billing", PolicyVersion: "3f2a9c01b7de"}},
+		{Event: ev, Scope: scope.Judgement{Verdict: scope.Allowed, Scopes: "billing", Rule: "billing/egress[0]", Via: scope.ViaCIDR, PolicyVersion: "0c5e11a2f4d8"}},
+	}
+	i := 0
+	allocs = testing.AllocsPerRun(1000, func() {
+		buf = enc.Append(buf[:0], &judged[i%2])
+		i++
+	})
+	if allocs != 0 {
+		t.Errorf("Append of a verdict allocates %v times per event, want 0", allocs)
 	}
 	loss := enrich.Event{Event: collector.Event{Kind: collector.KindLoss, Lost: 1,
 		LossStage: collector.StageQueue, LossReason: collector.ReasonQueueFull}}

@@ -80,12 +80,15 @@ type Judgement struct {
 	// waiting any longer for a call's TLS server name; see Cause.
 	Cause Cause
 	Wait  time.Duration
+	// PolicyVersion names the policy set that judged the call; see Version.
+	PolicyVersion string
 }
 
 // Matcher judges calls against a set of policies, compiled once. It is
 // meant for one goroutine (the pipeline's); build a new one to reload.
 type Matcher struct {
 	policies []compiledPolicy
+	version  string
 	// bindings caches which scopes bind a caller: callers are few and
 	// come back, and matching every subject on every event would not do.
 	bindings *gencache.Cache[callerKey, *binding]
@@ -157,7 +160,7 @@ type callerKey struct {
 
 // Compile prepares policies for judging. The policies are not kept.
 func Compile(policies []Policy) *Matcher {
-	m := &Matcher{bindings: gencache.New[callerKey, *binding](8192)}
+	m := &Matcher{bindings: gencache.New[callerKey, *binding](8192), version: Version(policies)}
 	for _, p := range policies {
 		cp := compiledPolicy{name: p.Name, subject: p.Subject}
 		for i, r := range p.Egress {
@@ -192,7 +195,7 @@ func (m *Matcher) Len() int { return len(m.policies) }
 // Judge judges ev's call. On a cached caller it does not allocate.
 func (m *Matcher) Judge(ev *enrich.Event, names Names, j *Judgement) {
 	b := m.bind(ev)
-	*j = Judgement{Scopes: b.scopes, Names: names}
+	*j = Judgement{Scopes: b.scopes, Names: names, PolicyVersion: m.version}
 	if len(b.scopes) == 0 {
 		j.Verdict = Unscoped
 		return

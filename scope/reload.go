@@ -87,7 +87,7 @@ func Watch(ctx context.Context, paths []string, log *slog.Logger) (*Policies, er
 		return nil, err
 	}
 	p.install(policies)
-	p.log.Info("policies loaded", "scopes", len(policies), "paths", paths)
+	p.log.Info("policies loaded", "scopes", len(policies), "policy_version", p.Current().Version(), "paths", paths)
 
 	if w == nil {
 		close(p.watcherDone)
@@ -158,8 +158,8 @@ func (p *Policies) Reload() error {
 		return nil
 	}
 	p.install(policies)
-	p.log.Info("policies reloaded", "scopes", len(policies), "generation", p.Generation(),
-		"took", time.Since(start))
+	p.log.Info("policies reloaded", "scopes", len(policies), "policy_version", p.Current().Version(),
+		"generation", p.Generation(), "took", time.Since(start))
 	return nil
 }
 

@@ -277,6 +277,9 @@ func (s *Stage) close(out []Event, slot int32, now time.Time, cause Cause, wait 
 		Names:   Names{DNS: c.judgement.Names.DNS, SNIFinal: true},
 		Cause:   cause,
 		Wait:    wait,
+		// Judged by the policies that made it pending, which may since
+		// have been replaced.
+		PolicyVersion: c.judgement.PolicyVersion,
 	}
 	s.count(Violation)
 	s.closed[cause].Add(1)

@@ -265,9 +265,10 @@ type tailEvent struct {
 		Comm string `json:"comm"`
 	} `json:"process"`
 	Scope *struct {
-		Verdict string `json:"verdict"`
-		Policy  string `json:"policy"`
-		Reason  string `json:"reason"`
+		Verdict       string `json:"verdict"`
+		Policy        string `json:"policy"`
+		Reason        string `json:"reason"`
+		PolicyVersion string `json:"policy_version"`
 	} `json:"scope"`
 	Loss *struct {
 		Stage  string `json:"stage"`
@@ -412,6 +413,10 @@ func (p *tailPrinter) format(b []byte, ev *tailEvent) []byte {
 			b = p.paint(b, ansiYellow, v)
 		default:
 			b = p.paint(b, ansiDim, v)
+		}
+		if s.PolicyVersion != "" {
+			b = append(b, ' ')
+			b = p.paint(b, ansiDim, "[policies "+termsafe.String(s.PolicyVersion)+"]")
 		}
 	}
 	return append(b, '\n')

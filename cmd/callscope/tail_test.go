@@ -96,7 +96,7 @@ func TestTail(t *testing.T) {
 	brokers := c.ListenAddrs()
 	produce(t, brokers, "callscope.events",
 		tailConnect("inst", 1, "allowed"),
-		tailConnect("inst", 2, "violation"),
+		strings.Replace(tailConnect("inst", 2, "violation"), `"scope":{`, `"scope":{"policy_version":"3f2a9c01b7de",`, 1),
 		tailConnect("inst", 3, "unscoped"),
 		tailConnect("inst", 3, "unscoped"), // at least once: a duplicate
 		// 4 and 5 never came; 6 says why
@@ -111,7 +111,7 @@ func TestTail(t *testing.T) {
 	lines := strings.Split(strings.TrimSuffix(stdout.String(), "\n"), "\n")
 	want := []string{
 		"2026-11-27T04:32:04.000Z " + billing + " → api.stripe.com:443 connect established allowed",
-		"2026-11-27T04:32:04.000Z " + billing + " → api.stripe.com:443 connect established violation (billing-egress: no egress rule allows 10.96.0.15:443)",
+		"2026-11-27T04:32:04.000Z " + billing + " → api.stripe.com:443 connect established violation (billing-egress: no egress rule allows 10.96.0.15:443) [policies 3f2a9c01b7de]",
 		"2026-11-27T04:32:04.000Z " + billing + " → api.stripe.com:443 connect established unscoped",
 		"2026-11-27T04:32:04.000Z " + billing + " → api.stripe.com:443 connect established unscoped",
 		"2026-11-27T04:32:05.000Z loss: 2 events lost at spool (spool_full) instance inst",
