@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,14 +33,16 @@ type Policies struct {
 	ok, failed  atomic.Uint64
 	paths       []string
 	log         *slog.Logger
-	mu          sync.Mutex // one reload at a time
-	loaded      []Policy   // what cur was compiled from; guarded by mu
+	mu          sync.Mutex // one change at a time
+	loaded      []Policy   // the files' policies in force; guarded by mu
+	objects     *Objects   // the cluster's, when watched; guarded by mu
+	fixed       bool       // made by NewPolicies
 	watcherDone chan struct{}
 }
 
 // NewPolicies returns policies fixed to m: Reload does nothing.
 func NewPolicies(m *Matcher) *Policies {
-	p := &Policies{log: slog.Default().With("component", "policy"), watcherDone: make(chan struct{})}
+	p := &Policies{log: slog.Default().With("component", "policy"), watcherDone: make(chan struct{}), fixed: true}
 	p.cur.Store(m)
 	p.generation.Store(1)
 	close(p.watcherDone)
@@ -87,7 +90,7 @@ func Watch(ctx context.Context, paths []string, log *slog.Logger) (*Policies, er
 		return nil, err
 	}
 	p.install(policies)
-	p.log.Info("policies loaded", "scopes", len(policies), "policy_version", p.Current().Version(), "paths", paths)
+	p.log.Info("policies loaded", "scopes", p.Len(), "policy_version", p.Current().Version(), "paths", paths)
 
 	if w == nil {
 		close(p.watcherDone)
@@ -158,7 +161,7 @@ func (p *Policies) Reload() error {
 		return nil
 	}
 	p.install(policies)
-	p.log.Info("policies reloaded", "scopes", len(policies), "policy_version", p.Current().Version(),
+	p.log.Info("policies reloaded", "scopes", p.Len(), "policy_version", p.Current().Version(),
 		"generation", p.Generation(), "took", time.Since(start))
 	return nil
 }
@@ -169,9 +172,20 @@ func (p *Policies) Reload() error {
 // collection costs about what the reload did.
 func release() { debug.FreeOSMemory() }
 
+// install puts the files' policies in force, with the objects'.
 func (p *Policies) install(policies []Policy) {
 	p.loaded = policies
-	p.cur.Store(Compile(policies))
+	p.rebuild()
+}
+
+// rebuild compiles the files' policies and the objects' (with p.mu held,
+// but for the first install) and swaps the result in.
+func (p *Policies) rebuild() {
+	all := p.loaded
+	if p.objects != nil {
+		all = append(slices.Clip(all), p.objects.inForce(p.loaded)...)
+	}
+	p.cur.Store(Compile(all))
 	p.generation.Add(1)
 }
 
