@@ -26,7 +26,10 @@ type Sources struct {
 	Enrich    func() enrich.Stats
 	Scope     func() scope.StageStats
 	// Reloads counts policy loads by result; nil when no policy is given.
-	Reloads  func() (ok, failed uint64)
+	Reloads func() (ok, failed uint64)
+	// Objects counts the cluster's CallScope objects; nil without
+	// Kubernetes.
+	Objects  func() scope.ObjectStats
 	Programs func() []collector.ProgramStats
 	// Features are what the kernel let the programs do.
 	Features func() []collector.Feature
@@ -99,6 +102,15 @@ var (
 		"Calls awaiting their TLS ClientHello for a final verdict.", nil, nil)
 	reloadsDesc = prometheus.NewDesc("callscope_policy_reloads_total",
 		"Policy loads, by result: ok, or error (the policy in force stays).", []string{"result"}, nil)
+	objectsDesc = prometheus.NewDesc("callscope_policy_objects",
+		"CallScope objects of the cluster, by state: valid (in force as stored), stale (refused as stored; its last valid version is in force), invalid (refused, or named as a file's policy: it binds nothing).",
+		[]string{"state"}, nil)
+	objectsRejectedDesc = prometheus.NewDesc("callscope_policy_objects_rejected_total",
+		"Versions of CallScope objects the agent refused, each logged with its problems.", nil, nil)
+	objectsFailuresDesc = prometheus.NewDesc("callscope_policy_objects_watch_failures_total",
+		"Requests to list or watch CallScope objects that failed (the API server unreachable or refusing); the objects last read stay in force.", nil, nil)
+	objectsSyncedDesc = prometheus.NewDesc("callscope_policy_objects_synced",
+		"1 while the CallScope objects in force are the API server's (read, and the watch up), else 0.", nil, nil)
 	helloDesc = prometheus.NewDesc("callscope_tls_client_hellos_total",
 		"TLS ClientHellos seen on outbound connections, by result: ok, truncated (parsed from a cut capture), unparsable (no tls event), dropped (too many handshakes in flight).",
 		[]string{"result"}, nil)
@@ -132,6 +144,7 @@ func (s *stageCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- cacheDesc
 	ch <- podWaitsDesc
 	for _, d := range []*prometheus.Desc{verdictsDesc, violationsDesc, pendingClosedDesc, pendingDesc, reloadsDesc,
+		objectsDesc, objectsRejectedDesc, objectsFailuresDesc, objectsSyncedDesc,
 		helloDesc, unattributedDesc, serverHelloDesc, dnsDesc, namesDesc, progRunsDesc, progTimeDesc, featureDesc} {
 		ch <- d
 	}
@@ -174,6 +187,19 @@ func (s *stageCollector) Collect(ch chan<- prometheus.Metric) {
 		ok, failed := s.src.Reloads()
 		ch <- prometheus.MustNewConstMetric(reloadsDesc, prometheus.CounterValue, float64(ok), "ok")
 		ch <- prometheus.MustNewConstMetric(reloadsDesc, prometheus.CounterValue, float64(failed), "error")
+	}
+	if s.src.Objects != nil {
+		st := s.src.Objects()
+		ch <- prometheus.MustNewConstMetric(objectsDesc, prometheus.GaugeValue, float64(st.Valid), "valid")
+		ch <- prometheus.MustNewConstMetric(objectsDesc, prometheus.GaugeValue, float64(st.Stale), "stale")
+		ch <- prometheus.MustNewConstMetric(objectsDesc, prometheus.GaugeValue, float64(st.Invalid), "invalid")
+		ch <- prometheus.MustNewConstMetric(objectsRejectedDesc, prometheus.CounterValue, float64(st.Rejected))
+		ch <- prometheus.MustNewConstMetric(objectsFailuresDesc, prometheus.CounterValue, float64(st.WatchFailures))
+		synced := 0.0
+		if st.Synced {
+			synced = 1
+		}
+		ch <- prometheus.MustNewConstMetric(objectsSyncedDesc, prometheus.GaugeValue, synced)
 	}
 	if s.src.Programs != nil {
 		for _, p := range s.src.Programs() {

@@ -1,6 +1,7 @@
 package exporter
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -22,5 +23,34 @@ func TestMetricsWritten(t *testing.T) {
 	if c, l, tl := testutil.ToFloat64(m.events[collector.KindConnect]), testutil.ToFloat64(m.events[collector.KindLoss]),
 		testutil.ToFloat64(m.events[collector.KindTLS]); c != 3 || l != 1 || tl != 1 {
 		t.Errorf("connect %v loss %v tls %v, want 3, 1 and 1", c, l, tl)
+	}
+}
+
+func TestMetricsPolicyObjects(t *testing.T) {
+	st := scope.ObjectStats{Valid: 3, Stale: 1, Invalid: 2, Rejected: 5, WatchFailures: 7, Synced: true}
+	m := NewMetrics(Sources{Objects: func() scope.ObjectStats { return st }})
+	want := `
+# HELP callscope_policy_objects CallScope objects of the cluster, by state: valid (in force as stored), stale (refused as stored; its last valid version is in force), invalid (refused, or named as a file's policy: it binds nothing).
+# TYPE callscope_policy_objects gauge
+callscope_policy_objects{state="invalid"} 2
+callscope_policy_objects{state="stale"} 1
+callscope_policy_objects{state="valid"} 3
+# HELP callscope_policy_objects_rejected_total Versions of CallScope objects the agent refused, each logged with its problems.
+# TYPE callscope_policy_objects_rejected_total counter
+callscope_policy_objects_rejected_total 5
+# HELP callscope_policy_objects_synced 1 while the CallScope objects in force are the API server's (read, and the watch up), else 0.
+# TYPE callscope_policy_objects_synced gauge
+callscope_policy_objects_synced 1
+# HELP callscope_policy_objects_watch_failures_total Requests to list or watch CallScope objects that failed (the API server unreachable or refusing); the objects last read stay in force.
+# TYPE callscope_policy_objects_watch_failures_total counter
+callscope_policy_objects_watch_failures_total 7
+`
+	names := []string{"callscope_policy_objects", "callscope_policy_objects_rejected_total", "callscope_policy_objects_synced", "callscope_policy_objects_watch_failures_total"}
+	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want), names...); err != nil {
+		t.Error(err)
+	}
+	// Without Kubernetes there are no objects to count, and no series.
+	if n, err := testutil.GatherAndCount(NewMetrics(Sources{}).Registry, names...); err != nil || n != 0 {
+		t.Errorf("without objects: %d series (%v), want none", n, err)
 	}
 }
