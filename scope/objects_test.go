@@ -2,9 +2,7 @@ package scope
 
 import (
 	"context"
-	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -278,79 +276,6 @@ func TestObjectChangeLatency(t *testing.T) {
 	t.Logf("create call %v; from its return to the policies in force %v", created.Sub(accepted), time.Since(created))
 }
 
-// forwarder passes TCP connections to an address on, while it is up.
-type forwarder struct {
-	addr, to string
-	mu       sync.Mutex
-	ln       net.Listener
-	conns    []net.Conn
-}
-
-func forward(t *testing.T, to string, up bool) *forwarder {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &forwarder{addr: ln.Addr().String(), to: to}
-	ln.Close()
-	if up {
-		f.up(t)
-	}
-	t.Cleanup(f.cut)
-	return f
-}
-
-// up listens again, on the same address.
-func (f *forwarder) up(t *testing.T) {
-	t.Helper()
-	ln, err := net.Listen("tcp", f.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.mu.Lock()
-	f.ln = ln
-	f.mu.Unlock()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", f.to)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			f.mu.Lock()
-			f.conns = append(f.conns, c, up)
-			f.mu.Unlock()
-			go func() { io.Copy(up, c); up.Close() }()
-			go func() { io.Copy(c, up); c.Close() }()
-		}
-	}()
-}
-
-// cut closes the listener and every connection: connecting is refused.
-func (f *forwarder) cut() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.ln != nil {
-		f.ln.Close()
-		f.ln = nil
-	}
-	for _, c := range f.conns {
-		c.Close()
-	}
-	f.conns = nil
-}
-
-func viaForwarder(cp *kubetest.ControlPlane, f *forwarder) *rest.Config {
-	cfg := rest.CopyConfig(cp.Config)
-	cfg.Host = "https://" + f.addr
-	return cfg
-}
-
 // The API server cannot be reached at start: the files are in force, the
 // failure is logged once and counted, and the objects come in once it
 // answers. Then it goes away: the objects read stay in force, and what
@@ -362,8 +287,8 @@ func TestObjectsAPIServerUnreachable(t *testing.T) {
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "a.yaml"), policyDoc("reach-file"))
 
-	fwd := forward(t, strings.TrimPrefix(cp.URL, "https://"), false)
-	p, o := watchObjects(t, viaForwarder(cp, fwd), dir)
+	fwd := cp.Forward(t, false)
+	p, o := watchObjects(t, fwd.ConfigFor(cp, cp.AdminToken), dir)
 	if o.WaitSynced(context.Background(), 2*time.Second) {
 		t.Fatal("synced with the API server unreachable")
 	}
@@ -379,7 +304,7 @@ func TestObjectsAPIServerUnreachable(t *testing.T) {
 		t.Errorf("want the failure logged once, with its cause (%d times):\n%s", n, log)
 	}
 
-	fwd.up(t)
+	fwd.Up(t)
 	// The informer retries with a backoff of up to 30 s.
 	if !o.WaitSynced(context.Background(), time.Minute) {
 		t.Fatal("not synced a minute after the API server came back")
@@ -389,7 +314,7 @@ func TestObjectsAPIServerUnreachable(t *testing.T) {
 	}
 
 	// Gone again, after the objects were read.
-	fwd.cut()
+	fwd.Cut()
 	failures := o.Stats().WatchFailures
 	waitLong(t, "the watch to fail", func() bool { st := o.Stats(); return !st.Synced && st.WatchFailures > failures })
 	if !strings.Contains(p.log.String(), "cannot reach the API server; the objects last read stay in force") {
@@ -402,7 +327,7 @@ func TestObjectsAPIServerUnreachable(t *testing.T) {
 		t.Errorf("with the API server gone: %+v, want reach-a still in force", j)
 	}
 
-	fwd.up(t)
+	fwd.Up(t)
 	waitLong(t, "the changes made meanwhile", func() bool { return has(p.Policies, "reach-b") && !has(p.Policies, "reach-a") })
 	waitLong(t, "synced again", func() bool { return o.Stats().Synced })
 }

@@ -193,8 +193,12 @@ func (cp *ControlPlane) Kubeconfig(t testing.TB, token string) string {
 
 // WriteKubeconfig writes a kubeconfig that authenticates with token.
 func (cp *ControlPlane) WriteKubeconfig(path, token string) error {
+	return writeKubeconfig(path, cp.URL, cp.CAData, token)
+}
+
+func writeKubeconfig(path, server string, ca []byte, token string) error {
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["kubetest"] = &clientcmdapi.Cluster{Server: cp.URL, CertificateAuthorityData: cp.CAData}
+	cfg.Clusters["kubetest"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: ca}
 	cfg.AuthInfos["kubetest"] = &clientcmdapi.AuthInfo{Token: token}
 	cfg.Contexts["kubetest"] = &clientcmdapi.Context{Cluster: "kubetest", AuthInfo: "kubetest"}
 	cfg.CurrentContext = "kubetest"
