@@ -420,7 +420,7 @@ func TestRBAC(t *testing.T) {
 		{"", "pods", "get"}, {"", "pods", "list"}, {"", "pods", "watch"},
 		{"apps", "replicasets", "get"},
 		{"batch", "jobs", "get"},
-		{"callscope.dev", "callscopes", "get"}, {"callscope.dev", "callscopes", "list"}, {"callscope.dev", "callscopes", "watch"},
+		{"callscope.dev", "callscopes", "list"}, {"callscope.dev", "callscopes", "watch"},
 		// --metrics-auth=kubernetes.
 		{"authentication.k8s.io", "tokenreviews", "create"},
 		{"authorization.k8s.io", "subjectaccessreviews", "create"},

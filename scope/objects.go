@@ -256,7 +256,7 @@ func (o *Objects) unreachable(err error) {
 	case apierrors.IsNotFound(err):
 		attrs = append(attrs, "hint", "is the CallScope CRD installed? (deploy/kubernetes/crd-callscopes.yaml)")
 	case apierrors.IsForbidden(err):
-		attrs = append(attrs, "hint", "the agent's ClusterRole needs get, list and watch on callscopes.callscope.dev")
+		attrs = append(attrs, "hint", "the agent's ClusterRole needs list and watch on callscopes.callscope.dev")
 	}
 	select {
 	case <-o.synced:

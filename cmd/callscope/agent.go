@@ -15,7 +15,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/callscope/callscope/collector"
@@ -64,6 +67,11 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	kube, kubeOn, err := enrich.KubeClient(cfg.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+
 	var policies *scope.Policies
 	if len(cfg.policies) > 0 {
 		policies, err = scope.Watch(ctx, cfg.policies, log)
@@ -85,12 +93,18 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 			}
 		}()
 	}
+	var objects *scope.Objects
+	kubeStart := time.Now()
+	if kubeOn {
+		if policies == nil {
+			policies = scope.WithoutFiles(log)
+		}
+		if objects, err = watchObjects(ctx, cfg.kubeconfig, policies); err != nil {
+			return err
+		}
+	}
 	stage := scope.NewStage(scope.StageConfig{Policies: policies, PendingTimeout: cfg.pendingTimeout, Logger: log})
 
-	kube, kubeOn, err := enrich.KubeClient(cfg.kubeconfig)
-	if err != nil {
-		return fmt.Errorf("kubernetes client: %w", err)
-	}
 	switch {
 	case cfg.metricsAuth == "" && kubeOn:
 		// Where there is an API server to ask, scrapes must show it a token.
@@ -103,6 +117,13 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	var pods *enrich.PodIndex
 	if kubeOn {
 		pods = startPodIndex(ctx, kube, cfg.nodeName, log)
+		// Read while the pods were: usually both are in before the first
+		// call is judged, and an API server that does not answer holds
+		// the start up once.
+		if !objects.WaitSynced(ctx, objectSyncTimeout-time.Since(kubeStart)) {
+			log.Error("CallScope objects not read yet; until they are, calls are judged by the --policy files alone",
+				"policy_files", len(cfg.policies))
+		}
 	}
 	enr, err := enrich.New(enrich.Config{CgroupRoot: cfg.cgroupRoot, Pods: pods, TrustDomain: cfg.trustDomain, Logger: log})
 	if err != nil {
@@ -117,8 +138,11 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	defer coll.Close()
 
 	src := exporter.Sources{Collector: coll.Stats, Enrich: enr.Stats, Scope: stage.Stats, Programs: coll.Programs, Features: coll.Features}
-	if policies != nil {
+	if len(cfg.policies) > 0 {
 		src.Reloads = policies.Reloads
+	}
+	if objects != nil {
+		src.Objects = objects.Stats
 	}
 	metrics := exporter.NewMetrics(src)
 
@@ -149,7 +173,7 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	stream := exporter.NewStream(exporter.NewEncoder(cfg.nodeName, instance), out, msgs, metrics)
 	log.Info("capturing outbound TCP connects, TLS hellos and DNS answers", "node", cfg.nodeName, "instance", instance,
 		"cgroup_root", cfg.cgroupRoot, "metrics", cfg.metricsAddr, "metrics_auth", cfg.metricsAuth, "stdout", cfg.stdout, "kafka", kafka != nil,
-		"kubernetes", pods != nil, "policies", policies != nil)
+		"kubernetes", pods != nil, "policy_files", len(cfg.policies), "policy_objects", objects != nil)
 
 	go func() {
 		<-ctx.Done()
@@ -188,7 +212,42 @@ func startPodIndex(ctx context.Context, client kubernetes.Interface, nodeName st
 	return pods
 }
 
+// watchObjects keeps the cluster's CallScope objects in force with the
+// policy files. The API server is asked as enrich.KubeClient asks it, with
+// a dynamic client: CallScope objects are not served as protobuf.
+func watchObjects(ctx context.Context, kubeconfig string, policies *scope.Policies) (*scope.Objects, error) {
+	cfg, err := kubeRESTConfig(kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client for CallScope objects: %w", err)
+	}
+	return policies.WatchObjects(ctx, dyn)
+}
+
+// kubeRESTConfig is the configuration enrich.KubeClient builds, for a
+// Kubernetes it found on: from the kubeconfig given, else in-cluster.
+func kubeRESTConfig(kubeconfig string) (*rest.Config, error) {
+	var cfg *rest.Config
+	var err error
+	if kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client for CallScope objects: %w", err)
+	}
+	cfg.UserAgent = "callscope"
+	return cfg, nil
+}
+
 const (
+	// objectSyncTimeout bounds the wait for the CallScope objects at
+	// start, counted from when they began to be read, with the pods'.
+	objectSyncTimeout = 30 * time.Second
 	podSyncTimeout    = 30 * time.Second
 	kafkaCloseTimeout = 10 * time.Second
 	// releaseEvery lets events held back for their pod go on when no new

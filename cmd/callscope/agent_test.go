@@ -21,11 +21,14 @@ import (
 	"github.com/callscope/callscope/internal/gobin"
 
 	"github.com/callscope/callscope/internal/kerneltest"
+	"github.com/callscope/callscope/internal/kubetest"
 )
 
 func TestMain(m *testing.M) {
 	kerneltest.MaybeRunHelper()
-	os.Exit(m.Run())
+	code := m.Run()
+	kubetest.Stop()
+	os.Exit(code)
 }
 
 // event is the part of the JSON schema the end-to-end test reads.
@@ -86,9 +89,11 @@ type agent struct {
 	metrics string
 	mu      sync.Mutex
 	events  []event
-	raw     [][]byte // the lines of events, as written
+	raw     [][]byte    // the lines of events, as written
+	read    []time.Time // when each line was read
 	bad     []string
 	done    chan struct{}
+	log     *testLog
 }
 
 var binOnce struct {
@@ -143,10 +148,17 @@ func freePort(t *testing.T) string {
 
 func startAgent(t *testing.T, args ...string) *agent {
 	t.Helper()
+	return startAgentWithin(t, 10*time.Second, args...)
+}
+
+// startAgentWithin starts the agent and waits up to timeout for it to be
+// ready.
+func startAgentWithin(t *testing.T, timeout time.Duration, args ...string) *agent {
+	t.Helper()
 	kerneltest.Require(t)
-	a := &agent{metrics: freePort(t), done: make(chan struct{})}
+	a := &agent{metrics: freePort(t), done: make(chan struct{}), log: &testLog{t: t}}
 	a.cmd = exec.Command(binary(t), append([]string{"run", "--metrics-addr", a.metrics, "--node-name", "test-node"}, args...)...)
-	a.cmd.Stderr = &testLog{t: t}
+	a.cmd.Stderr = a.log
 	stdout, err := a.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -170,17 +182,18 @@ func startAgent(t *testing.T, args ...string) *agent {
 			} else {
 				a.events = append(a.events, e)
 				a.raw = append(a.raw, bytes.Clone(sc.Bytes()))
+				a.read = append(a.read, time.Now())
 			}
 			a.mu.Unlock()
 		}
 	}()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(timeout)
 	for {
 		if code := get(a.metrics + "/readyz"); code == http.StatusOK {
 			return a
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("agent not ready after 10s")
+			t.Fatalf("agent not ready after %v", timeout)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -237,15 +250,24 @@ func (a *agent) lines(pid int) [][]byte {
 }
 
 type testLog struct {
-	t  *testing.T
-	mu sync.Mutex
+	t    *testing.T
+	mu   sync.Mutex
+	text strings.Builder
 }
 
 func (l *testLog) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.t.Logf("agent: %s", strings.TrimRight(string(b), "\n"))
+	l.text.Write(b)
 	return len(b), nil
+}
+
+// String is what the agent logged so far.
+func (l *testLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.text.String()
 }
 
 // TestAgentReportsConnects runs the built binary as a user would and checks
