@@ -15,9 +15,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/callscope/callscope/internal/kubetest"
+	"github.com/callscope/callscope/scope"
 )
 
 // kustomizationFiles lists a kustomization's resources, as paths.
@@ -178,4 +180,57 @@ func selfAccess(t *testing.T, client kubernetes.Interface, spec authorizationv1.
 		t.Fatalf("self subject access review: %v", err)
 	}
 	return r.Status.Allowed
+}
+
+// TestCRDAdmission creates CallScopes on a real API server, as `kubectl
+// apply` does (field validation strict), dry run: what the schema and its
+// CEL rules refuse is refused there with the API server's own error, and
+// every valid form and shipped policy is taken.
+func TestCRDAdmission(t *testing.T) {
+	cp, _ := deployedCluster(t)
+	res := dynamic.NewForConfigOrDie(cp.Config).Resource(scope.Resource)
+	create := func(doc string) error {
+		u := &unstructured.Unstructured{Object: toObject(t, []byte(doc))}
+		_, err := res.Create(context.Background(), u, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"})
+		return err
+	}
+	refused := append(slices.Clone(schemaCases), celCases...)
+	for _, c := range refused {
+		t.Run("refuses/"+c.name, func(t *testing.T) {
+			err := create(caseDoc(c.doc))
+			if err == nil {
+				t.Fatalf("the API server takes it:\n%s", caseDoc(c.doc))
+			}
+			if !apierrors.IsInvalid(err) && !apierrors.IsBadRequest(err) {
+				t.Errorf("refused, but not as invalid: %v", err)
+			}
+			t.Log(err)
+		})
+	}
+	for _, c := range celCases {
+		t.Run("cel/"+c.name, func(t *testing.T) {
+			if _, err := scope.Parse("case.yaml", []byte(caseDoc(c.doc))); err == nil {
+				t.Errorf("the agent accepts it")
+			}
+		})
+	}
+	for _, c := range schemaGaps {
+		t.Run("gap/"+c.name, func(t *testing.T) {
+			if err := create(caseDoc(c.doc)); err != nil {
+				t.Errorf("the API server now refuses it (%v): move the case to celCases", err)
+			}
+		})
+	}
+	for i, doc := range acceptCases {
+		if err := create(caseDoc(doc)); err != nil {
+			t.Errorf("accept case %d: %v", i, err)
+		}
+	}
+	for _, f := range shippedPolicies(t) {
+		for _, doc := range documents(t, f) {
+			if err := create(string(doc)); err != nil {
+				t.Errorf("%s: %v", f.name, err)
+			}
+		}
+	}
 }

@@ -414,14 +414,27 @@ var schemaCases = []struct{ name, doc string }{
 	{"a boolean port", "{subject: {namespace: a}, egress: [{to: [{cidr: 10.0.0.0/8}], ports: [true]}]}"},
 	{"no ports listed", "{subject: {namespace: a}, egress: [{to: [{cidr: 10.0.0.0/8}], ports: []}]}"},
 	{"udp", "{subject: {namespace: a}, egress: [{to: [{cidr: 10.0.0.0/8}], protocol: udp}]}"},
+	{"a service without its namespace", "{subject: {namespace: a}, egress: [{to: [{service: ledger}]}]}"},
+	{"a service name starting with a digit", "{subject: {namespace: a}, egress: [{to: [{service: payments/1ledger}]}]}"},
+	{"an upper-case callee namespace", "{subject: {namespace: a}, egress: [{to: [{namespace: Shared}]}]}"},
+	{"a callee spiffeID that is not one", `{subject: {namespace: a}, egress: [{to: [{spiffeID: "cluster.local/ns/a/sa/b"}]}]}`},
+	{"service and namespace in one destination", "{subject: {namespace: a}, egress: [{to: [{service: a/b, namespace: a}]}]}"},
 }
 
-// schemaGaps are CallScopes the agent refuses and OpenAPI cannot: the CRD
+// celCases are CallScopes the agent refuses and the API server refuses by
+// the CRD's CEL rules, which a plain OpenAPI validator does not run.
+var celCases = []struct{ name, doc string }{
+	{"an address out of range", "{subject: {namespace: a}, egress: [{to: [{cidr: 10.0.0.300}]}]}"},
+	{"host bits set", "{subject: {namespace: a}, egress: [{to: [{cidr: 10.0.0.1/8}]}]}"},
+	{"host bits set in IPv6", `{subject: {namespace: a}, egress: [{to: [{cidr: "2001:db8::1/32"}]}]}`},
+	{"a prefix longer than the address", "{subject: {namespace: a}, egress: [{to: [{cidr: 10.0.0.0/33}]}]}"},
+	{"an IPv6 address with too many groups", "{subject: {namespace: a}, egress: [{to: [{cidr: \"1:2:3:4:5:6:7:8:9\"}]}]}"},
+}
+
+// schemaGaps are CallScopes the agent refuses and the CRD cannot: the API
 // accepts them, and the agent's check is the one that catches them. A case
 // the CRD learns to refuse belongs in schemaCases.
 var schemaGaps = []struct{ name, doc string }{
-	{"host bits set", "{subject: {namespace: a}, egress: [{to: [{cidr: 10.0.0.1/8}]}]}"},
-	{"an address out of range", "{subject: {namespace: a}, egress: [{to: [{cidr: 10.0.0.300}]}]}"},
 	{"an unclosed bracket in a glob", `{subject: {exe: "/app/[billing"}}`},
 	{"a range that runs backwards", `{subject: {namespace: a}, egress: [{to: [{cidr: 10.0.0.0/8}], ports: ["90-80"]}]}`},
 }
@@ -459,16 +472,19 @@ func TestCRDSchemaRefuses(t *testing.T) {
 	}
 }
 
-// TestCRDSchemaAccepts covers the forms a valid field may take beyond the
-// shipped examples.
+// acceptCases are forms a valid field may take beyond the shipped
+// examples.
+var acceptCases = []string{
+	`{subject: {podLabels: {app: billing, tier: "1"}}}`,
+	`{subject: {spiffeID: "spiffe://cluster.local/ns/*/sa/*"}}`,
+	`{subject: {cgroup: "/system.slice/*"}, egress: [{to: [{cidr: "::/0"}, {cidr: 192.0.2.7}, {cidr: "2001:db8::1"}], ports: [1, 65535, "1-65535", "0443"]}]}`,
+	`{subject: {systemdUnit: "backup?.service"}, egress: [{to: [{dns: "**.amazonaws.com"}, {sni: "API.Stripe.com."}], protocol: TCP}]}`,
+	`{subject: {namespace: a}, egress: [{to: [{service: payments/ledger}, {namespace: kube-system}, {spiffeID: "spiffe://cluster.local/ns/*/sa/ledger"}], ports: [8443]}]}`,
+}
+
 func TestCRDSchemaAccepts(t *testing.T) {
 	v := crdValidator(t)
-	for _, doc := range []string{
-		`{subject: {podLabels: {app: billing, tier: "1"}}}`,
-		`{subject: {spiffeID: "spiffe://cluster.local/ns/*/sa/*"}}`,
-		`{subject: {cgroup: "/system.slice/*"}, egress: [{to: [{cidr: "::/0"}, {cidr: 192.0.2.7}], ports: [1, 65535, "1-65535", "0443"]}]}`,
-		`{subject: {systemdUnit: "backup?.service"}, egress: [{to: [{dns: "**.amazonaws.com"}, {sni: "API.Stripe.com."}], protocol: TCP}]}`,
-	} {
+	for _, doc := range acceptCases {
 		doc = caseDoc(doc)
 		if _, err := scope.Parse("case.yaml", []byte(doc)); err != nil {
 			t.Errorf("the agent refuses it: %v\n%s", err, doc)
