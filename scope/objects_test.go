@@ -198,9 +198,9 @@ func TestObjectsInForce(t *testing.T) {
 
 	// Broken in a way the API server accepts and the parser does not:
 	// the last valid version stays in force.
-	objs.update("obj-a", `{subject: {exe: /app/obj}, egress: [{to: [{cidr: 10.2.0.1/16}], ports: [443]}]}`)
+	objs.update("obj-a", `{subject: {exe: /app/obj}, egress: [{to: [{cidr: 10.2.0.0/16}], ports: ["444-443"]}]}`)
 	waitFor(t, "obj-a refused", func() bool { return o.Stats().Stale == 1 })
-	wantLog := `callscope obj-a: spec.egress[0].to[0].cidr: \"10.2.0.1/16\" has host bits set`
+	wantLog := `callscope obj-a: spec.egress[0].ports[0]: \"444-443\" is an empty range`
 	if log := p.log.String(); !strings.Contains(log, wantLog) || !strings.Contains(log, "its last valid version stays in force") {
 		t.Errorf("log lacks %s:\n%s", wantLog, log)
 	}
