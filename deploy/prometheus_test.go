@@ -10,6 +10,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+
+	"github.com/callscope/callscope/scope"
 )
 
 // contractMetrics are the metric names the contract fixes, which alerts
@@ -147,13 +149,52 @@ func TestPrometheusBinding(t *testing.T) {
 
 func TestPrometheusRules(t *testing.T) {
 	ms := manifests(t)
-	pr := find(t, ms, "PrometheusRule")
 	svc := decodeStrict[*corev1.Service](t, find(t, ms, "Service"))
-	what := pr.String()
-
+	applied := kustomizationFiles(t, filepath.Join("kubernetes", "prometheus"))
+	noisy := kustomizationFiles(t, filepath.Join("kubernetes", "prometheus", "noisy-findings"))
+	var rules []manifest
+	for _, m := range ms {
+		if m.gvk.Kind == "PrometheusRule" {
+			rules = append(rules, m)
+		}
+	}
 	served := agentMetrics(t)
 	metricName := regexp.MustCompile(`\bcallscope_[a-z_]+`)
 	seen := map[string]bool{}
+	var exprs []string
+	for _, pr := range rules {
+		// The noisy findings' alerts ship apart, applied on their own.
+		if !slices.Contains(applied, pr.file) && !slices.Contains(noisy, pr.file) {
+			t.Errorf("%s: applied by neither kubernetes/prometheus nor its noisy-findings", pr.file)
+		}
+		exprs = append(exprs, checkRules(t, pr, svc, served, metricName, seen)...)
+	}
+
+	all := strings.Join(exprs, "\n")
+	for _, want := range []struct{ about, re string }{
+		{"scope violations", `rate\(callscope_verdicts_total\{[^}]*verdict="violation"`},
+		{"lost events", `increase\(callscope_events_lost_total`},
+		{"failing Kafka delivery", `callscope_kafka_delivery_failures_total`},
+		{"a growing spool", `deriv\(callscope_spool_bytes`},
+		{"an agent down", `up\{[^}]*\}\s*==\s*0`},
+		{"no agent at all", `absent\(up\{`},
+	} {
+		if !regexp.MustCompile(want.re).MatchString(all) {
+			t.Errorf("no alert on %s (no expression matches %s)", want.about, want.re)
+		}
+	}
+	for _, f := range scope.Catalogue {
+		if !regexp.MustCompile(`callscope_findings_total\{[^}]*finding=~?"[^"]*\b` + f.ID + `\b`).MatchString(all) {
+			t.Errorf("no alert on finding %s", f.ID)
+		}
+	}
+}
+
+// checkRules checks the rules of one PrometheusRule and returns their
+// expressions.
+func checkRules(t *testing.T, pr manifest, svc *corev1.Service, served []string, metricName *regexp.Regexp, seen map[string]bool) []string {
+	t.Helper()
+	what := pr.String()
 	var exprs []string
 	for _, g := range field[[]any](t, pr.obj, what, "spec", "groups") {
 		field[string](t, g, what, "name")
@@ -184,19 +225,7 @@ func TestPrometheusRules(t *testing.T) {
 		}
 	}
 
-	all := strings.Join(exprs, "\n")
-	for _, want := range []struct{ about, re string }{
-		{"scope violations", `rate\(callscope_verdicts_total\{[^}]*verdict="violation"`},
-		{"lost events", `increase\(callscope_events_lost_total`},
-		{"failing Kafka delivery", `callscope_kafka_delivery_failures_total`},
-		{"a growing spool", `deriv\(callscope_spool_bytes`},
-		{"an agent down", `up\{[^}]*\}\s*==\s*0`},
-		{"no agent at all", `absent\(up\{`},
-	} {
-		if !regexp.MustCompile(want.re).MatchString(all) {
-			t.Errorf("%s: no alert on %s (no expression matches %s)", what, want.about, want.re)
-		}
-	}
+	return exprs
 }
 
 // balanced checks (), {} and [] pair up outside strings: a cheap guard

@@ -126,6 +126,9 @@ func (e *Encoder) Append(dst []byte, sev *scope.Event) []byte {
 		if sev.Scope.Verdict != 0 {
 			dst = e.appendScope(dst, sev)
 		}
+		if sev.Findings != 0 {
+			dst = e.appendFindings(dst, sev)
+		}
 	case collector.KindLoss:
 		dst = append(dst, `,"loss":{"stage":`...)
 		dst = appendString(dst, ev.LossStage)
@@ -160,6 +163,37 @@ func (e *Encoder) appendScope(dst []byte, ev *scope.Event) []byte {
 		dst = appendString(dst, unsafe.String(&e.reason[0], len(e.reason)))
 	}
 	return append(dst, '}')
+}
+
+// appendFindings writes the findings, in the catalogue's order.
+func (e *Encoder) appendFindings(dst []byte, ev *scope.Event) []byte {
+	dst = append(dst, `,"findings":[`...)
+	first := true
+	for f := range scope.NumFindings {
+		if !ev.Findings.Has(f) {
+			continue
+		}
+		if !first {
+			dst = append(dst, ',')
+		}
+		first = false
+		info := &scope.Catalogue[f]
+		dst = append(dst, `{"id":"`...)
+		dst = append(dst, info.ID...)
+		dst = append(dst, '"')
+		if info.OWASP != "" {
+			dst = append(dst, `,"owasp":"`...)
+			dst = append(dst, info.OWASP...)
+			dst = append(dst, '"')
+		}
+		e.reason = scope.AppendFindingReason(e.reason[:0], ev, f)
+		if len(e.reason) > 0 {
+			dst = append(dst, `,"reason":`...)
+			dst = appendString(dst, unsafe.String(&e.reason[0], len(e.reason)))
+		}
+		dst = append(dst, '}')
+	}
+	return append(dst, ']')
 }
 
 // appendCall writes what connect, tls and verdict events share: the
@@ -205,6 +239,9 @@ func (e *Encoder) appendCall(dst []byte, ev *enrich.Event) []byte {
 			dst = appendString(dst, ev.DstName)
 			dst = appendOptional(dst, `,"name_source":`, ev.NameSource)
 			dst = append(dst, '}')
+		}
+		if ev.Callee != nil {
+			dst = appendCallee(dst[:len(dst)-1], ev.Callee)
 		}
 	}
 	if ev.Kind == collector.KindTLS && ev.Hello != nil {
@@ -333,6 +370,24 @@ func appendK8s(dst []byte, ev *enrich.Event) []byte {
 	return append(dst, '}')
 }
 
+// appendCallee writes into the open dst object what the cluster says of
+// the destination, and closes the object.
+func appendCallee(dst []byte, c *enrich.Callee) []byte {
+	if c.Namespace != "" || c.Service != "" || c.Pod != "" {
+		dst = append(dst, `,"k8s":{`...)
+		first := len(dst)
+		dst = appendOptional(dst, `,"namespace":`, c.Namespace)
+		dst = appendOptional(dst, `,"service":`, c.Service)
+		dst = appendOptional(dst, `,"pod":`, c.Pod)
+		dst = appendOptional(dst, `,"service_account":`, c.ServiceAccount)
+		dst = appendOptional(dst, `,"workload":`, c.Workload)
+		dst = append(dst[:first], dst[first+1:]...) // the first field's comma
+		dst = append(dst, '}')
+	}
+	dst = appendOptional(dst, `,"identity":`, c.Identity)
+	return append(dst, '}')
+}
+
 // appendStrings writes key (with its leading comma) and vs as an array,
 // unless vs is empty.
 func appendStrings(dst []byte, key string, vs []string) []byte {
@@ -375,7 +430,8 @@ func (e *Encoder) appendProcess(dst []byte, ev *enrich.Event) []byte {
 		return appendProcessRest(appendProcessHead(dst, ev), ev)
 	}
 	c := e.processCache(p)
-	if c.member != nil && c.tid == ev.TID && c.comm == ev.Comm && c.uid == ev.UID && c.gid == ev.GID {
+	if c.member != nil && c.tid == ev.TID && c.comm == ev.Comm && c.uid == ev.UID && c.gid == ev.GID &&
+		c.tty == ev.TTY && c.loginUID == ev.LoginUID {
 		return append(dst, c.member...)
 	}
 	start := len(dst)
@@ -395,6 +451,7 @@ func (e *Encoder) appendProcess(dst []byte, ev *enrich.Event) []byte {
 	c.member = append(c.member[:0], dst[start:]...)
 	c.factsStart, c.factsEnd = factsStart, factsEnd
 	c.tid, c.comm, c.uid, c.gid = ev.TID, ev.Comm, ev.UID, ev.GID
+	c.tty, c.loginUID = ev.TTY, ev.LoginUID
 	return dst
 }
 
@@ -424,6 +481,17 @@ func appendProcessRest(dst []byte, ev *enrich.Event) []byte {
 		dst = append(dst, `,"ppid":`...)
 		dst = strconv.AppendUint(dst, uint64(p.PPID), 10)
 	}
+	// A caller the kernel did not name (pid 0, as a connect made in
+	// softirq) has no session to tell of.
+	if ev.PID != 0 {
+		if ev.TTY {
+			dst = append(dst, `,"tty":true`...)
+		}
+		if ev.LoginUID != collector.LoginUIDUnset {
+			dst = append(dst, `,"login_uid":`...)
+			dst = strconv.AppendUint(dst, uint64(ev.LoginUID), 10)
+		}
+	}
 	return append(dst, '}')
 }
 
@@ -439,6 +507,8 @@ type encodedProcess struct {
 	factsStart, factsEnd int
 	tid, uid, gid        uint32
 	comm                 [16]byte
+	tty                  bool
+	loginUID             uint32
 }
 
 // processCache returns what is kept for p.

@@ -42,6 +42,7 @@ func connectEvent() enrich.Event {
 			CgroupID:  9731,
 			ProcStart: 123,
 			NetNS:     4026531840,
+			LoginUID:  collector.LoginUIDUnset,
 		},
 		Process: &enrich.Process{
 			Exe:     "/app/billing",
@@ -80,24 +81,38 @@ func TestEncoderProcessRuns(t *testing.T) {
 	type facts struct {
 		tid, uid, gid uint32
 		comm          string
+		tty           bool
+		loginUID      uint32
 	}
+	unset := collector.LoginUIDUnset
 	steps := []facts{
-		{4243, 1000, 1001, "billing"},
-		{4243, 1000, 1001, "billing"},
-		{4244, 1000, 1001, "billing"},
-		{4244, 0, 1001, "billing"},
-		{4244, 0, 0, "billing"},
-		{4244, 0, 0, "billing-2"},
-		{4243, 1000, 1001, "billing"},
+		{4243, 1000, 1001, "billing", false, unset},
+		{4243, 1000, 1001, "billing", false, unset},
+		{4244, 1000, 1001, "billing", false, unset},
+		{4244, 0, 1001, "billing", false, unset},
+		{4244, 0, 0, "billing", false, unset},
+		{4244, 0, 0, "billing-2", false, unset},
+		{4243, 1000, 1001, "billing", false, unset},
+		{4243, 1000, 1001, "billing", true, unset},
+		{4243, 1000, 1001, "billing", true, 0},
+		{4243, 1000, 1001, "billing", false, 1000},
+		{4243, 1000, 1001, "billing", false, unset},
 	}
 	for i, f := range steps {
 		ev := base // the same *Process throughout
 		ev.TID, ev.UID, ev.GID, ev.Comm = f.tid, f.uid, f.gid, comm(f.comm)
+		ev.TTY, ev.LoginUID = f.tty, f.loginUID
 		line := enc.Append(nil, &scope.Event{Event: ev})
 		got := decodeLine(t, line)["process"].(obj)
 		want := obj{
 			"pid": float64(4242), "tid": float64(f.tid), "comm": f.comm, "exe": "/app/billing",
 			"cmdline": []any{"/app/billing", "--prod"}, "uid": float64(f.uid), "gid": float64(f.gid), "ppid": float64(1),
+		}
+		if f.tty {
+			want["tty"] = true
+		}
+		if f.loginUID != unset {
+			want["login_uid"] = float64(f.loginUID)
 		}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("step %d: process %v, want %v", i, got, want)
@@ -581,6 +596,13 @@ func TestEncoderAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("Append of a verdict allocates %v times per event, want 0", allocs)
 	}
+	// A callee and findings, as a pod's shell calling in clear.
+	found := scope.Event{Event: ev, Findings: 1<<scope.HumanUse | 1<<scope.CleartextProtocol}
+	found.TTY, found.LoginUID = true, 1000
+	found.Callee = &enrich.Callee{Namespace: "payments", Service: "ledger", Pod: "ledger-1", ServiceAccount: "ledger", Identity: "spiffe://cluster.local/ns/payments/sa/ledger"}
+	if allocs := testing.AllocsPerRun(1000, func() { buf = enc.Append(buf[:0], &found) }); allocs != 0 {
+		t.Errorf("Append with a callee and findings allocates %v times per event, want 0", allocs)
+	}
 	loss := enrich.Event{Event: collector.Event{Kind: collector.KindLoss, Lost: 1,
 		LossStage: collector.StageQueue, LossReason: collector.ReasonQueueFull}}
 	if allocs := testing.AllocsPerRun(1000, func() { buf = enc.Append(buf[:0], &scope.Event{Event: loss}) }); allocs != 0 {
@@ -663,5 +685,56 @@ func TestAppendTime(t *testing.T) {
 		if want := time.Unix(0, ts).UTC().Format(timeLayout); got != want {
 			t.Errorf("%d: %s, want %s", ts, got, want)
 		}
+	}
+}
+
+// TestEncoderCalleeAndFindings: the callee's names go in dst, findings in
+// a list with their catalogue ids and reasons, and a caller the kernel did
+// not name tells no session.
+func TestEncoderCalleeAndFindings(t *testing.T) {
+	enc := NewEncoder("worker-1", "i")
+	ev := scope.Event{Event: connectEvent()}
+	ev.DstName, ev.NameSource = "ledger.payments.svc.cluster.local", enrich.NameSourceDNS
+	ev.Callee = &enrich.Callee{Namespace: "payments", Service: "ledger", Pod: "ledger-7d9f-x2", ServiceAccount: "ledger",
+		Workload: "deployment/ledger", Identity: "spiffe://cluster.local/ns/payments/sa/ledger"}
+	ev.TTY = true
+	ev.Cgroup.Unit = "billing.service"
+	ev.Findings = 1<<scope.HumanUse | 1<<scope.Plaintext
+	got := decodeLine(t, enc.Append(nil, &ev))
+	wantDst := obj{"ip": "10.96.0.15", "port": 443.0, "name": "ledger.payments.svc.cluster.local", "name_source": "dns",
+		"k8s": obj{"namespace": "payments", "service": "ledger", "pod": "ledger-7d9f-x2", "service_account": "ledger", "workload": "deployment/ledger"},
+		"identity": "spiffe://cluster.local/ns/payments/sa/ledger"}
+	if !reflect.DeepEqual(got["dst"], wantDst) {
+		t.Errorf("dst %v, want %v", got["dst"], wantDst)
+	}
+	wantFindings := []any{
+		obj{"id": "human_use", "owasp": "NHI10", "reason": "a person's session (a controlling terminal) called as spiffe://cluster.local/ns/payments/sa/billing"},
+		obj{"id": "plaintext", "owasp": "NHI4", "reason": "the first data sent to port 443, where TLS is expected, was no TLS handshake"},
+	}
+	if !reflect.DeepEqual(got["findings"], wantFindings) {
+		t.Errorf("findings %v, want %v", got["findings"], wantFindings)
+	}
+	if got["process"].(obj)["tty"] != true {
+		t.Errorf("process %v, want tty", got["process"])
+	}
+
+	// A cluster IP names only its Service; no finding without an OWASP
+	// risk carries one.
+	ev = scope.Event{Event: connectEvent()}
+	ev.Callee = &enrich.Callee{Namespace: "payments", Service: "ledger"}
+	ev.Findings = 1 << scope.NoSNI
+	ev.PID, ev.TTY, ev.LoginUID = 0, true, 1000
+	got = decodeLine(t, enc.Append(nil, &ev))
+	if want := (obj{"ip": "10.96.0.15", "port": 443.0, "k8s": obj{"namespace": "payments", "service": "ledger"}}); !reflect.DeepEqual(got["dst"], want) {
+		t.Errorf("dst %v, want %v", got["dst"], want)
+	}
+	if want := []any{obj{"id": "no_sni", "reason": "the ClientHello names no server"}}; !reflect.DeepEqual(got["findings"], want) {
+		t.Errorf("findings %v, want %v", got["findings"], want)
+	}
+	if p := got["process"].(obj); p["tty"] != nil || p["login_uid"] != nil {
+		t.Errorf("process %v of pid 0 tells a session", p)
+	}
+	if _, ok := got["scope"]; ok {
+		t.Error("a scope member without a verdict")
 	}
 }

@@ -98,6 +98,8 @@ var (
 		"Calls outside the scope of the CallScopes binding their caller.", nil, nil)
 	pendingClosedDesc = prometheus.NewDesc("callscope_pending_closed_total",
 		"Pending calls closed without their TLS server name, by cause: timeout, stopped, tracking_full.", []string{"cause"}, nil)
+	findingsDesc = prometheus.NewDesc("callscope_findings_total",
+		"Calls carrying each finding of the catalogue (human_use, plaintext, cleartext_protocol, legacy_tls, no_sni, cross_environment), whatever their verdict.", []string{"finding"}, nil)
 	pendingDesc = prometheus.NewDesc("callscope_pending_calls",
 		"Calls awaiting their TLS ClientHello for a final verdict.", nil, nil)
 	reloadsDesc = prometheus.NewDesc("callscope_policy_reloads_total",
@@ -143,7 +145,7 @@ func (s *stageCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- unresolvedDesc
 	ch <- cacheDesc
 	ch <- podWaitsDesc
-	for _, d := range []*prometheus.Desc{verdictsDesc, violationsDesc, pendingClosedDesc, pendingDesc, reloadsDesc,
+	for _, d := range []*prometheus.Desc{verdictsDesc, violationsDesc, findingsDesc, pendingClosedDesc, pendingDesc, reloadsDesc,
 		objectsDesc, objectsRejectedDesc, objectsFailuresDesc, objectsSyncedDesc,
 		helloDesc, unattributedDesc, serverHelloDesc, dnsDesc, namesDesc, progRunsDesc, progTimeDesc, featureDesc} {
 		ch <- d
@@ -182,6 +184,9 @@ func (s *stageCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(pendingClosedDesc, prometheus.CounterValue, float64(st.Stopped), "stopped")
 		ch <- prometheus.MustNewConstMetric(pendingClosedDesc, prometheus.CounterValue, float64(st.TrackingFull), "tracking_full")
 		ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(st.PendingNow))
+		for f, n := range st.Findings {
+			ch <- prometheus.MustNewConstMetric(findingsDesc, prometheus.CounterValue, float64(n), scope.Catalogue[f].ID)
+		}
 	}
 	if s.src.Reloads != nil {
 		ok, failed := s.src.Reloads()

@@ -54,3 +54,23 @@ callscope_policy_objects_watch_failures_total 7
 		t.Errorf("without objects: %d series (%v), want none", n, err)
 	}
 }
+
+func TestMetricsFindings(t *testing.T) {
+	var st scope.StageStats
+	st.Findings[scope.HumanUse] = 2
+	st.Findings[scope.NoSNI] = 5
+	m := NewMetrics(Sources{Scope: func() scope.StageStats { return st }})
+	want := `
+# HELP callscope_findings_total Calls carrying each finding of the catalogue (human_use, plaintext, cleartext_protocol, legacy_tls, no_sni, cross_environment), whatever their verdict.
+# TYPE callscope_findings_total counter
+callscope_findings_total{finding="cleartext_protocol"} 0
+callscope_findings_total{finding="cross_environment"} 0
+callscope_findings_total{finding="human_use"} 2
+callscope_findings_total{finding="legacy_tls"} 0
+callscope_findings_total{finding="no_sni"} 5
+callscope_findings_total{finding="plaintext"} 0
+`
+	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want), "callscope_findings_total"); err != nil {
+		t.Error(err)
+	}
+}
