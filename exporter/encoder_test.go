@@ -702,7 +702,7 @@ func TestEncoderCalleeAndFindings(t *testing.T) {
 	ev.Findings = 1<<scope.HumanUse | 1<<scope.Plaintext
 	got := decodeLine(t, enc.Append(nil, &ev))
 	wantDst := obj{"ip": "10.96.0.15", "port": 443.0, "name": "ledger.payments.svc.cluster.local", "name_source": "dns",
-		"k8s": obj{"namespace": "payments", "service": "ledger", "pod": "ledger-7d9f-x2", "service_account": "ledger", "workload": "deployment/ledger"},
+		"k8s":      obj{"namespace": "payments", "service": "ledger", "pod": "ledger-7d9f-x2", "service_account": "ledger", "workload": "deployment/ledger"},
 		"identity": "spiffe://cluster.local/ns/payments/sa/ledger"}
 	if !reflect.DeepEqual(got["dst"], wantDst) {
 		t.Errorf("dst %v, want %v", got["dst"], wantDst)
