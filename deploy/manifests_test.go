@@ -418,6 +418,7 @@ func TestRBAC(t *testing.T) {
 	}
 	want := []grant{
 		{"", "pods", "get"}, {"", "pods", "list"}, {"", "pods", "watch"},
+		{"", "namespaces", "list"}, {"", "namespaces", "watch"},
 		{"apps", "replicasets", "get"},
 		{"batch", "jobs", "get"},
 		{"callscope.dev", "callscopes", "list"}, {"callscope.dev", "callscopes", "watch"},

@@ -85,6 +85,8 @@ var (
 		"Process exits the kernel could not report (ring buffer full): no event is lost, the process's cache entry ages out instead.", nil, nil)
 	execsLostDesc = prometheus.NewDesc("callscope_process_execs_lost_total",
 		"execve calls the kernel could not report (ring buffer full): a process gone before /proc is read then has no exe.", nil, nil)
+	uncheckedDesc = prometheus.NewDesc("callscope_plaintext_unchecked_total",
+		"Established connects to a TLS port whose first data went unchecked, so that they carry no plaintext finding, by reason: held_full (too many connects awaiting their first data), ring_buffer_full (the kernel could not report a plaintext first write).", []string{"reason"}, nil)
 	receivedDesc = prometheus.NewDesc("callscope_kernel_events_total",
 		"Events read from the kernel ring buffer and handed to the pipeline.", nil, nil)
 	unresolvedDesc = prometheus.NewDesc("callscope_identity_unresolved_total",
@@ -142,6 +144,7 @@ func (s *stageCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- receivedDesc
 	ch <- exitsLostDesc
 	ch <- execsLostDesc
+	ch <- uncheckedDesc
 	ch <- unresolvedDesc
 	ch <- cacheDesc
 	ch <- podWaitsDesc
@@ -161,6 +164,8 @@ func (s *stageCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(exitsLostDesc, prometheus.CounterValue, float64(st.ExitsLost))
 		ch <- prometheus.MustNewConstMetric(execsLostDesc, prometheus.CounterValue, float64(st.ExecsLost))
+		ch <- prometheus.MustNewConstMetric(uncheckedDesc, prometheus.CounterValue, float64(st.HeldFull), "held_full")
+		ch <- prometheus.MustNewConstMetric(uncheckedDesc, prometheus.CounterValue, float64(st.PlaintextLost), "ring_buffer_full")
 		h := st.Hellos
 		for _, c := range []struct {
 			result string

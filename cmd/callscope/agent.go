@@ -103,7 +103,19 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	stage := scope.NewStage(scope.StageConfig{Policies: policies, PendingTimeout: cfg.pendingTimeout, Logger: log})
+	findings := scope.FindingsConfig{CleartextPorts: cfg.cleartextPorts.ports}
+	if kubeOn && cfg.envLabel != "" {
+		envs := enrich.NewEnvironments(kube, cfg.envLabel, log)
+		go func() {
+			// The namespaces' labels only add a finding: the start does
+			// not wait for them.
+			if err := envs.Start(ctx, podSyncTimeout); err != nil && ctx.Err() == nil {
+				log.Error("namespace labels not read yet; calls carry no cross_environment finding until they are", "component", "enrich", "err", err)
+			}
+		}()
+		findings.Environment = envs.Of
+	}
+	stage := scope.NewStage(scope.StageConfig{Policies: policies, PendingTimeout: cfg.pendingTimeout, Findings: findings, Logger: log})
 
 	switch {
 	case cfg.metricsAuth == "" && kubeOn:
@@ -131,7 +143,8 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	}
 	defer enr.Close()
 
-	coll, err := collector.Start(collector.Config{CgroupRoot: cfg.cgroupRoot, BPFStats: cfg.bpfStats, SyscallErrors: cfg.syscallErrors, Logger: log})
+	coll, err := collector.Start(collector.Config{CgroupRoot: cfg.cgroupRoot, BPFStats: cfg.bpfStats, SyscallErrors: cfg.syscallErrors,
+		TLSPorts: cfg.tlsPorts.ports, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -15,8 +15,10 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/internal/metricsserver"
 	"github.com/callscope/callscope/internal/yamlsyntax"
+	"github.com/callscope/callscope/scope"
 )
 
 // runConfig is what `callscope run` is told.
@@ -35,6 +37,9 @@ type runConfig struct {
 	logFormat   string
 
 	policies       stringList // --policy, repeatable
+	tlsPorts       portList
+	cleartextPorts portList
+	envLabel       string
 	pendingTimeout time.Duration
 	bpfStats       bool
 	syscallErrors  bool
@@ -65,6 +70,11 @@ func runFlags(cfg *runConfig) *flag.FlagSet {
 	fs.DurationVar(&cfg.pendingTimeout, "pending-timeout", 10*time.Second, "how long a call only an sni rule can allow waits for its TLS ClientHello before it is judged a violation")
 	fs.BoolVar(&cfg.bpfStats, "bpf-stats", false, "have the kernel count the run time of callscope's programs, for metrics (two clock reads per program run; needs CAP_SYS_ADMIN)")
 	fs.BoolVar(&cfg.syscallErrors, "syscall-errors", false, "give connects that fail inside connect(2), before a SYN, their error (ENETUNREACH, EADDRNOTAVAIL, EPERM); needs the syscall-exit tracepoint, which puts every syscall on the node on the kernel's slower path (about 50 ns each). Such connects are reported either way")
+	cfg.tlsPorts = portList{ports: collector.DefaultTLSPorts}
+	fs.Var(&cfg.tlsPorts, "tls-ports", "`ports` where TLS is expected, comma-separated: an established connect to one whose first data is no TLS handshake carries the finding plaintext; empty, none")
+	cfg.cleartextPorts = portList{ports: scope.DefaultCleartextPorts}
+	fs.Var(&cfg.cleartextPorts, "cleartext-ports", "`ports` of protocols that carry credentials in clear, comma-separated: an established connect to one carries the finding cleartext_protocol; empty, none")
+	fs.StringVar(&cfg.envLabel, "environment-label", "environment", "namespace `label` whose values name environments: a call between namespaces whose values differ carries the finding cross_environment (with Kubernetes on); empty turns it off")
 	fs.Var(&cfg.policies, "policy", "CallScope `path` (file or folder); repeatable, or comma-separated; reloaded on change and on SIGHUP")
 	cfg.kafka.register(fs, "Kafka brokers as `host:port,...`; empty turns Kafka off")
 	fs.StringVar(&cfg.spoolDir, "spool-dir", "/var/lib/callscope/spool", "`directory` where events wait while Kafka cannot take them")
@@ -163,6 +173,44 @@ func (l *stringList) Set(v string) error {
 	for _, p := range strings.Split(v, ",") {
 		if p = strings.TrimSpace(p); p != "" {
 			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
+// portList is a flag of TCP ports, comma-separated. A default stands until
+// the flag is first set; then the values given replace it, and an empty
+// value leaves none.
+type portList struct {
+	ports []uint16
+	set   bool
+}
+
+func (l *portList) String() string {
+	if l == nil {
+		return ""
+	}
+	s := make([]string, len(l.ports))
+	for i, p := range l.ports {
+		s[i] = strconv.Itoa(int(p))
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *portList) Set(v string) error {
+	if !l.set {
+		l.ports, l.set = []uint16{}, true
+	}
+	for _, f := range strings.Split(v, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.ParseUint(f, 10, 16)
+		if err != nil || n == 0 {
+			return fmt.Errorf("want ports from 1 to 65535, comma-separated, such as 443,8443")
+		}
+		if !slices.Contains(l.ports, uint16(n)) {
+			l.ports = append(l.ports, uint16(n))
 		}
 	}
 	return nil

@@ -198,3 +198,32 @@ func TestConfigFileErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestPortFlags(t *testing.T) {
+	env := func(string) string { return "" }
+	cfg, err := parseRunConfig([]string{"--node-name", "n"}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.tlsPorts.String(); got != "443,6443,8443,9443,5671,9093,2379" {
+		t.Errorf("default --tls-ports %s", got)
+	}
+	if got := cfg.cleartextPorts.String(); got != "21,23,110,143,389" {
+		t.Errorf("default --cleartext-ports %s", got)
+	}
+	cfg, err = parseRunConfig([]string{"--node-name", "n", "--tls-ports", "8443, 443", "--tls-ports", "8443,10443", "--cleartext-ports="}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.tlsPorts.ports; !slices.Equal(got, []uint16{8443, 443, 10443}) {
+		t.Errorf("--tls-ports given twice: %v, want the values given, once each", got)
+	}
+	if got := cfg.cleartextPorts.ports; got == nil || len(got) != 0 {
+		t.Errorf("--cleartext-ports= gives %#v, want none (empty, not nil)", got)
+	}
+	for _, bad := range []string{"0", "65536", "https", "443-444"} {
+		if _, err := parseRunConfig([]string{"--tls-ports", bad}, env); err == nil || !strings.Contains(err.Error(), "want ports from 1 to 65535") {
+			t.Errorf("--tls-ports %s: %v", bad, err)
+		}
+	}
+}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/callscope/callscope/exporter"
 	"github.com/callscope/callscope/internal/termsafe"
+	"github.com/callscope/callscope/scope"
 )
 
 // tailConfig is what `callscope tail` is told.
@@ -32,6 +33,7 @@ type tailConfig struct {
 	violations    bool
 	json          bool
 	fromBeginning bool
+	findings      stringList // --finding: show only events with one of them
 
 	// gapGrace is how long a missing seq may take to arrive from another
 	// partition before it is reported as a gap.
@@ -46,6 +48,7 @@ func tailFlags(cfg *tailConfig) *flag.FlagSet {
 	fs.BoolVar(&cfg.violations, "violations", false, "read the violations topic rather than every event")
 	fs.BoolVar(&cfg.json, "json", false, "print each event's JSON, one line each, control characters escaped")
 	fs.BoolVar(&cfg.fromBeginning, "from-beginning", false, "start from the oldest event Kafka keeps rather than from now")
+	fs.Var(&cfg.findings, "finding", "show only the events carrying this `finding` (human_use, plaintext, cleartext_protocol, legacy_tls, no_sni, cross_environment), and loss events; repeatable, or comma-separated")
 	return fs
 }
 
@@ -71,6 +74,15 @@ func parseTailConfig(args []string, getenv func(string) string, stderr io.Writer
 	}
 	if len(cfg.kafka.brokers) == 0 {
 		return nil, errors.New("tail: --kafka-brokers (or CALLSCOPE_KAFKA_BROKERS) is needed")
+	}
+	var known []string
+	for _, f := range scope.Catalogue {
+		known = append(known, f.ID)
+	}
+	for _, f := range cfg.findings {
+		if !slices.Contains(known, f) {
+			return nil, fmt.Errorf("tail: --finding %q: want one of %s", f, strings.Join(known, ", "))
+		}
 	}
 	return cfg, nil
 }
@@ -171,7 +183,7 @@ func runTail(ctx context.Context, args []string, getenv func(string) string, std
 		close(msgs)
 	}()
 
-	p := &tailPrinter{out: stdout, errs: stderr, json: cfg.json, color: isTerminal(stdout) && getenv("NO_COLOR") == ""}
+	p := &tailPrinter{out: stdout, errs: stderr, json: cfg.json, color: isTerminal(stdout) && getenv("NO_COLOR") == "", findings: cfg.findings}
 	defer func() {
 		if p.skipped > 0 {
 			fmt.Fprintf(stderr, "tail: %d records were not events and were skipped\n", p.skipped)
@@ -275,6 +287,25 @@ type tailEvent struct {
 		Reason string `json:"reason"`
 		Count  uint64 `json:"count"`
 	} `json:"loss"`
+	Findings []struct {
+		ID     string `json:"id"`
+		OWASP  string `json:"owasp"`
+		Reason string `json:"reason"`
+	} `json:"findings"`
+}
+
+// shown says whether ev passes the --finding filter: it carries one of
+// the findings, or tells of lost events, which every view must show.
+func (p *tailPrinter) shown(ev *tailEvent) bool {
+	if len(p.findings) == 0 || ev.Kind == "loss" {
+		return true
+	}
+	for _, f := range ev.Findings {
+		if slices.Contains(p.findings, f.ID) {
+			return true
+		}
+	}
+	return false
 }
 
 // instanceSeq returns the agent instance of the event (its id is
@@ -299,6 +330,7 @@ type tailPrinter struct {
 	out, errs io.Writer
 	json      bool
 	color     bool
+	findings  []string
 	line      []byte
 	compact   bytes.Buffer
 	// skipped counts the records that were not events, told on errs.
@@ -314,6 +346,14 @@ const maxQuoted = 200
 // record compacted to one line with termsafe.AppendJSON's escapes.
 func (p *tailPrinter) print(m kafka.Message) *tailEvent {
 	ev, err := decodeTailEvent(m.Value)
+	if err == nil && !p.shown(ev) {
+		return ev
+	}
+	if err != nil && len(p.findings) > 0 {
+		// A record that is no event carries no finding to match.
+		p.notAnEvent(m, err)
+		return nil
+	}
 	if p.json {
 		// JSON that is not an event is printed too: --json shows the
 		// records as they are, only written safely.
@@ -418,6 +458,17 @@ func (p *tailPrinter) format(b []byte, ev *tailEvent) []byte {
 			b = append(b, ' ')
 			b = p.paint(b, ansiDim, "[policies "+termsafe.String(s.PolicyVersion)+"]")
 		}
+	}
+	for _, f := range ev.Findings {
+		label := "finding " + termsafe.String(f.ID)
+		if f.OWASP != "" {
+			label += " [" + termsafe.String(f.OWASP) + "]"
+		}
+		if f.Reason != "" {
+			label += ": " + termsafe.String(f.Reason)
+		}
+		b = append(b, ' ')
+		b = p.paint(b, ansiYellow, label)
 	}
 	return append(b, '\n')
 }

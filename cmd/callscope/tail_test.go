@@ -161,6 +161,46 @@ func TestTailJSONViolations(t *testing.T) {
 	}
 }
 
+// TestTailFindings: findings are shown, and --finding keeps the events
+// with one of them and every loss event, and still reports gaps.
+func TestTailFindings(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "callscope.events", "callscope.violations"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	brokers := c.ListenAddrs()
+	withFindings := func(ev, findings string) string {
+		return strings.TrimSuffix(ev, "}") + `,"findings":` + findings + "}"
+	}
+	human := withFindings(tailConnect("inst", 1, "allowed"), `[{"id":"human_use","owasp":"NHI10","reason":"a person's session (a controlling terminal) called as `+billing+`"}]`)
+	nosni := withFindings(tailConnect("inst", 3, "allowed"), `[{"id":"no_sni","reason":"the ClientHello names no server"}]`)
+	produce(t, brokers, "callscope.events",
+		human,
+		tailConnect("inst", 2, "allowed"),
+		nosni,
+		`{"schema":"callscope/v1","id":"inst-5","seq":5,"time":"2026-11-27T04:32:05Z","kind":"loss","loss":{"stage":"queue","reason":"queue_full","count":1}}`,
+	)
+	stdout, stderr := startTail(t, "--kafka-brokers", strings.Join(brokers, ","), "--from-beginning", "--finding", "human_use,legacy_tls")
+	waitFor(t, "2 lines and the gap", func() bool {
+		return strings.Count(stdout.String(), "\n") == 2 && strings.Contains(stderr.String(), "gap:")
+	})
+	want := "2026-11-27T04:32:04.000Z " + billing + " → api.stripe.com:443 connect established allowed finding human_use [NHI10]: a person's session (a controlling terminal) called as " + billing + "\n" +
+		"2026-11-27T04:32:05.000Z loss: 1 events lost at queue (queue_full) instance inst\n"
+	if got := stdout.String(); got != want {
+		t.Errorf("stdout:\n%s\nwant:\n%s", got, want)
+	}
+	// Filtered out is not missing: only seq 4 is.
+	if got := stderr.String(); got != "gap: instance inst seq 4..4 missing (1 events)\n" {
+		t.Errorf("stderr %q", got)
+	}
+
+	if _, err := parseTailConfig([]string{"--kafka-brokers", "b:9092", "--finding", "humanuse"}, func(string) string { return "" }, &bytes.Buffer{}); err == nil ||
+		!strings.Contains(err.Error(), `--finding "humanuse": want one of human_use, plaintext`) {
+		t.Errorf("an unknown finding: %v", err)
+	}
+}
+
 func TestTailErrors(t *testing.T) {
 	if _, err := parseTailConfig(nil, func(string) string { return "" }, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "--kafka-brokers") {
 		t.Errorf("no brokers: %v", err)
