@@ -14,6 +14,7 @@ import (
 
 	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/enrich"
+	"github.com/callscope/callscope/internal/eventschema"
 	"github.com/callscope/callscope/scope"
 )
 
@@ -65,6 +66,9 @@ func decodeLine(t *testing.T, line []byte) obj {
 	}
 	if !json.Valid(line) {
 		t.Fatalf("invalid JSON: %q", line)
+	}
+	if err := eventschema.Validate(line); err != nil {
+		t.Errorf("%v\nline %s", err, line)
 	}
 	var m obj
 	if err := json.Unmarshal(line, &m); err != nil {

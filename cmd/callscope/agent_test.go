@@ -18,8 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callscope/callscope/exporter"
+	"github.com/callscope/callscope/internal/eventschema"
 	"github.com/callscope/callscope/internal/gobin"
-
 	"github.com/callscope/callscope/internal/kerneltest"
 	"github.com/callscope/callscope/internal/kubetest"
 )
@@ -179,6 +180,9 @@ func startAgentWithin(t *testing.T, timeout time.Duration, args ...string) *agen
 			a.mu.Lock()
 			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 				a.bad = append(a.bad, sc.Text())
+			} else if err := eventschema.Validate(sc.Bytes()); e.Schema == exporter.Schema && err != nil {
+				// Every line of the real agent must fit the documented schema.
+				a.bad = append(a.bad, err.Error()+": "+sc.Text())
 			} else {
 				a.events = append(a.events, e)
 				a.raw = append(a.raw, bytes.Clone(sc.Bytes()))
