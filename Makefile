@@ -28,6 +28,15 @@ run: build ## build, then run the agent with events on stdout (as root)
 test: ## run every test; kernel tests load the real programs (as root)
 	$(GOTEST) -count=1 ./...
 
+# The race detector slows the kernel tests' busy loops and grows memory:
+# it runs over the packages below the binary, whose tests use the real
+# kernel and control plane too. cmd/callscope's tests run the built agent,
+# which -race would not instrument.
+RACE_PKGS := ./collector/... ./enrich/... ./scope/... ./exporter/... ./internal/...
+.PHONY: test-race
+test-race: ## run the tests of the packages under the race detector (as root)
+	$(GOTEST) -race -count=1 $(RACE_PKGS)
+
 .PHONY: test-vm
 test-vm: ## run the collector's tests and the agent's smoke test on another kernel in qemu: KERNEL=debian-6.1 (default) or ubuntu-5.15
 	internal/vmtest/run.sh $(or $(KERNEL),debian-6.1)
