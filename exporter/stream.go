@@ -38,7 +38,7 @@ type Message struct {
 // Stream numbers each event, encodes it once and writes it to every sink:
 // JSON lines to stdout, messages to Kafka. Not safe for concurrent use.
 type Stream struct {
-	enc    *Encoder
+	enc    RecordEncoder
 	m      *Metrics
 	stdout io.Writer
 	msgs   MessageSink
@@ -52,10 +52,11 @@ type Stream struct {
 	other     []collector.Loss
 }
 
-// NewStream returns a Stream numbering events with enc and writing them to
+// NewStream returns a Stream numbering events with enc (an Encoder, or an
+// OCSFEncoder) and writing them to
 // stdout and msgs; either may be nil, and so may m, the metrics counting
 // what was written and the sinks' failures.
-func NewStream(enc *Encoder, stdout io.Writer, msgs MessageSink, m *Metrics) *Stream {
+func NewStream(enc RecordEncoder, stdout io.Writer, msgs MessageSink, m *Metrics) *Stream {
 	return &Stream{enc: enc, stdout: stdout, msgs: msgs, m: m}
 }
 
