@@ -183,9 +183,9 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	if out == nil && msgs == nil {
 		log.Warn("no event sink is enabled: events are counted in metrics only")
 	}
-	stream := exporter.NewStream(exporter.NewEncoder(cfg.nodeName, instance), out, msgs, metrics)
+	stream := exporter.NewStream(newRecordEncoder(cfg, instance), out, msgs, metrics)
 	log.Info("capturing outbound TCP connects, TLS hellos and DNS answers", "node", cfg.nodeName, "instance", instance,
-		"cgroup_root", cfg.cgroupRoot, "metrics", cfg.metricsAddr, "metrics_auth", cfg.metricsAuth, "stdout", cfg.stdout, "kafka", kafka != nil,
+		"cgroup_root", cfg.cgroupRoot, "format", cfg.format, "metrics", cfg.metricsAddr, "metrics_auth", cfg.metricsAuth, "stdout", cfg.stdout, "kafka", kafka != nil,
 		"kubernetes", pods != nil, "policy_files", len(cfg.policies), "policy_objects", objects != nil)
 
 	go func() {
@@ -211,6 +211,14 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	}
 	log.Info("stopped", "events", coll.Stats().Events)
 	return nil
+}
+
+// newRecordEncoder is the encoder of --format.
+func newRecordEncoder(cfg *runConfig, instance string) exporter.RecordEncoder {
+	if cfg.format == exporter.FormatOCSF {
+		return exporter.NewOCSFEncoder(cfg.nodeName, instance, buildVersion())
+	}
+	return exporter.NewEncoder(cfg.nodeName, instance)
 }
 
 // startPodIndex follows this node's pods. An API server that cannot be

@@ -16,6 +16,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/callscope/callscope/collector"
+	"github.com/callscope/callscope/exporter"
 	"github.com/callscope/callscope/internal/metricsserver"
 	"github.com/callscope/callscope/internal/yamlsyntax"
 	"github.com/callscope/callscope/scope"
@@ -25,6 +26,7 @@ import (
 type runConfig struct {
 	configFile  string
 	stdout      bool
+	format      string // exporter.FormatCallscope or exporter.FormatOCSF
 	metricsAddr string
 	metricsAuth string // "" until resolved by resolveMetricsAuth
 	metricsCert string
@@ -57,6 +59,7 @@ func runFlags(cfg *runConfig) *flag.FlagSet {
 	fs := flag.NewFlagSet("callscope run", flag.ContinueOnError)
 	fs.StringVar(&cfg.configFile, "config", "", "YAML `file` of flag values, keyed by flag name")
 	fs.BoolVar(&cfg.stdout, "stdout", true, "write events as JSON lines to stdout (logs go to stderr)")
+	fs.StringVar(&cfg.format, "format", exporter.FormatCallscope, "record `format` on stdout and Kafka: callscope (the callscope/v1 events) or ocsf (OCSF "+exporter.OCSFVersion+" records)")
 	fs.StringVar(&cfg.metricsAddr, "metrics-addr", "127.0.0.1:9470", "`address` serving /metrics, /healthz and /readyz; empty turns it off")
 	fs.StringVar(&cfg.metricsAuth, "metrics-auth", "", "who may get /metrics: kubernetes (TLS, a bearer token the API server reviews, RBAC get on the non-resource URL /metrics) or none (default kubernetes when Kubernetes is on, else none); /healthz and /readyz stay open")
 	fs.StringVar(&cfg.metricsCert, "metrics-cert-file", "", "PEM `file` of the metrics server's certificate chain, reloaded when it changes; turns TLS on (default with --metrics-auth=kubernetes: self-signed, made at start)")
@@ -129,6 +132,9 @@ func parseRunConfig(args []string, getenv func(string) string) (*runConfig, erro
 			return nil, fmt.Errorf("node name: %w (set --node-name)", err)
 		}
 		cfg.nodeName = h
+	}
+	if cfg.format != exporter.FormatCallscope && cfg.format != exporter.FormatOCSF {
+		return nil, fmt.Errorf("--format %q: want %s or %s", cfg.format, exporter.FormatCallscope, exporter.FormatOCSF)
 	}
 	if !slices.Contains([]string{"text", "json"}, cfg.logFormat) {
 		return nil, fmt.Errorf("--log-format %q: want text or json", cfg.logFormat)

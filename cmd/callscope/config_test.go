@@ -81,6 +81,8 @@ func TestConfigErrors(t *testing.T) {
 		{"bad yaml", []string{"--config", writeConfig(t, "a: [\n")}, nil, "callscope.yaml"},
 		{"missing file", []string{"--config", "/nonexistent/callscope.yaml"}, nil, "read config"},
 		{"log format", []string{"--log-format", "xml"}, nil, "--log-format"},
+		{"format", []string{"--format", "cef"}, nil, `--format "cef": want callscope or ocsf`},
+		{"format from env", nil, map[string]string{"CALLSCOPE_FORMAT": "OCSF"}, `--format "OCSF": want callscope or ocsf`},
 		{"metrics auth", []string{"--metrics-auth", "basic"}, nil, `--metrics-auth "basic": want kubernetes or none`},
 		{"metrics cert without key", nil, map[string]string{"CALLSCOPE_METRICS_CERT_FILE": "/tls.crt"}, "--metrics-cert-file and --metrics-key-file go together"},
 	} {
@@ -88,6 +90,28 @@ func TestConfigErrors(t *testing.T) {
 			_, err := parseRunConfig(tc.args, env(tc.env))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestConfigFormat(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"default", nil, nil, "callscope"},
+		{"flag", []string{"--format", "ocsf"}, nil, "ocsf"},
+		{"env", nil, map[string]string{"CALLSCOPE_FORMAT": "ocsf"}, "ocsf"},
+		{"file", []string{"--config", writeConfig(t, "format: ocsf\n")}, nil, "ocsf"},
+		{"flag over env", []string{"--format", "callscope"}, map[string]string{"CALLSCOPE_FORMAT": "ocsf"}, "callscope"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := parseRunConfig(tc.args, env(tc.env))
+			if err != nil || cfg.format != tc.want {
+				t.Errorf("got %+v, %v; want format %q", cfg, err, tc.want)
 			}
 		})
 	}
