@@ -210,7 +210,10 @@ func runTail(ctx context.Context, args []string, getenv func(string) string, std
 			if !ok {
 				return nil
 			}
-			ev := p.print(m)
+			ev, err := p.print(m)
+			if err != nil {
+				return err
+			}
 			if gaps != nil && ev != nil {
 				if instance, seq, ok := ev.instanceSeq(); ok {
 					gaps.see(instance, seq, time.Now())
@@ -343,8 +346,10 @@ const maxQuoted = 200
 // print writes one line for the event in m and returns the event, or nil
 // when m holds none. Whatever the record holds, what reaches the terminal
 // is escaped: the text line's fields by termsafe, and in JSON mode the
-// record compacted to one line with termsafe.AppendJSON's escapes.
-func (p *tailPrinter) print(m kafka.Message) *tailEvent {
+// record compacted to one line with termsafe.AppendJSON's escapes. It
+// fails on an OCSF record outside JSON mode: tail reads the callscope
+// format only, and a line made from another format's fields would mislead.
+func (p *tailPrinter) print(m kafka.Message) (*tailEvent, error) {
 	ev, err := decodeTailEvent(m.Value)
 	if err == nil && !p.shown(ev) {
 		return ev
@@ -360,29 +365,45 @@ func (p *tailPrinter) print(m kafka.Message) *tailEvent {
 		p.compact.Reset()
 		if cerr := json.Compact(&p.compact, m.Value); cerr != nil {
 			p.notAnEvent(m, cerr)
-			return nil
+			return nil, nil
 		}
 		p.compact.WriteByte('\n')
 		p.line = termsafe.AppendJSON(p.line[:0], p.compact.Bytes())
 		p.out.Write(p.line)
 	}
 	if err != nil {
+		if errors.Is(err, errOCSF) && !p.json {
+			return nil, fmt.Errorf("partition %d offset %d: %w", m.Partition, m.Offset, err)
+		}
 		if !p.json {
 			p.notAnEvent(m, err)
 		}
-		return nil
+		return nil, nil
 	}
 	if !p.json {
 		p.line = p.format(p.line[:0], ev)
 		p.out.Write(p.line)
 	}
-	return ev
+	return ev, nil
 }
+
+// errOCSF says a record is OCSF, written by an agent run with --format ocsf.
+var errOCSF = errors.New("an OCSF record (the agent runs with --format " + exporter.FormatOCSF + "): tail reads the " +
+	exporter.FormatCallscope + " format only; --json prints the records as they are")
 
 // decodeTailEvent decodes an event: a JSON object that fits the schema.
 func decodeTailEvent(value []byte) (*tailEvent, error) {
 	if v := bytes.TrimLeft(value, " \t\r\n"); len(v) == 0 || v[0] != '{' {
 		return nil, errors.New("not a JSON object")
+	}
+	// An OCSF record has a class_uid and no schema; its time is a number,
+	// which would fail below with a message that says nothing of why.
+	var probe struct {
+		Schema   *string          `json:"schema"`
+		ClassUID *json.RawMessage `json:"class_uid"`
+	}
+	if json.Unmarshal(value, &probe) == nil && probe.ClassUID != nil && probe.Schema == nil {
+		return nil, errOCSF
 	}
 	ev := new(tailEvent)
 	if err := json.Unmarshal(value, ev); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,7 +17,9 @@ import (
 	"github.com/segmentio/kafka-go/sasl"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/exporter"
+	"github.com/callscope/callscope/scope"
 )
 
 // syncBuffer is a bytes.Buffer safe to read while tail writes it.
@@ -282,5 +285,39 @@ func TestSeqTrackerReordered(t *testing.T) {
 	want := []gap{{"a", 16, 17}, {"a", 19, 19}}
 	if fmt.Sprint(gaps) != fmt.Sprint(want) {
 		t.Errorf("gaps %+v, want %+v", gaps, want)
+	}
+}
+
+// An agent run with --format ocsf writes records tail cannot read: tail
+// says so and stops, rather than print lines made of the wrong fields;
+// with --json it prints them as they are.
+func TestTailOCSF(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "callscope.events", "callscope.violations"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	brokers := c.ListenAddrs()
+	var ev scope.Event
+	ev.Kind, ev.Outcome, ev.Time = collector.KindConnect, collector.OutcomeEstablished, time.Now().UnixNano()
+	ev.Dst = netip.MustParseAddrPort("10.96.0.15:443")
+	record := strings.TrimSuffix(string(exporter.NewOCSFEncoder("worker-1", "inst", "v1").Append(nil, &ev)), "\n")
+	produce(t, brokers, "callscope.events", tailConnect("inst", 1, "allowed"), record)
+
+	var stdout, stderr syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = runTail(ctx, []string{"--kafka-brokers", strings.Join(brokers, ","), "--from-beginning"}, func(string) string { return "" }, &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "partition 0 offset 1: an OCSF record (the agent runs with --format ocsf): tail reads the callscope format only") {
+		t.Errorf("tail returned %v, want it to say the record is OCSF", err)
+	}
+	if strings.Count(stdout.String(), "\n") != 1 {
+		t.Errorf("stdout %q, want the one callscope event", stdout.String())
+	}
+
+	out, _ := startTail(t, "--kafka-brokers", strings.Join(brokers, ","), "--from-beginning", "--json")
+	waitFor(t, "2 lines", func() bool { return strings.Count(out.String(), "\n") == 2 })
+	if !strings.HasSuffix(out.String(), record+"\n") {
+		t.Errorf("--json stdout %q, want the OCSF record as it is", out.String())
 	}
 }
