@@ -84,6 +84,18 @@ type event struct {
 	Identity string `json:"identity"`
 }
 
+// ocsfRecord is the part of an OCSF record the agent's reader needs.
+type ocsfRecord struct {
+	Actor struct {
+		Process struct {
+			PID int `json:"pid"`
+		} `json:"process"`
+	} `json:"actor"`
+	Unmapped struct {
+		Kind string `json:"kind"`
+	} `json:"unmapped"`
+}
+
 // agent is a running `callscope run` whose stdout is parsed as it comes.
 type agent struct {
 	cmd     *exec.Cmd
@@ -95,6 +107,9 @@ type agent struct {
 	bad     []string
 	done    chan struct{}
 	log     *testLog
+	// ocsf: the agent runs with --format ocsf; its records are read for
+	// what await and lines need, the pid and the kind.
+	ocsf bool
 }
 
 var binOnce struct {
@@ -158,6 +173,11 @@ func startAgentWithin(t *testing.T, timeout time.Duration, args ...string) *agen
 	t.Helper()
 	kerneltest.Require(t)
 	a := &agent{metrics: freePort(t), done: make(chan struct{}), log: &testLog{t: t}}
+	for i := range args {
+		if args[i] == "--format=ocsf" || args[i] == "--format" && i+1 < len(args) && args[i+1] == "ocsf" {
+			a.ocsf = true
+		}
+	}
 	a.cmd = exec.Command(binary(t), append([]string{"run", "--metrics-addr", a.metrics, "--node-name", "test-node"}, args...)...)
 	a.cmd.Stderr = a.log
 	stdout, err := a.cmd.StdoutPipe()
@@ -177,8 +197,16 @@ func startAgentWithin(t *testing.T, timeout time.Duration, args ...string) *agen
 		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
 			var e event
+			var err error
 			a.mu.Lock()
-			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			if a.ocsf {
+				var r ocsfRecord
+				err = json.Unmarshal(sc.Bytes(), &r)
+				e.Process.PID, e.Kind = r.Actor.Process.PID, r.Unmapped.Kind
+			} else {
+				err = json.Unmarshal(sc.Bytes(), &e)
+			}
+			if err != nil {
 				a.bad = append(a.bad, sc.Text())
 			} else if err := eventschema.Validate(sc.Bytes()); e.Schema == exporter.Schema && err != nil {
 				// Every line of the real agent must fit the documented schema.

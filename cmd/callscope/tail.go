@@ -352,12 +352,12 @@ const maxQuoted = 200
 func (p *tailPrinter) print(m kafka.Message) (*tailEvent, error) {
 	ev, err := decodeTailEvent(m.Value)
 	if err == nil && !p.shown(ev) {
-		return ev
+		return ev, nil
 	}
-	if err != nil && len(p.findings) > 0 {
+	if err != nil && len(p.findings) > 0 && !errors.Is(err, errOCSF) {
 		// A record that is no event carries no finding to match.
 		p.notAnEvent(m, err)
-		return nil
+		return nil, nil
 	}
 	if p.json {
 		// JSON that is not an event is printed too: --json shows the
