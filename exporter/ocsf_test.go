@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -315,5 +316,23 @@ func TestOCSFCallerRuns(t *testing.T) {
 				t.Errorf("step %d: kept caller facts out of date:\n got %s\nwant %s", i, got, want)
 			}
 		}
+	}
+}
+
+// TestOCSFReadmeExample: the README's OCSF record is valid against the
+// schema.
+func TestOCSFReadmeExample(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(b), "### OCSF records")
+	_, example, ok2 := strings.Cut(section, "```json\n")
+	example, _, ok3 := strings.Cut(example, "\n```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("README has no OCSF example record")
+	}
+	if err := ocsfSchema(t).Check([]byte(example)); err != nil {
+		t.Errorf("README's OCSF example: %v", err)
 	}
 }
