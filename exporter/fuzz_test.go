@@ -25,6 +25,7 @@ func FuzzEncoder(f *testing.F) {
 		[]byte{0xfe, 0x80, 15: 1}, uint64(0), uint16(0), uint16(unix.ECONNREFUSED), int64(0))
 	f.Add("n", "i", "", "", "", "", "", "", []byte{}, ^uint64(0), ^uint16(0), ^uint16(0), int64(-1))
 
+	schema := ocsfSchema(f)
 	f.Fuzz(func(t *testing.T, node, instance, comm, exe, arg, path, identity, zone string,
 		ip []byte, cookie uint64, port, errno uint16, ns int64) {
 		for _, s := range []string{node, instance, comm, exe, arg, path, identity, zone} {
@@ -63,6 +64,16 @@ func FuzzEncoder(f *testing.F) {
 		enc := NewEncoder(node, instance)
 		line := enc.Append(nil, &scope.Event{Event: ev})
 		m := decodeLine(t, line)
+
+		// The same event as an OCSF record: valid JSON and valid OCSF
+		// whatever the bytes.
+		record := NewOCSFEncoder(node, instance, arg).Append(nil, &scope.Event{Event: ev})
+		decodeLine(t, record)
+		// A Network Activity record needs an endpoint: every call has a
+		// destination address, and only the fuzzer makes one without.
+		if err := schema.Check(record); err != nil && addr.IsValid() {
+			t.Errorf("not valid OCSF: %v\n%s", err, record)
+		}
 
 		want := func(s string) string { return viaEncodingJSON(t, s) }
 		wantString := func(field string, got any, s string) {

@@ -112,13 +112,12 @@ func NewOCSFEncoder(node, instance, version string) *OCSFEncoder {
 	e.meta = append(e.meta, `},"profiles":["host","security_control","container"],"uid":"`...)
 	e.meta = appendEscaped(e.meta, instance)
 	e.meta = append(e.meta, '-')
-	e.device = append(e.device, `,"device":{`...)
+	// A device must have a name: without the node's, none is written.
 	if node != "" {
-		e.device = append(e.device, `"hostname":`...)
+		e.device = append(e.device, `,"device":{"hostname":`...)
 		e.device = appendString(e.device, node)
-		e.device = append(e.device, ',')
+		e.device = append(e.device, `,"type_id":0,"type":"Unknown"}`...)
 	}
-	e.device = append(e.device, `"type_id":0,"type":"Unknown"}`...)
 	return e
 }
 
@@ -279,14 +278,11 @@ func (e *OCSFEncoder) appendLoss(dst []byte, ev *enrich.Event) []byte {
 	return append(dst, '}', '}', '}', '\n')
 }
 
-// appendOCSFEndpoint opens an endpoint with its ip and port.
+// appendOCSFEndpoint opens an endpoint with its ip and port. An IPv6
+// zone is no part of an OCSF ip_t: it goes under unmapped.
 func appendOCSFEndpoint(dst []byte, ap netip.AddrPort) []byte {
 	dst = append(dst, `{"ip":"`...)
 	dst = ap.Addr().WithZone("").AppendTo(dst)
-	if zone := ap.Addr().Zone(); zone != "" {
-		dst = append(dst, '%')
-		dst = appendEscaped(dst, zone)
-	}
 	dst = append(dst, `","port":`...)
 	return strconv.AppendUint(dst, uint64(ap.Port()), 10)
 }
@@ -482,7 +478,7 @@ func (e *OCSFEncoder) appendTLS(dst []byte, ev *enrich.Event) []byte {
 }
 
 // appendUnmapped writes what OCSF 1.8.0 has no attribute for, named as in
-// the contract's events: kind, netns, the destination's name source, the
+// the contract's events: kind, netns, IPv6 zones, the destination's name source, the
 // hello's details, gid, cgroup, the pod, identity, the callee, the scope
 // and the findings.
 func (e *OCSFEncoder) appendUnmapped(dst []byte, sev *scope.Event, caller []byte) []byte {
@@ -494,9 +490,21 @@ func (e *OCSFEncoder) appendUnmapped(dst []byte, sev *scope.Event, caller []byte
 		dst = append(dst, `,"netns":`...)
 		dst = strconv.AppendUint(dst, uint64(ev.NetNS), 10)
 	}
-	if ev.NameSource != "" && ev.DstName != "" {
-		dst = append(dst, `,"dst":{"name_source":`...)
-		dst = appendString(dst, ev.NameSource)
+	if zone := ev.Src.Addr().Zone(); zone != "" {
+		dst = append(dst, `,"src":{"zone":`...)
+		dst = appendString(dst, zone)
+		dst = append(dst, '}')
+	}
+	source := ev.NameSource != "" && ev.DstName != ""
+	if zone := ev.Dst.Addr().Zone(); source || zone != "" {
+		dst = append(dst, `,"dst":{`...)
+		first := len(dst)
+		if source {
+			dst = append(dst, `,"name_source":`...)
+			dst = appendString(dst, ev.NameSource)
+		}
+		dst = appendOptional(dst, `,"zone":`, zone)
+		dst = append(dst[:first], dst[first+1:]...)
 		dst = append(dst, '}')
 	}
 	if ev.Kind == collector.KindTLS && ev.Hello != nil {
