@@ -201,3 +201,36 @@ func TestStreamReportsSinkLosses(t *testing.T) {
 		t.Errorf("stdout does not lead with the loss event: %s", w.writes[0])
 	}
 }
+
+// TestStreamOCSF: with the OCSF encoder, stdout and both topics carry the
+// same OCSF records, a sink's loss first, violations flagged for the
+// violations topic, and every record valid.
+func TestStreamOCSF(t *testing.T) {
+	schema := ocsfSchema(t)
+	var w writeRecorder
+	sink := &fakeSink{losses: []collector.Loss{{Stage: StageSpool, Reason: ReasonSpoolFull, Count: 40}}}
+	s := NewStream(NewOCSFEncoder("worker-1", "inst", "v1"), &w, sink, nil)
+	allowed, violation := scope.Event{Event: connectEvent()}, scope.Event{Event: connectEvent()}
+	allowed.Scope.Verdict, violation.Scope.Verdict = scope.Allowed, scope.Violation
+	if err := s.Write([]scope.Event{allowed, violation}); err != nil {
+		t.Fatal(err)
+	}
+	if len(sink.msgs) != 3 {
+		t.Fatalf("%d messages, want a loss and two records", len(sink.msgs))
+	}
+	lines := bytes.SplitAfter(w.writes[0], []byte("\n"))
+	for i, m := range sink.msgs {
+		if !bytes.Equal(append(bytes.Clone(m.Value), '\n'), lines[i]) {
+			t.Errorf("message %d differs from stdout's line:\n%s\n%s", i, m.Value, lines[i])
+		}
+		if err := schema.Check(m.Value); err != nil {
+			t.Errorf("message %d: %v\n%s", i, err, m.Value)
+		}
+		if want := i == 2; m.Violation != want {
+			t.Errorf("message %d: Violation %v, want %v", i, m.Violation, want)
+		}
+	}
+	if !bytes.HasPrefix(sink.msgs[0].Value, []byte(`{"class_uid":1008,`)) || !bytes.Contains(sink.msgs[0].Value, []byte(`"loss":{"stage":"spool","reason":"spool_full","count":40}`)) {
+		t.Errorf("first message is not the spool's loss: %s", sink.msgs[0].Value)
+	}
+}
