@@ -135,7 +135,11 @@ func (c Connect) Run(t testing.TB) (pid int, results []string) {
 	cmd := c.Command(t)
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("connect helper: %v: %s", err, out)
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("connect helper: %v: %s%s", err, out, stderr)
 	}
 	return cmd.Process.Pid, strings.Fields(strings.ReplaceAll(string(out), "\n", " "))
 }
@@ -168,7 +172,10 @@ func connectMain(args []string) error {
 		}
 	}
 	if u := os.Getenv("CALLSCOPE_TEST_LOGINUID"); u != "" {
-		if err := os.WriteFile("/proc/self/loginuid", []byte(u), 0); err != nil {
+		// The kernel takes the write only from the task the file is of, and
+		// /proc/self is the thread group's leader, which this goroutine's
+		// locked thread need not be: the calling thread's own file it is.
+		if err := os.WriteFile("/proc/thread-self/loginuid", []byte(u), 0); err != nil {
 			return fmt.Errorf("set the login uid: %w", err)
 		}
 	}
