@@ -30,6 +30,9 @@ type Config struct {
 	MaxCgroups   int
 	// Pods names the pods of this node; nil turns Kubernetes enrichment off.
 	Pods *PodIndex
+	// Callees names the destinations of calls inside the cluster; nil
+	// leaves Event.Callee nil.
+	Callees *CalleeIndex
 	// TrustDomain is the SPIFFE trust domain of pod identities. Default
 	// cluster.local.
 	TrustDomain string
@@ -56,6 +59,12 @@ type Stats struct {
 	DNS                        dnsnames.Stats
 	DNSTCPSkipped              uint64 // TCP DNS segments after a connection's first, not read
 	Names                      int    // addresses the DNS map names now
+	// Destination lookups in the callee index (with Config.Callees): found,
+	// not found once the index had synced (every address it does not
+	// name, those outside the cluster included), and not found before it
+	// had.
+	CalleeFound, CalleeUnknown, CalleeUnsynced uint64
+	Callees                                    CalleeStats
 }
 
 // Enricher resolves callers. It is meant for one pipeline goroutine; Stats
@@ -81,6 +90,8 @@ type Enricher struct {
 	cgHits, cgMisses, cgGone       atomic.Uint64
 	podWaits, podUnknown           atomic.Uint64
 	dnsTCPSkipped                  atomic.Uint64
+	calleeFound, calleeUnknown     atomic.Uint64
+	calleeUnsynced                 atomic.Uint64
 }
 
 // waitingEvent is an event held back for its pod, with what its identity
@@ -147,6 +158,8 @@ func (e *Enricher) Stats() Stats {
 		CgroupHits: e.cgHits.Load(), CgroupMisses: e.cgMisses.Load(), CgroupGone: e.cgGone.Load(),
 		PodWaits: e.podWaits.Load(), PodUnknown: e.podUnknown.Load(),
 		DNS: e.names.Stats(), Names: e.names.Len(), DNSTCPSkipped: e.dnsTCPSkipped.Load(),
+		CalleeFound: e.calleeFound.Load(), CalleeUnknown: e.calleeUnknown.Load(), CalleeUnsynced: e.calleeUnsynced.Load(),
+		Callees: e.cfg.Callees.Stats(),
 	}
 }
 
@@ -176,6 +189,9 @@ func (e *Enricher) enrich(in *collector.Event, out *Event) (proc *cachedProcess,
 	}
 	if out.DstName != "" && out.NameSource == "" {
 		out.NameSource = NameSourceDNS
+	}
+	if e.cfg.Callees != nil {
+		e.callee(in, out)
 	}
 
 	p, hit := e.procs.get(in.PID, in.ProcStart, in.UID)
@@ -269,6 +285,18 @@ func (e *Enricher) EnrichBatch(in []collector.Event, out []Event, now time.Time)
 		e.held[w.ev.Cookie]++
 	}
 	return out
+}
+
+// callee names the destination from the callee index.
+func (e *Enricher) callee(in *collector.Event, out *Event) {
+	if c, ok := e.cfg.Callees.Lookup(in.Dst.Addr()); ok {
+		out.Callee = c
+		e.calleeFound.Add(1)
+	} else if e.cfg.Callees.Synced() {
+		e.calleeUnknown.Add(1)
+	} else {
+		e.calleeUnsynced.Add(1)
+	}
 }
 
 // dnsName is a name the caller's network namespace resolved to the

@@ -3,6 +3,7 @@ package enrich
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -240,5 +241,38 @@ func TestEnrichTLSWaitsBehindConnect(t *testing.T) {
 	}
 	if out = e.EnrichBatch([]collector.Event{hello}, out[:0], now); len(out) != 1 {
 		t.Errorf("with nothing held, the tls event waited")
+	}
+}
+
+// TestEnrichCallee: connect and tls events name their destination, and
+// lookups are counted by result.
+func TestEnrichCallee(t *testing.T) {
+	e := newTestEnricher(t)
+	f := newCalleeFeed("")
+	e.cfg.Callees = f.x
+	f.apply(t, calleeTestService("shop", "web", "10.96.0.10"))
+
+	var out Event
+	connect := &collector.Event{Kind: collector.KindConnect, PID: 1, Dst: netip.MustParseAddrPort("10.96.0.10:443")}
+	e.Enrich(connect, &out)
+	if out.Callee == nil || out.Callee.Service != "web" {
+		t.Errorf("connect: callee %+v", out.Callee)
+	}
+	tls := &collector.Event{Kind: collector.KindTLS, PID: 1, Dst: netip.MustParseAddrPort("[::ffff:10.96.0.10]:443")}
+	e.Enrich(tls, &out)
+	if out.Callee == nil || out.Callee.Service != "web" {
+		t.Errorf("tls: callee %+v", out.Callee)
+	}
+	// Not synced yet (no informer ran): an address not found counts apart.
+	outside := &collector.Event{Kind: collector.KindConnect, PID: 1, Dst: netip.MustParseAddrPort("203.0.113.1:443")}
+	e.Enrich(outside, &out)
+	f.x.synced.Store(true)
+	e.Enrich(outside, &out)
+	if out.Callee != nil {
+		t.Errorf("unknown address: callee %+v", out.Callee)
+	}
+	st := e.Stats()
+	if st.CalleeFound != 2 || st.CalleeUnsynced != 1 || st.CalleeUnknown != 1 || st.Callees.Addresses != 1 || !st.Callees.Synced {
+		t.Errorf("stats: found %d, unsynced %d, unknown %d, %+v", st.CalleeFound, st.CalleeUnsynced, st.CalleeUnknown, st.Callees)
 	}
 }
