@@ -127,6 +127,7 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 		return errors.New("--metrics-auth=kubernetes needs a Kubernetes API server to review scrapers' tokens: give --kubeconfig, or run in a pod")
 	}
 	var pods *enrich.PodIndex
+	var callees *enrich.CalleeIndex
 	if kubeOn {
 		pods = startPodIndex(ctx, kube, cfg.nodeName, log)
 		// Read while the pods were: usually both are in before the first
@@ -136,8 +137,11 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 			log.Error("CallScope objects not read yet; until they are, calls are judged by the --policy files alone",
 				"policy_files", len(cfg.policies))
 		}
+		// Within the same window: the three lists are read in parallel by
+		// the API server, and the start waits for them once.
+		callees = startCalleeIndex(ctx, kube, cfg.trustDomain, max(calleeSyncTimeout-time.Since(kubeStart), time.Second), log)
 	}
-	enr, err := enrich.New(enrich.Config{CgroupRoot: cfg.cgroupRoot, Pods: pods, TrustDomain: cfg.trustDomain, Logger: log})
+	enr, err := enrich.New(enrich.Config{CgroupRoot: cfg.cgroupRoot, Pods: pods, Callees: callees, TrustDomain: cfg.trustDomain, Logger: log})
 	if err != nil {
 		return fmt.Errorf("start enrichment: %w", err)
 	}
