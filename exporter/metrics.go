@@ -133,6 +133,13 @@ var (
 	featureDesc = prometheus.NewDesc("callscope_kernel_feature",
 		"Whether the running kernel lets the agent report what a feature covers (1) or not (0, logged at start), by feature: unsent_connects, unsent_connect_errors (opt-in, --syscall-errors), dns_netns.",
 		[]string{"feature"}, nil)
+	calleeLookupsDesc = prometheus.NewDesc("callscope_callee_lookups_total",
+		"Destination addresses looked up in the index of the cluster's Services, endpoints and pods, by result: found, unknown (not named by the index, addresses outside the cluster included), unsynced (not found before the index had listed the cluster).",
+		[]string{"result"}, nil)
+	calleeAddressesDesc = prometheus.NewDesc("callscope_callee_addresses",
+		"Cluster IPs, pod IPs and endpoint addresses the callee index names now.", nil, nil)
+	calleeWatchErrorsDesc = prometheus.NewDesc("callscope_callee_watch_errors_total",
+		"Failed lists and watches of the cluster's Services, EndpointSlices and pods.", nil, nil)
 	cacheDesc = prometheus.NewDesc("callscope_identity_cache_lookups_total",
 		"Identity cache lookups, by what was looked up and whether the cache answered.", []string{"kind", "result"}, nil)
 )
@@ -148,6 +155,9 @@ func (s *stageCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- unresolvedDesc
 	ch <- cacheDesc
 	ch <- podWaitsDesc
+	ch <- calleeLookupsDesc
+	ch <- calleeAddressesDesc
+	ch <- calleeWatchErrorsDesc
 	for _, d := range []*prometheus.Desc{verdictsDesc, violationsDesc, findingsDesc, pendingClosedDesc, pendingDesc, reloadsDesc,
 		objectsDesc, objectsRejectedDesc, objectsFailuresDesc, objectsSyncedDesc,
 		helloDesc, unattributedDesc, serverHelloDesc, dnsDesc, namesDesc, progRunsDesc, progTimeDesc, featureDesc} {
@@ -236,6 +246,11 @@ func (s *stageCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(dnsDesc, prometheus.CounterValue, float64(st.DNS.Malformed), "malformed")
 		ch <- prometheus.MustNewConstMetric(dnsDesc, prometheus.CounterValue, float64(st.DNSTCPSkipped), "tcp_continuation")
 		ch <- prometheus.MustNewConstMetric(namesDesc, prometheus.GaugeValue, float64(st.Names))
+		ch <- prometheus.MustNewConstMetric(calleeLookupsDesc, prometheus.CounterValue, float64(st.CalleeFound), "found")
+		ch <- prometheus.MustNewConstMetric(calleeLookupsDesc, prometheus.CounterValue, float64(st.CalleeUnknown), "unknown")
+		ch <- prometheus.MustNewConstMetric(calleeLookupsDesc, prometheus.CounterValue, float64(st.CalleeUnsynced), "unsynced")
+		ch <- prometheus.MustNewConstMetric(calleeAddressesDesc, prometheus.GaugeValue, float64(st.Callees.Addresses))
+		ch <- prometheus.MustNewConstMetric(calleeWatchErrorsDesc, prometheus.CounterValue, float64(st.Callees.WatchErrors))
 		for _, c := range []struct {
 			kind, result string
 			n            uint64

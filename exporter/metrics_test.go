@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/callscope/callscope/collector"
+	"github.com/callscope/callscope/enrich"
 	"github.com/callscope/callscope/scope"
 )
 
@@ -71,6 +72,30 @@ callscope_findings_total{finding="no_sni"} 5
 callscope_findings_total{finding="plaintext"} 0
 `
 	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want), "callscope_findings_total"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestMetricsCallees(t *testing.T) {
+	m := NewMetrics(Sources{Enrich: func() enrich.Stats {
+		return enrich.Stats{CalleeFound: 7, CalleeUnknown: 3, CalleeUnsynced: 2,
+			Callees: enrich.CalleeStats{Addresses: 120, WatchErrors: 1}}
+	}})
+	want := `
+# HELP callscope_callee_addresses Cluster IPs, pod IPs and endpoint addresses the callee index names now.
+# TYPE callscope_callee_addresses gauge
+callscope_callee_addresses 120
+# HELP callscope_callee_lookups_total Destination addresses looked up in the index of the cluster's Services, endpoints and pods, by result: found, unknown (not named by the index, addresses outside the cluster included), unsynced (not found before the index had listed the cluster).
+# TYPE callscope_callee_lookups_total counter
+callscope_callee_lookups_total{result="found"} 7
+callscope_callee_lookups_total{result="unknown"} 3
+callscope_callee_lookups_total{result="unsynced"} 2
+# HELP callscope_callee_watch_errors_total Failed lists and watches of the cluster's Services, EndpointSlices and pods.
+# TYPE callscope_callee_watch_errors_total counter
+callscope_callee_watch_errors_total 1
+`
+	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want),
+		"callscope_callee_lookups_total", "callscope_callee_addresses", "callscope_callee_watch_errors_total"); err != nil {
 		t.Error(err)
 	}
 }
