@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
@@ -111,6 +112,28 @@ func TestServiceAccountRBAC(t *testing.T) {
 	} else {
 		w.Stop()
 	}
+	// And every pod, Service and EndpointSlice of the cluster, for the
+	// callee index.
+	all := metav1.ListOptions{}
+	if _, err := client.CoreV1().Pods("").List(ctx, all); err != nil {
+		t.Errorf("list pods of the cluster: %v", err)
+	}
+	if _, err := client.CoreV1().Services("").List(ctx, all); err != nil {
+		t.Errorf("list services of the cluster: %v", err)
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices("").List(ctx, all); err != nil {
+		t.Errorf("list endpointslices of the cluster: %v", err)
+	}
+	for _, open := range []func() (watch.Interface, error){
+		func() (watch.Interface, error) { return client.CoreV1().Services("").Watch(ctx, all) },
+		func() (watch.Interface, error) { return client.DiscoveryV1().EndpointSlices("").Watch(ctx, all) },
+	} {
+		if w, err := open(); err != nil {
+			t.Errorf("watch services or endpointslices: %v", err)
+		} else {
+			w.Stop()
+		}
+	}
 	if _, err := client.AppsV1().ReplicaSets("default").Get(ctx, "web-7d9f", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("get a replicaset that does not exist: %v, want not found (allowed)", err)
 	}
@@ -139,7 +162,7 @@ func TestServiceAccountRBAC(t *testing.T) {
 			}
 		}
 	}
-	others := []resource{{"", "secrets"}, {"", "configmaps"}, {"", "nodes"}, {"", "serviceaccounts/token"}, {"", "pods/exec"},
+	others := []resource{{"", "secrets"}, {"", "configmaps"}, {"", "nodes"}, {"", "endpoints"}, {"", "serviceaccounts/token"}, {"", "pods/exec"},
 		{"apps", "daemonsets"}, {"rbac.authorization.k8s.io", "clusterroles"}, {"rbac.authorization.k8s.io", "clusterrolebindings"}}
 	for _, res := range others {
 		if _, ok := granted[res]; !ok {

@@ -419,6 +419,9 @@ func TestRBAC(t *testing.T) {
 	want := []grant{
 		{"", "pods", "get"}, {"", "pods", "list"}, {"", "pods", "watch"},
 		{"", "namespaces", "list"}, {"", "namespaces", "watch"},
+		// The callee index, cluster-wide.
+		{"", "services", "list"}, {"", "services", "watch"},
+		{"discovery.k8s.io", "endpointslices", "list"}, {"discovery.k8s.io", "endpointslices", "watch"},
 		{"apps", "replicasets", "get"},
 		{"batch", "jobs", "get"},
 		{"callscope.dev", "callscopes", "list"}, {"callscope.dev", "callscopes", "watch"},

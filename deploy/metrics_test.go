@@ -143,6 +143,9 @@ func TestMetricsAuth(t *testing.T) {
 	if strings.Contains(a.Stderr(), "pod metadata unavailable") {
 		t.Errorf("the agent could not follow its node's pods with its service account's token:\n%s", a.Stderr())
 	}
+	if strings.Contains(a.Stderr(), "callees unavailable") {
+		t.Errorf("the agent could not follow the cluster's Services, EndpointSlices and pods with its service account's token:\n%s", a.Stderr())
+	}
 }
 
 // loggedCA reads the fingerprint of the CA the agent logged, and returns
