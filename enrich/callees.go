@@ -57,6 +57,12 @@ type CalleeIndex struct {
 	// shared lists the EndpointSlices of addresses that more than one
 	// names (a pod behind several Services). Writers only.
 	shared map[netip.Addr][]*calleeSlice
+	// hostIPs counts the running host-network pods of each address: a
+	// node's. An endpoint there (of a Service of host-network pods) is
+	// kept in hidden, not published: the address is the node's, for
+	// whatever listens on it. Writers only.
+	hostIPs map[netip.Addr]int
+	hidden  map[netip.Addr]*calleeEntry
 
 	started     atomic.Bool
 	synced      atomic.Bool
@@ -115,6 +121,8 @@ func NewCalleeIndex(client kubernetes.Interface, trustDomain string, log *slog.L
 		ep4:         make(map[[4]byte]*calleeEntry),
 		ep6:         make(map[[16]byte]*calleeEntry),
 		shared:      make(map[netip.Addr][]*calleeSlice),
+		hostIPs:     make(map[netip.Addr]int),
+		hidden:      make(map[netip.Addr]*calleeEntry),
 	}
 }
 
@@ -299,12 +307,19 @@ func (m *objMeta) GetObjectMeta() metav1.Object {
 }
 
 // calleePod is what the index keeps of a pod. ips is empty for a pod that
-// is not indexed: host-network pods (their IP is their node's) and pods
-// that have ended (their IPs go to new pods).
+// has ended (its IPs go to new pods). A host-network pod has its IPs (its
+// node's) and no service account: it is never indexed, its IPs only hide
+// endpoints there.
 type calleePod struct {
 	objMeta
 	serviceAccount, workload unique.Handle[string]
 	ips                      [2]netip.Addr // status.podIPs: one per family at most
+}
+
+// hostNetwork tells a host-network pod, which has IPs but no service
+// account (the field would cost every pod 16 bytes).
+func (p *calleePod) hostNetwork() bool {
+	return p.ips[0].IsValid() && p.serviceAccount == unique.Handle[string]{}
 }
 
 // calleeService is what the index keeps of a Service: its cluster IPs.
@@ -332,7 +347,7 @@ func slimPod(obj any) (any, error) {
 		return obj, nil
 	}
 	p := &calleePod{objMeta: newObjMeta(&pod.ObjectMeta)}
-	if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return p, nil
 	}
 	n := 0
@@ -354,7 +369,7 @@ func slimPod(obj any) (any, error) {
 	if n == 0 && pod.Status.PodIP != "" {
 		add(pod.Status.PodIP)
 	}
-	if n == 0 {
+	if n == 0 || pod.Spec.HostNetwork {
 		return p, nil
 	}
 	sa := pod.Spec.ServiceAccountName
@@ -511,12 +526,21 @@ func (x *CalleeIndex) updatePod(oldObj, obj any) {
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if old != nil {
+	if pod.hostNetwork() {
+		x.hostRefs(pod, 1)
+	}
+	if old != nil && old.hostNetwork() {
+		x.hostRefs(old, -1)
+	}
+	if old != nil && !old.hostNetwork() {
 		for _, a := range old.ips {
-			if a.IsValid() && !slices.Contains(pod.ips[:], a) {
+			if a.IsValid() && (pod.hostNetwork() || !slices.Contains(pod.ips[:], a)) {
 				x.setPod(a, old, nil)
 			}
 		}
+	}
+	if pod.hostNetwork() {
+		return
 	}
 	for _, a := range pod.ips {
 		if a.IsValid() {
@@ -525,9 +549,38 @@ func (x *CalleeIndex) updatePod(oldObj, obj any) {
 	}
 }
 
+// hostRefs counts (d = 1) or lets go of (d = -1) the addresses of a
+// host-network pod, hiding or showing the endpoints there.
+func (x *CalleeIndex) hostRefs(pod *calleePod, d int) {
+	for _, a := range pod.ips {
+		if !a.IsValid() {
+			continue
+		}
+		n := x.hostIPs[a] + d
+		if n > 0 {
+			x.hostIPs[a] = n
+		} else {
+			delete(x.hostIPs, a)
+		}
+		if (n > 0) == (n-d > 0) {
+			continue
+		}
+		e := x.entry(a)
+		x.unpublish(a)
+		if e != nil {
+			x.publish(a, e)
+		}
+	}
+}
+
 func (x *CalleeIndex) deletePod(obj any) {
 	if pod, ok := tombstone(obj).(*calleePod); ok {
 		x.mu.Lock()
+		if pod.hostNetwork() {
+			x.hostRefs(pod, -1)
+			x.mu.Unlock()
+			return
+		}
 		for _, a := range pod.ips {
 			if a.IsValid() {
 				x.setPod(a, pod, nil)
@@ -630,10 +683,34 @@ func (x *CalleeIndex) namers(a netip.Addr, e *calleeEntry) []*calleeSlice {
 }
 
 func (x *CalleeIndex) entry(a netip.Addr) *calleeEntry {
+	if e := x.hidden[a]; e != nil {
+		return e
+	}
 	if a.Is4() {
 		return x.ep4[a.As4()]
 	}
 	return x.ep6[a.As16()]
+}
+
+// publish makes e what Lookup answers for a, unless a is a node's.
+func (x *CalleeIndex) publish(a netip.Addr, e *calleeEntry) {
+	switch {
+	case x.hostIPs[a] > 0:
+		x.hidden[a] = e
+	case a.Is4():
+		x.ep4[a.As4()] = e
+	default:
+		x.ep6[a.As16()] = e
+	}
+}
+
+func (x *CalleeIndex) unpublish(a netip.Addr) {
+	delete(x.hidden, a)
+	if a.Is4() {
+		delete(x.ep4, a.As4())
+	} else {
+		delete(x.ep6, a.As16())
+	}
 }
 
 // store publishes a new entry for a, or removes a when nothing names it.
@@ -644,11 +721,7 @@ func (x *CalleeIndex) store(a netip.Addr, pod *calleePod, list []*calleeSlice) {
 		delete(x.shared, a)
 	}
 	if pod == nil && len(list) == 0 {
-		if a.Is4() {
-			delete(x.ep4, a.As4())
-		} else {
-			delete(x.ep6, a.As16())
-		}
+		x.unpublish(a)
 		return
 	}
 	e := &calleeEntry{pod: pod}
@@ -656,11 +729,7 @@ func (x *CalleeIndex) store(a netip.Addr, pod *calleePod, list []*calleeSlice) {
 		e.slice = list[0]
 	}
 	e.Callee = x.callee(a, pod, list)
-	if a.Is4() {
-		x.ep4[a.As4()] = e
-	} else {
-		x.ep6[a.As16()] = e
-	}
+	x.publish(a, e)
 }
 
 // callee combines what the pod with address a and the EndpointSlices

@@ -102,6 +102,16 @@ func TestCalleeIndexAPIServer(t *testing.T) {
 	waitCallee(t, x, "10.244.2.9", &Callee{Namespace: ns, Pod: "later", ServiceAccount: "agent", Workload: "DaemonSet/agent",
 		Identity: "spiffe://example.org/ns/callees/sa/agent"})
 	wantCallee(t, x, "192.168.50.10", nil)
+	mustCreate(t, func() error {
+		_, err := client.DiscoveryV1().EndpointSlices(ns).Create(ctx,
+			calleeSliceObject(ns, "agent-x1z2k", "agent", [2]string{"agent-x", "192.168.50.10"}, [2]string{"later", "10.244.2.9"}),
+			metav1.CreateOptions{})
+		return err
+	})
+	laterWithService := Callee{Namespace: ns, Service: "agent", Pod: "later", ServiceAccount: "agent", Workload: "DaemonSet/agent",
+		Identity: "spiffe://example.org/ns/callees/sa/agent"}
+	waitCallee(t, x, "10.244.2.9", &laterWithService)
+	wantCallee(t, x, "192.168.50.10", nil)
 
 	// An address nothing names is not found, and counted.
 	e := newTestEnricher(t)
@@ -124,7 +134,7 @@ func TestCalleeIndexAPIServer(t *testing.T) {
 	if _, err := client.CoreV1().Pods(ns).UpdateStatus(ctx, later, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitCallee(t, x, "10.244.2.9", nil)
+	waitCallee(t, x, "10.244.2.9", &Callee{Namespace: ns, Service: "agent", Pod: "later"})
 
 	// A deleted pod goes; its endpoint stays as long as its slice says so.
 	zero := int64(0)

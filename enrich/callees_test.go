@@ -219,6 +219,19 @@ func TestCalleeIndex(t *testing.T) {
 	host.Spec.HostNetwork = true
 	f.apply(t, host)
 	wantCallee(t, x, "192.168.1.20", nil)
+	// Nor are the endpoints of a Service of host-network pods, while such
+	// a pod says the address is a node's.
+	exporters := calleeTestSlice("kube-system", "node-exporter-1", "node-exporter", discoveryv1.AddressTypeIPv4,
+		[2]string{"node-exporter-x", "192.168.1.20"})
+	f.apply(t, exporters)
+	wantCallee(t, x, "192.168.1.20", nil)
+	f.remove(t, host)
+	wantCallee(t, x, "192.168.1.20", &Callee{Namespace: "kube-system", Service: "node-exporter", Pod: "node-exporter-x"})
+	f.apply(t, host)
+	wantCallee(t, x, "192.168.1.20", nil)
+	f.remove(t, exporters)
+	f.remove(t, host)
+	wantCallee(t, x, "192.168.1.20", nil)
 
 	// A pod that has ended leaves its IP to the next.
 	done := calleeTestPod("ci", "build-1", "builder", "10.0.2.7")
