@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -17,12 +16,6 @@ import (
 	"github.com/callscope/callscope/collector"
 	"github.com/callscope/callscope/internal/kubetest"
 )
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	kubetest.Stop()
-	os.Exit(code)
-}
 
 // TestCalleeIndexAPIServer follows Services, EndpointSlices and pods of a
 // real API server: objects there before Start (the informers' lists) and
