@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/callscope/callscope/enrich"
@@ -22,6 +23,9 @@ const (
 	Violation
 	// Pending: only a TLS server name still to come can allow the call.
 	Pending
+	// WouldViolate: staged (audit) scopes bind the caller and none allows
+	// the call; it is no violation.
+	WouldViolate
 )
 
 func (v Verdict) String() string {
@@ -34,6 +38,8 @@ func (v Verdict) String() string {
 		return "violation"
 	case Pending:
 		return "pending"
+	case WouldViolate:
+		return "would_violate"
 	}
 	return "unknown"
 }
@@ -82,6 +88,41 @@ type Judgement struct {
 	Wait  time.Duration
 	// PolicyVersion names the policy set that judged the call; see Version.
 	PolicyVersion string
+	// Mode is Audit when only staged scopes bind the caller, so that the
+	// verdict is theirs: Allowed, Pending or WouldViolate.
+	Mode Mode
+	// Staged is what the staged scopes binding the caller say of the call
+	// when enforced scopes bind it too and give the verdict; zero when no
+	// staged scope binds it beside them.
+	Staged Staged
+	// hit counts the calls the rule allowed; see Matcher.RuleHits.
+	hit *atomic.Uint64
+}
+
+// Staged is the outcome of the staged scopes binding a caller, beside the
+// verdict of the enforced ones: Allowed, Pending or WouldViolate. Like a
+// Judgement, it points into the compiled policies.
+type Staged struct {
+	Verdict       Verdict
+	Scopes        string // the staged scopes binding the caller
+	Rule          string // the staged rule that allowed the call
+	Via           Via
+	CalleeUnknown bool
+	// Cause is set, with the Judgement's Wait, when a Stage closed the
+	// staged outcome without waiting any longer for the TLS server name.
+	Cause Cause
+	hit   *atomic.Uint64
+}
+
+// countHit counts the call as allowed by its rule, for the verdict and the
+// staged outcome each.
+func (j *Judgement) countHit(verdict, staged bool) {
+	if verdict && j.Verdict == Allowed && j.hit != nil {
+		j.hit.Add(1)
+	}
+	if staged && j.Staged.Verdict == Allowed && j.Staged.hit != nil {
+		j.Staged.hit.Add(1)
+	}
 }
 
 // Matcher judges calls against a set of policies, compiled once. It is
@@ -89,6 +130,9 @@ type Judgement struct {
 type Matcher struct {
 	policies []compiledPolicy
 	version  string
+	// overflow counts the calls allowed by rules past MaxRuleHitSeries;
+	// it and the rules' counters carry over from the Matcher replaced.
+	overflow *atomic.Uint64
 	// bindings caches which scopes bind a caller: callers are few and
 	// come back, and matching every subject on every event would not do.
 	bindings *gencache.Cache[callerKey, *binding]
@@ -102,12 +146,17 @@ type Matcher struct {
 
 type compiledPolicy struct {
 	name    string
+	mode    Mode
 	subject Subject
 	rules   []compiledRule
 }
 
 type compiledRule struct {
-	name     string
+	name string
+	// hits counts the calls the rule allowed: its own counter for the
+	// first MaxRuleHitSeries rules, the Matcher's overflow past them.
+	hits     *atomic.Uint64
+	own      bool // hits is the rule's own
 	prefixes []netip.Prefix
 	dns, sni []string // lowercased patterns
 	// By the callee's identity.
@@ -143,9 +192,13 @@ func (r *compiledRule) callee(c *enrich.Callee) Via {
 	return 0
 }
 
+// binding is the scopes binding a caller: the enforced ones and the
+// staged ones.
 type binding struct {
-	scopes string
-	rules  []*compiledRule
+	scopes       string
+	rules        []*compiledRule
+	stagedScopes string
+	stagedRules  []*compiledRule
 }
 
 var unscoped = &binding{}
@@ -160,11 +213,22 @@ type callerKey struct {
 
 // Compile prepares policies for judging. The policies are not kept.
 func Compile(policies []Policy) *Matcher {
-	m := &Matcher{bindings: gencache.New[callerKey, *binding](8192), version: Version(policies)}
+	m := &Matcher{bindings: gencache.New[callerKey, *binding](8192), version: Version(policies), overflow: new(atomic.Uint64)}
+	// The counters come in one block: a reload makes no litter of them.
+	n := 0
 	for _, p := range policies {
-		cp := compiledPolicy{name: p.Name, subject: p.Subject}
+		n += len(p.Egress)
+	}
+	counters := make([]atomic.Uint64, min(n, MaxRuleHitSeries))
+	series := 0
+	for _, p := range policies {
+		cp := compiledPolicy{name: p.Name, mode: p.Mode, subject: p.Subject}
 		for i, r := range p.Egress {
-			cr := compiledRule{name: p.Name + "/egress[" + strconv.Itoa(i) + "]", ports: r.Ports}
+			cr := compiledRule{name: p.Name + "/egress[" + strconv.Itoa(i) + "]", ports: r.Ports, hits: m.overflow}
+			if series < MaxRuleHitSeries {
+				cr.hits, cr.own = &counters[series], true
+				series++
+			}
 			for _, to := range r.To {
 				switch {
 				case to.CIDR.IsValid():
@@ -196,38 +260,55 @@ func (m *Matcher) Len() int { return len(m.policies) }
 func (m *Matcher) Judge(ev *enrich.Event, names Names, j *Judgement) {
 	b := m.bind(ev)
 	*j = Judgement{Scopes: b.scopes, Names: names, PolicyVersion: m.version}
-	if len(b.scopes) == 0 {
+	switch {
+	case b.scopes != "":
+		j.Verdict, j.Rule, j.Via, j.CalleeUnknown, j.hit = judgeRules(b.rules, ev, names)
+		if b.stagedScopes != "" {
+			st := &j.Staged
+			st.Scopes = b.stagedScopes
+			st.Verdict, st.Rule, st.Via, st.CalleeUnknown, st.hit = judgeRules(b.stagedRules, ev, names)
+			if st.Verdict == Violation {
+				st.Verdict = WouldViolate
+			}
+		}
+	case b.stagedScopes != "":
+		j.Scopes, j.Mode = b.stagedScopes, Audit
+		j.Verdict, j.Rule, j.Via, j.CalleeUnknown, j.hit = judgeRules(b.stagedRules, ev, names)
+		if j.Verdict == Violation {
+			j.Verdict = WouldViolate
+		}
+	default:
 		j.Verdict = Unscoped
-		return
 	}
+}
+
+// judgeRules gives the verdict of rules on a call: Allowed, with the rule and
+// what it matched, Pending or Violation.
+func judgeRules(rules []*compiledRule, ev *enrich.Event, names Names) (v Verdict, rule string, via Via, calleeUnknown bool, hit *atomic.Uint64) {
 	dst, port := ev.Dst.Addr(), ev.Dst.Port()
 	pending := false
-	for _, r := range b.rules {
+	for _, r := range rules {
 		if !portAllowed(r.ports, port) {
 			continue
 		}
 		for _, p := range r.prefixes {
 			if p.Contains(dst) {
-				j.Verdict, j.Rule, j.Via = Allowed, r.name, ViaCIDR
-				return
+				return Allowed, r.name, ViaCIDR, calleeUnknown, r.hits
 			}
 		}
 		if names.DNS != "" && anyHostMatches(r.dns, names.DNS) {
-			j.Verdict, j.Rule, j.Via = Allowed, r.name, ViaDNS
-			return
+			return Allowed, r.name, ViaDNS, calleeUnknown, r.hits
 		}
 		if r.byCallee() {
 			if ev.Callee == nil {
-				j.CalleeUnknown = true
+				calleeUnknown = true
 			} else if via := r.callee(ev.Callee); via != 0 {
-				j.Verdict, j.Rule, j.Via, j.CalleeUnknown = Allowed, r.name, via, false
-				return
+				return Allowed, r.name, via, false, r.hits
 			}
 		}
 		if len(r.sni) > 0 {
 			if names.SNI != "" && anyHostMatches(r.sni, names.SNI) {
-				j.Verdict, j.Rule, j.Via = Allowed, r.name, ViaSNI
-				return
+				return Allowed, r.name, ViaSNI, calleeUnknown, r.hits
 			}
 			if names.SNI == "" && !names.SNIFinal {
 				pending = true
@@ -235,10 +316,9 @@ func (m *Matcher) Judge(ev *enrich.Event, names Names, j *Judgement) {
 		}
 	}
 	if pending {
-		j.Verdict = Pending
-		return
+		return Pending, "", 0, calleeUnknown, nil
 	}
-	j.Verdict = Violation
+	return Violation, "", 0, calleeUnknown, nil
 }
 
 func (m *Matcher) bind(ev *enrich.Event) *binding {
@@ -266,12 +346,19 @@ func (m *Matcher) computeBinding(ev *enrich.Event, k *callerKey) *binding {
 			continue
 		}
 		if b == nil {
-			b = &binding{scopes: p.name}
+			b = &binding{}
+		}
+		scopes, rules := &b.scopes, &b.rules
+		if p.mode == Audit {
+			scopes, rules = &b.stagedScopes, &b.stagedRules
+		}
+		if *scopes == "" {
+			*scopes = p.name
 		} else {
-			b.scopes += "," + p.name
+			*scopes += "," + p.name
 		}
 		for j := range p.rules {
-			b.rules = append(b.rules, &p.rules[j])
+			*rules = append(*rules, &p.rules[j])
 		}
 	}
 	if b == nil {

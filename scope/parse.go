@@ -36,7 +36,7 @@ const (
 var (
 	topFields      = []string{"apiVersion", "kind", "metadata", "spec"}
 	metadataFields = []string{"name", "labels", "annotations"}
-	specFields     = []string{"subject", "egress"}
+	specFields     = []string{"subject", "egress", "mode"}
 	subjectFields  = []string{"namespace", "serviceAccount", "podLabels", "spiffeID", "systemdUnit", "exe", "cgroup"}
 	ruleFields     = []string{"to", "ports", "protocol"}
 	peerFields     = []string{"cidr", "dns", "sni", "service", "namespace", "spiffeID"}
@@ -308,6 +308,18 @@ func (p *parser) metadata(root, v *yaml.Node) string {
 
 func (p *parser) spec(spec *yaml.Node, policy *Policy) {
 	f := p.fields(spec, "spec", specFields)
+	if v := f.get("mode"); !absent(v) {
+		if s, ok := p.str(v, "mode"); ok {
+			switch s {
+			case "enforce":
+				policy.Mode = Enforce
+			case "audit":
+				policy.Mode = Audit
+			default:
+				p.errorf(v, "mode", "%s is not a mode: want enforce (the default) or audit", quote(s))
+			}
+		}
+	}
 	if v := f.get("subject"); absent(v) {
 		p.errorf(spec, "subject", "missing; give at least one of %s", strings.Join(subjectFields, ", "))
 	} else if m := p.mapping(v, "subject"); m != nil {

@@ -471,7 +471,7 @@ func TestParseReportsEveryProblem(t *testing.T) {
 		`invalid.yaml:23:7: egress[1].to: missing; give at least one of cidr, dns, sni, service, namespace or spiffeID (0.0.0.0/0 and ::/0 are any address)`,
 		`invalid.yaml:25:1: apiVersion: missing; want callscope.dev/v1alpha1`,
 		`invalid.yaml:29:12: subject: give at least one of namespace, serviceAccount, podLabels, spiffeID, systemdUnit, exe, cgroup`,
-		`invalid.yaml:30:3: spec: unknown field "egres"; valid fields are subject, egress`,
+		`invalid.yaml:30:3: spec: unknown field "egres"; valid fields are subject, egress, mode`,
 		`invalid.yaml:34:18: metadata.name: "second" is taken by the CallScope at invalid.yaml:27:9`,
 	}
 	if !reflect.DeepEqual(got, want) {

@@ -34,22 +34,37 @@ const (
 // verdict or nothing to add. With room in dst it does not allocate, so the
 // encoder can call it for every event.
 func AppendReason(dst []byte, ev *Event) []byte {
-	j := &ev.Scope
+	return appendReason(dst, ev, &ev.Scope)
+}
+
+// AppendStagedReason appends to dst the sentence that explains the staged
+// outcome beside ev's verdict (ev.Scope.Staged), as AppendReason does the
+// verdict: nothing when there is none.
+func AppendStagedReason(dst []byte, ev *Event) []byte {
+	st := &ev.Scope.Staged
+	j := Judgement{
+		Verdict: st.Verdict, Scopes: st.Scopes, Rule: st.Rule, Via: st.Via, CalleeUnknown: st.CalleeUnknown,
+		Names: ev.Scope.Names, Cause: st.Cause, Wait: ev.Scope.Wait,
+	}
+	return appendReason(dst, ev, &j)
+}
+
+func appendReason(dst []byte, ev *Event, j *Judgement) []byte {
 	switch j.Verdict {
 	case Unscoped:
 		return append(dst, "no CallScope binds this caller"...)
 	case Pending:
 		return append(dst, "allowed only if the TLS server name matches an sni rule"...)
 	case Allowed:
-		return appendAllowed(dst, ev)
-	case Violation:
-		return appendViolation(dst, ev)
+		return appendAllowed(dst, ev, j)
+	case Violation, WouldViolate:
+		// Worded alike: the verdict says whether the scopes are enforced.
+		return appendViolation(dst, ev, j)
 	}
 	return dst
 }
 
-func appendAllowed(dst []byte, ev *Event) []byte {
-	j := &ev.Scope
+func appendAllowed(dst []byte, ev *Event, j *Judgement) []byte {
 	if j.Rule == "" {
 		return dst
 	}
@@ -98,8 +113,7 @@ func appendCallee(dst []byte, c *enrich.Callee, via Via) []byte {
 	return append(dst, c.Service...)
 }
 
-func appendViolation(dst []byte, ev *Event) []byte {
-	j := &ev.Scope
+func appendViolation(dst []byte, ev *Event, j *Judgement) []byte {
 	switch j.Cause {
 	case CauseNoHello:
 		dst = append(dst, "no TLS ClientHello named an allowed server within "...)

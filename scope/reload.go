@@ -120,6 +120,12 @@ func (p *Policies) Len() int {
 // a reload that changes nothing does not count.
 func (p *Policies) Generation() uint64 { return p.generation.Load() }
 
+// RuleHits reports the calls each rule in force allowed; see
+// [Matcher.RuleHits].
+func (p *Policies) RuleHits(fn func(policy, rule string, hits uint64)) (overflow uint64) {
+	return p.Current().RuleHits(fn)
+}
+
 // Reloads counts the reloads by result: ok (changed or not) and error.
 func (p *Policies) Reloads() (ok, failed uint64) { return p.ok.Load(), p.failed.Load() }
 
@@ -185,7 +191,9 @@ func (p *Policies) rebuild() {
 	if p.objects != nil {
 		all = append(slices.Clip(all), p.objects.inForce(p.loaded)...)
 	}
-	p.cur.Store(Compile(all))
+	m := Compile(all)
+	m.inherit(p.cur.Load())
+	p.cur.Store(m)
 	p.generation.Add(1)
 }
 

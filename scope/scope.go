@@ -48,6 +48,15 @@
 // ports lists port numbers and "from-to" ranges; omitted, any port. protocol
 // is tcp, the default and the only one supported.
 //
+// # Mode
+//
+// mode is enforce, the default, or audit. An audit scope is staged: a call
+// outside it is judged would_violate rather than a violation, so that a
+// new scope can be watched at work before it is enforced. Where enforced
+// and staged scopes bind the same caller, the enforced ones alone give the
+// verdict, and the staged ones' outcome is reported beside it
+// ([Judgement].Staged).
+//
 // # Errors
 //
 // Parse and Load report every problem they find, each with its file, line
@@ -74,9 +83,32 @@ const (
 type Policy struct {
 	Name    string   // metadata.name
 	Source  Position // where the document starts
+	Mode    Mode     `json:",omitempty"` // spec.mode; left out of the version when enforced, as before modes were
 	Subject Subject
 	Egress  []Rule // empty: the subject may call nothing
 }
+
+// Mode says whether a CallScope's verdicts are enforced or staged.
+type Mode uint8
+
+const (
+	// Enforce, the default: a call outside the scope is a violation.
+	Enforce Mode = iota
+	// Audit stages the scope: a call outside it would violate it, and is
+	// reported as such, but is no violation. Promoting the scope is
+	// deleting its mode.
+	Audit
+)
+
+func (m Mode) String() string {
+	if m == Audit {
+		return "audit"
+	}
+	return "enforce"
+}
+
+// MarshalText writes the mode as spec.mode does, for Version.
+func (m Mode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
 
 // Position is a place in a policy file. Line and Column count from 1; 0
 // means unknown.

@@ -15,7 +15,8 @@ type StageConfig struct {
 	// go on with a zero verdict.
 	Policies *Policies
 	// PendingTimeout is how long a pending call waits for its TLS
-	// ClientHello before it is judged a violation. Default 10s.
+	// ClientHello before it is judged a violation (would_violate, for a
+	// staged scope). Default 10s.
 	PendingTimeout time.Duration
 	// MaxPending bounds the pending calls remembered; past it the oldest
 	// is judged without waiting any longer. Default 65536.
@@ -28,7 +29,9 @@ type StageConfig struct {
 // StageStats counts what a Stage did.
 type StageStats struct {
 	// Verdicts given, by verdict, including those of verdict events.
-	Allowed, Violation, Unscoped, Pending uint64
+	// WouldViolate counts the staged scopes' refusals, whether the verdict
+	// or the staged outcome beside an enforced verdict.
+	Allowed, Violation, Unscoped, Pending, WouldViolate uint64
 	// Pending calls closed by a verdict event: no ClientHello came in time
 	// (or the socket connected again), the agent stopped, or too many calls
 	// were pending to keep waiting.
@@ -69,10 +72,10 @@ type Stage struct {
 
 	warnedFull bool
 
-	allowed, violation, unscoped, pendingVerdicts atomic.Uint64
-	closed                                        [numCauses]atomic.Uint64 // pending calls closed, by cause
-	pendingNow                                    atomic.Int64
-	findings                                      [NumFindings]atomic.Uint64
+	allowed, violation, unscoped, pendingVerdicts, wouldViolate atomic.Uint64
+	closed                                                      [numCauses]atomic.Uint64 // pending calls closed, by cause
+	pendingNow                                                  atomic.Int64
+	findings                                                    [NumFindings]atomic.Uint64
 }
 
 type pendingCall struct {
@@ -112,6 +115,7 @@ func (s *Stage) Stats() StageStats {
 		Violation:    s.violation.Load(),
 		Unscoped:     s.unscoped.Load(),
 		Pending:      s.pendingVerdicts.Load(),
+		WouldViolate: s.wouldViolate.Load(),
 		TimedOut:     s.closed[CauseNoHello].Load(),
 		Stopped:      s.closed[CauseStopped].Load(),
 		TrackingFull: s.closed[CauseTrackingFull].Load(),
@@ -162,13 +166,15 @@ func (s *Stage) connect(m *Matcher, out []Event, now time.Time) []Event {
 		names.DNS = ev.DstName
 	}
 	m.Judge(&ev.Event, names, &ev.Scope)
-	s.count(ev.Scope.Verdict)
-	switch ev.Scope.Verdict {
-	case Allowed:
-		if ev.Scope.Via == ViaDNS {
-			s.dnsAllowed.put(ev.Cookie, names.DNS)
-		}
-	case Pending:
+	s.count(&ev.Scope)
+	ev.Scope.countHit(true, true)
+	j := &ev.Scope
+	if j.Verdict == Allowed && j.Via == ViaDNS || j.Staged.Verdict == Allowed && j.Staged.Via == ViaDNS {
+		s.dnsAllowed.put(ev.Cookie, names.DNS)
+	}
+	// A call waits for its ClientHello while its verdict, or the staged
+	// outcome beside it, is pending.
+	if j.Verdict == Pending || j.Staged.Verdict == Pending {
 		return s.await(out, len(out)-1, now)
 	}
 	return out
@@ -188,17 +194,23 @@ func (s *Stage) tls(m *Matcher, ev *Event) {
 	if ev.NameSource == enrich.NameSourceDNS {
 		names.DNS = ev.DstName
 	}
+	// The rule that allows a pending call counts it here; one that
+	// allowed it on its connect counted it then.
+	var wasPending, stagedPending bool
 	if slot, ok := s.pending[ev.Cookie]; ok {
-		if dns := s.slots[slot].judgement.Names.DNS; dns != "" {
+		pj := &s.slots[slot].judgement
+		if dns := pj.Names.DNS; dns != "" {
 			names.DNS = dns
 		}
+		wasPending, stagedPending = pj.Verdict == Pending, pj.Staged.Verdict == Pending
 		s.forget(slot)
 	} else if dns, ok := s.dnsAllowed.get(ev.Cookie); ok {
 		// Kept, not deleted: a retried handshake sends a second ClientHello.
 		names.DNS = dns
 	}
 	m.Judge(&ev.Event, names, &ev.Scope)
-	s.count(ev.Scope.Verdict)
+	s.count(&ev.Scope)
+	ev.Scope.countHit(wasPending, stagedPending)
 }
 
 // await remembers the pending connect out[i] until its ClientHello comes.
@@ -237,7 +249,8 @@ func (s *Stage) await(out []Event, i int, now time.Time) []Event {
 }
 
 // Expire closes the calls pending for PendingTimeout or longer with a
-// verdict event each, a violation, appended to out; with all, it closes
+// verdict event each, a violation (would_violate for staged scopes),
+// appended to out; with all, it closes
 // every pending call, as the agent stops. Call it every second or so.
 func (s *Stage) Expire(out []Event, now time.Time, all bool) []Event {
 	for s.head >= 0 {
@@ -264,24 +277,43 @@ func (s *Stage) rearmWarning() {
 }
 
 // close judges a pending call a violation in a verdict event that stands
-// for its connect, and forgets it.
+// for its connect, and forgets it. What was pending is closed: the verdict
+// becomes a violation, or would_violate when only staged scopes bind the
+// caller, and a pending staged outcome beside it would_violate; a verdict
+// that was final on the connect stands, and is not counted again.
 func (s *Stage) close(out []Event, slot int32, now time.Time, cause Cause, wait time.Duration) []Event {
 	c := &s.slots[slot]
 	out = append(out, Event{Event: c.ev, Findings: s.rules.find(&c.ev)})
 	ev := &out[len(out)-1]
 	ev.Kind = collector.KindVerdict
 	ev.Time = now.UnixNano()
+	pj := &c.judgement
 	ev.Scope = Judgement{
-		Verdict: Violation,
-		Scopes:  c.judgement.Scopes,
-		Names:   Names{DNS: c.judgement.Names.DNS, SNIFinal: true},
-		Cause:   cause,
-		Wait:    wait,
+		Scopes: pj.Scopes,
+		Names:  Names{DNS: pj.Names.DNS, SNIFinal: true},
+		Wait:   wait,
 		// Judged by the policies that made it pending, which may since
 		// have been replaced.
-		PolicyVersion: c.judgement.PolicyVersion,
+		PolicyVersion: pj.PolicyVersion,
+		Mode:          pj.Mode,
 	}
-	s.count(Violation)
+	j := &ev.Scope
+	if pj.Verdict == Pending {
+		j.Verdict, j.Cause = Violation, cause
+		if pj.Mode == Audit {
+			j.Verdict = WouldViolate
+		}
+		s.countVerdict(j.Verdict)
+	} else {
+		j.Verdict, j.Rule, j.Via, j.CalleeUnknown = pj.Verdict, pj.Rule, pj.Via, pj.CalleeUnknown
+	}
+	if pj.Staged.Verdict != 0 {
+		j.Staged = pj.Staged
+		if pj.Staged.Verdict == Pending {
+			j.Staged.Verdict, j.Staged.Cause = WouldViolate, cause
+			s.countVerdict(WouldViolate)
+		}
+	}
 	s.closed[cause].Add(1)
 	s.forget(slot)
 	return out
@@ -325,7 +357,16 @@ func (s *Stage) countFindings(set Findings) {
 	}
 }
 
-func (s *Stage) count(v Verdict) {
+// count counts a judgement's verdict, and its staged outcome when that is
+// would_violate.
+func (s *Stage) count(j *Judgement) {
+	s.countVerdict(j.Verdict)
+	if j.Staged.Verdict == WouldViolate {
+		s.countVerdict(WouldViolate)
+	}
+}
+
+func (s *Stage) countVerdict(v Verdict) {
 	switch v {
 	case Allowed:
 		s.allowed.Add(1)
@@ -335,6 +376,8 @@ func (s *Stage) count(v Verdict) {
 		s.unscoped.Add(1)
 	case Pending:
 		s.pendingVerdicts.Add(1)
+	case WouldViolate:
+		s.wouldViolate.Add(1)
 	}
 }
 
