@@ -142,7 +142,8 @@ func (e *Encoder) Append(dst []byte, sev *scope.Event) []byte {
 }
 
 // appendScope writes the verdict; policy names the scopes that bind the
-// caller, rule the one that allowed the call.
+// caller, rule the one that allowed the call, and staged, when there is
+// one, the outcome of the staged scopes beside the enforced verdict.
 func (e *Encoder) appendScope(dst []byte, ev *scope.Event) []byte {
 	j := &ev.Scope
 	// Verdicts come in runs of the same scope and rule: their members are
@@ -158,6 +159,27 @@ func (e *Encoder) appendScope(dst []byte, ev *scope.Event) []byte {
 	}
 	dst = append(dst, e.scopeHead.enc...)
 	e.reason = scope.AppendReason(e.reason[:0], ev)
+	if len(e.reason) > 0 {
+		dst = append(dst, `,"reason":`...)
+		dst = appendString(dst, unsafe.String(&e.reason[0], len(e.reason)))
+	}
+	if st := &j.Staged; st.Verdict != 0 {
+		dst = e.appendStaged(dst, ev)
+	}
+	return append(dst, '}')
+}
+
+// appendStaged writes what the staged scopes say of a call beside the
+// verdict of the enforced ones: the staged member of scope, with the same
+// keys as scope itself.
+func (e *Encoder) appendStaged(dst []byte, ev *scope.Event) []byte {
+	st := &ev.Scope.Staged
+	dst = append(dst, `,"staged":{"verdict":"`...)
+	dst = append(dst, st.Verdict.String()...)
+	dst = append(dst, '"')
+	dst = appendOptional(dst, `,"policy":`, st.Scopes)
+	dst = appendOptional(dst, `,"rule":`, st.Rule)
+	e.reason = scope.AppendStagedReason(e.reason[:0], ev)
 	if len(e.reason) > 0 {
 		dst = append(dst, `,"reason":`...)
 		dst = appendString(dst, unsafe.String(&e.reason[0], len(e.reason)))

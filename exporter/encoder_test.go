@@ -600,6 +600,12 @@ func TestEncoderAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("Append of a verdict allocates %v times per event, want 0", allocs)
 	}
+	// A staged outcome beside the verdict.
+	staged := scope.Event{Event: ev, Scope: scope.Judgement{Verdict: scope.Allowed, Scopes: "billing", Rule: "billing/egress[0]", Via: scope.ViaCIDR,
+		Staged: scope.Staged{Verdict: scope.WouldViolate, Scopes: "billing-next"}}}
+	if allocs := testing.AllocsPerRun(1000, func() { buf = enc.Append(buf[:0], &staged) }); allocs != 0 {
+		t.Errorf("Append with a staged outcome allocates %v times per event, want 0", allocs)
+	}
 	// A callee and findings, as a pod's shell calling in clear.
 	found := scope.Event{Event: ev, Findings: 1<<scope.HumanUse | 1<<scope.CleartextProtocol}
 	found.TTY, found.LoginUID = true, 1000
@@ -740,5 +746,44 @@ func TestEncoderCalleeAndFindings(t *testing.T) {
 	}
 	if _, ok := got["scope"]; ok {
 		t.Error("a scope member without a verdict")
+	}
+}
+
+// TestEncoderStaged: the staged scopes' outcome goes beside the verdict,
+// in scope.staged, with the keys of scope itself; there is none without
+// one, and a verdict of staged scopes alone is the verdict.
+func TestEncoderStaged(t *testing.T) {
+	enc := NewEncoder("", "i")
+	for _, tc := range []struct {
+		name string
+		j    scope.Judgement
+		want obj
+	}{{
+		name: "enforced allowed, staged would violate",
+		j: scope.Judgement{Verdict: scope.Allowed, Scopes: "billing-egress", Rule: "billing-egress/egress[0]", Via: scope.ViaCIDR, PolicyVersion: "3f2a9c01b7de",
+			Staged: scope.Staged{Verdict: scope.WouldViolate, Scopes: "billing-next"}},
+		want: obj{"verdict": "allowed", "policy": "billing-egress", "rule": "billing-egress/egress[0]", "policy_version": "3f2a9c01b7de",
+			"reason": "allowed by billing-egress/egress[0] for 10.96.0.15:443",
+			"staged": obj{"verdict": "would_violate", "policy": "billing-next", "reason": "no egress rule of billing-next allows 10.96.0.15:443"}},
+	}, {
+		name: "enforced violation, staged allowed",
+		j: scope.Judgement{Verdict: scope.Violation, Scopes: "billing-egress",
+			Staged: scope.Staged{Verdict: scope.Allowed, Scopes: "billing-next,\"odd\"", Rule: "billing-next/egress[1]", Via: scope.ViaCIDR}},
+		want: obj{"verdict": "violation", "policy": "billing-egress", "reason": "no egress rule of billing-egress allows 10.96.0.15:443",
+			"staged": obj{"verdict": "allowed", "policy": "billing-next,\"odd\"", "rule": "billing-next/egress[1]", "reason": "allowed by billing-next/egress[1] for 10.96.0.15:443"}},
+	}, {
+		name: "staged alone",
+		j:    scope.Judgement{Verdict: scope.WouldViolate, Scopes: "billing-next", Mode: scope.Audit},
+		want: obj{"verdict": "would_violate", "policy": "billing-next", "reason": "no egress rule of billing-next allows 10.96.0.15:443"},
+	}, {
+		name: "staged pending",
+		j:    scope.Judgement{Verdict: scope.Allowed, Scopes: "a", Rule: "a/egress[0]", Via: scope.ViaCIDR, Staged: scope.Staged{Verdict: scope.Pending, Scopes: "b"}},
+		want: obj{"verdict": "allowed", "policy": "a", "rule": "a/egress[0]", "reason": "allowed by a/egress[0] for 10.96.0.15:443",
+			"staged": obj{"verdict": "pending", "policy": "b", "reason": "allowed only if the TLS server name matches an sni rule"}},
+	}} {
+		line := decodeLine(t, enc.Append(nil, &scope.Event{Event: connectEvent(), Scope: tc.j}))
+		if got := line["scope"]; !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: scope\n %v\nwant\n %v", tc.name, got, tc.want)
+		}
 	}
 }

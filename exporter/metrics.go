@@ -1,6 +1,8 @@
 package exporter
 
 import (
+	"strconv"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -27,6 +29,9 @@ type Sources struct {
 	Scope     func() scope.StageStats
 	// Reloads counts policy loads by result; nil when no policy is given.
 	Reloads func() (ok, failed uint64)
+	// RuleHits reports the calls each rule in force allowed, and returns
+	// those past scope.MaxRuleHitSeries rules; nil without policies.
+	RuleHits func(fn func(policy, rule string, hits uint64)) (overflow uint64)
 	// Objects counts the cluster's CallScope objects; nil without
 	// Kubernetes.
 	Objects  func() scope.ObjectStats
@@ -95,7 +100,7 @@ var (
 	podWaitsDesc = prometheus.NewDesc("callscope_identity_pod_waits_total",
 		"Events held back because their pod was not known to the Kubernetes API yet.", nil, nil)
 	verdictsDesc = prometheus.NewDesc("callscope_verdicts_total",
-		"Verdicts given on calls, by verdict: allowed, violation, unscoped, pending. A pending call gets a second, final verdict.", []string{"verdict"}, nil)
+		"Verdicts given on calls, by verdict: allowed, violation, unscoped, pending, would_violate (outside a staged scope, mode: audit; counted too when beside an enforced verdict). A pending call gets a second, final verdict.", []string{"verdict"}, nil)
 	violationsDesc = prometheus.NewDesc("callscope_violations_total",
 		"Calls outside the scope of the CallScopes binding their caller.", nil, nil)
 	pendingClosedDesc = prometheus.NewDesc("callscope_pending_closed_total",
@@ -104,6 +109,11 @@ var (
 		"Calls carrying each finding of the catalogue (human_use, plaintext, cleartext_protocol, legacy_tls, no_sni, cross_environment), whatever their verdict.", []string{"finding"}, nil)
 	pendingDesc = prometheus.NewDesc("callscope_pending_calls",
 		"Calls awaiting their TLS ClientHello for a final verdict.", nil, nil)
+	ruleHitsDesc = prometheus.NewDesc("callscope_rule_hits_total",
+		"Calls each egress rule in force allowed, by policy and rule (as in scope.rule), staged rules included. Only the rules in force are exported, the first "+strconv.Itoa(scope.MaxRuleHitSeries)+" of them; a rule's count starts again from zero if it leaves the policies and comes back.",
+		[]string{"policy", "rule"}, nil)
+	ruleHitsOverflowDesc = prometheus.NewDesc("callscope_rule_hits_overflow_total",
+		"Calls allowed by rules past the first "+strconv.Itoa(scope.MaxRuleHitSeries)+" in force, which get no callscope_rule_hits_total series of their own.", nil, nil)
 	reloadsDesc = prometheus.NewDesc("callscope_policy_reloads_total",
 		"Policy loads, by result: ok, or error (the policy in force stays).", []string{"result"}, nil)
 	objectsDesc = prometheus.NewDesc("callscope_policy_objects",
@@ -159,6 +169,7 @@ func (s *stageCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- calleeAddressesDesc
 	ch <- calleeWatchErrorsDesc
 	for _, d := range []*prometheus.Desc{verdictsDesc, violationsDesc, findingsDesc, pendingClosedDesc, pendingDesc, reloadsDesc,
+		ruleHitsDesc, ruleHitsOverflowDesc,
 		objectsDesc, objectsRejectedDesc, objectsFailuresDesc, objectsSyncedDesc,
 		helloDesc, unattributedDesc, serverHelloDesc, dnsDesc, namesDesc, progRunsDesc, progTimeDesc, featureDesc} {
 		ch <- d
@@ -191,7 +202,7 @@ func (s *stageCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, c := range []struct {
 			verdict string
 			n       uint64
-		}{{"allowed", st.Allowed}, {"violation", st.Violation}, {"unscoped", st.Unscoped}, {"pending", st.Pending}} {
+		}{{"allowed", st.Allowed}, {"violation", st.Violation}, {"unscoped", st.Unscoped}, {"pending", st.Pending}, {"would_violate", st.WouldViolate}} {
 			ch <- prometheus.MustNewConstMetric(verdictsDesc, prometheus.CounterValue, float64(c.n), c.verdict)
 		}
 		ch <- prometheus.MustNewConstMetric(violationsDesc, prometheus.CounterValue, float64(st.Violation))
@@ -202,6 +213,12 @@ func (s *stageCollector) Collect(ch chan<- prometheus.Metric) {
 		for f, n := range st.Findings {
 			ch <- prometheus.MustNewConstMetric(findingsDesc, prometheus.CounterValue, float64(n), scope.Catalogue[f].ID)
 		}
+	}
+	if s.src.RuleHits != nil {
+		overflow := s.src.RuleHits(func(policy, rule string, hits uint64) {
+			ch <- prometheus.MustNewConstMetric(ruleHitsDesc, prometheus.CounterValue, float64(hits), policy, rule)
+		})
+		ch <- prometheus.MustNewConstMetric(ruleHitsOverflowDesc, prometheus.CounterValue, float64(overflow))
 	}
 	if s.src.Reloads != nil {
 		ok, failed := s.src.Reloads()

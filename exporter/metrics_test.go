@@ -1,8 +1,10 @@
 package exporter
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -97,5 +99,61 @@ callscope_callee_watch_errors_total 1
 	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want),
 		"callscope_callee_lookups_total", "callscope_callee_addresses", "callscope_callee_watch_errors_total"); err != nil {
 		t.Error(err)
+	}
+}
+
+func TestMetricsVerdicts(t *testing.T) {
+	st := scope.StageStats{Allowed: 4, Violation: 3, Unscoped: 2, Pending: 1, WouldViolate: 5}
+	m := NewMetrics(Sources{Scope: func() scope.StageStats { return st }})
+	want := `
+# HELP callscope_verdicts_total Verdicts given on calls, by verdict: allowed, violation, unscoped, pending, would_violate (outside a staged scope, mode: audit; counted too when beside an enforced verdict). A pending call gets a second, final verdict.
+# TYPE callscope_verdicts_total counter
+callscope_verdicts_total{verdict="allowed"} 4
+callscope_verdicts_total{verdict="pending"} 1
+callscope_verdicts_total{verdict="unscoped"} 2
+callscope_verdicts_total{verdict="violation"} 3
+callscope_verdicts_total{verdict="would_violate"} 5
+# HELP callscope_violations_total Calls outside the scope of the CallScopes binding their caller.
+# TYPE callscope_violations_total counter
+callscope_violations_total 3
+`
+	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want), "callscope_verdicts_total", "callscope_violations_total"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestMetricsRuleHits(t *testing.T) {
+	policies := scope.NewPolicies(scope.Compile([]scope.Policy{
+		{Name: "billing-egress", Subject: scope.Subject{Namespace: "payments"}, Egress: []scope.Rule{
+			{To: []scope.Peer{{CIDR: netip.MustParsePrefix("10.0.0.0/8")}}},
+			{To: []scope.Peer{{CIDR: netip.MustParsePrefix("192.0.2.0/24")}}},
+		}},
+		{Name: "billing-next", Mode: scope.Audit, Subject: scope.Subject{Namespace: "payments"}, Egress: []scope.Rule{
+			{To: []scope.Peer{{CIDR: netip.MustParsePrefix("10.1.0.0/16")}}},
+		}},
+	}))
+	stage := scope.NewStage(scope.StageConfig{Policies: policies})
+	call := enrich.Event{Pod: &enrich.Pod{Namespace: "payments"}}
+	call.Kind, call.Outcome = collector.KindConnect, collector.OutcomeRefused
+	call.Dst = netip.MustParseAddrPort("10.1.2.3:443")
+	stage.JudgeBatch([]enrich.Event{call, call}, nil, time.Now())
+
+	m := NewMetrics(Sources{RuleHits: policies.RuleHits})
+	want := `
+# HELP callscope_rule_hits_overflow_total Calls allowed by rules past the first 10000 in force, which get no callscope_rule_hits_total series of their own.
+# TYPE callscope_rule_hits_overflow_total counter
+callscope_rule_hits_overflow_total 0
+# HELP callscope_rule_hits_total Calls each egress rule in force allowed, by policy and rule (as in scope.rule), staged rules included. Only the rules in force are exported, the first 10000 of them; a rule's count starts again from zero if it leaves the policies and comes back.
+# TYPE callscope_rule_hits_total counter
+callscope_rule_hits_total{policy="billing-egress",rule="billing-egress/egress[0]"} 2
+callscope_rule_hits_total{policy="billing-egress",rule="billing-egress/egress[1]"} 0
+callscope_rule_hits_total{policy="billing-next",rule="billing-next/egress[0]"} 2
+`
+	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want), "callscope_rule_hits_total", "callscope_rule_hits_overflow_total"); err != nil {
+		t.Error(err)
+	}
+	// Without policies, no series.
+	if n, err := testutil.GatherAndCount(NewMetrics(Sources{}).Registry, "callscope_rule_hits_total", "callscope_rule_hits_overflow_total"); err != nil || n != 0 {
+		t.Errorf("without policies: %d series (%v), want none", n, err)
 	}
 }

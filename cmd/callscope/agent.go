@@ -158,6 +158,9 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	if len(cfg.policies) > 0 {
 		src.Reloads = policies.Reloads
 	}
+	if policies != nil {
+		src.RuleHits = policies.RuleHits
+	}
 	if objects != nil {
 		src.Objects = objects.Stats
 	}
