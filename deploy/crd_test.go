@@ -388,6 +388,9 @@ var schemaCases = []struct{ name, doc string }{
 	{"unknown field in a rule", "{subject: {namespace: a}, egress: [{to: [{cidr: 10.0.0.0/8}], port: [443]}]}"},
 	{"unknown field in a destination", "{subject: {namespace: a}, egress: [{to: [{cidr: 10.0.0.0/8, host: a.example}]}]}"},
 	{"no subject", "{egress: []}"},
+	{"a mode that is none", "{mode: dryrun, subject: {namespace: a}}"},
+	{"a mode in upper case", "{mode: Audit, subject: {namespace: a}}"},
+	{"a mode that is not a string", "{mode: true, subject: {namespace: a}}"},
 	{"an empty subject", "{subject: {}}"},
 	{"empty podLabels alone", "{subject: {podLabels: {}}}"},
 	{"a label value that is not a string", "{subject: {podLabels: {tier: 1}}}"},
@@ -476,6 +479,8 @@ func TestCRDSchemaRefuses(t *testing.T) {
 // examples.
 var acceptCases = []string{
 	`{subject: {podLabels: {app: billing, tier: "1"}}}`,
+	`{mode: audit, subject: {namespace: a}, egress: [{to: [{cidr: 10.0.0.0/8}]}]}`,
+	`{mode: enforce, subject: {namespace: a}}`,
 	`{subject: {spiffeID: "spiffe://cluster.local/ns/*/sa/*"}}`,
 	`{subject: {cgroup: "/system.slice/*"}, egress: [{to: [{cidr: "::/0"}, {cidr: 192.0.2.7}, {cidr: "2001:db8::1"}], ports: [1, 65535, "1-65535", "0443"]}]}`,
 	`{subject: {systemdUnit: "backup?.service"}, egress: [{to: [{dns: "**.amazonaws.com"}, {sni: "API.Stripe.com."}], protocol: TCP}]}`,

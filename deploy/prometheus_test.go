@@ -183,9 +183,69 @@ func TestPrometheusRules(t *testing.T) {
 			t.Errorf("no alert on %s (no expression matches %s)", want.about, want.re)
 		}
 	}
+	// A staged scope's would_violate is reported, never alerted on as a
+	// violation: every selector of verdicts must leave it out.
+	for _, sel := range verdictSelectors(all) {
+		if selectsVerdict(t, sel, "would_violate") {
+			t.Errorf("%s selects would_violate verdicts: staged scopes would fire it", sel)
+		}
+		if !selectsVerdict(t, sel, "violation") {
+			t.Errorf("%s does not select violations", sel)
+		}
+	}
+	if len(verdictSelectors(all)) == 0 {
+		t.Error("no alert on callscope_verdicts_total")
+	}
 	for _, f := range scope.Catalogue {
 		if !regexp.MustCompile(`callscope_findings_total\{[^}]*finding=~?"[^"]*\b` + f.ID + `\b`).MatchString(all) {
 			t.Errorf("no alert on finding %s", f.ID)
+		}
+	}
+}
+
+// verdictSelectors finds the selectors of callscope_verdicts_total in
+// exprs: "callscope_verdicts_total{...}", or the bare name.
+func verdictSelectors(exprs string) []string {
+	return regexp.MustCompile(`callscope_verdicts_total(\{[^}]*\})?`).FindAllString(exprs, -1)
+}
+
+// selectsVerdict says whether a selector of callscope_verdicts_total
+// matches the series of verdict v, by its verdict matcher (=, !=, =~, !~);
+// with none, it matches every verdict.
+func selectsVerdict(t *testing.T, sel, v string) bool {
+	t.Helper()
+	m := regexp.MustCompile(`\bverdict\s*(=~|!~|!=|=)\s*"([^"]*)"`).FindAllStringSubmatch(sel, -1)
+	ok := true
+	for _, mm := range m {
+		op, val := mm[1], mm[2]
+		switch op {
+		case "=":
+			ok = ok && v == val
+		case "!=":
+			ok = ok && v != val
+		case "=~", "!~":
+			re, err := regexp.Compile("^(?:" + val + ")$")
+			if err != nil {
+				t.Fatalf("%s: %v", sel, err)
+			}
+			ok = ok && re.MatchString(v) == (op == "=~")
+		}
+	}
+	return ok
+}
+
+func TestSelectsVerdict(t *testing.T) {
+	for sel, want := range map[string]bool{
+		`callscope_verdicts_total{job="callscope",verdict="violation"}`: false,
+		`callscope_verdicts_total{verdict=~"violation|would_violate"}`:  true,
+		`callscope_verdicts_total{verdict=~".*violat.*"}`:               true,
+		`callscope_verdicts_total{verdict=~"violation"}`:                false,
+		`callscope_verdicts_total{verdict!="allowed"}`:                  true,
+		`callscope_verdicts_total{verdict!~"would_.*|allowed"}`:         false,
+		`callscope_verdicts_total`:                                      true,
+	} {
+		if got := selectsVerdict(t, sel, "would_violate"); got != want {
+			t.Errorf("%s selects would_violate: %v, want %v", sel, got, want)
 		}
 	}
 }
