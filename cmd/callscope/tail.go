@@ -284,6 +284,11 @@ type tailEvent struct {
 		Policy        string `json:"policy"`
 		Reason        string `json:"reason"`
 		PolicyVersion string `json:"policy_version"`
+		Staged        *struct {
+			Verdict string `json:"verdict"`
+			Policy  string `json:"policy"`
+			Reason  string `json:"reason"`
+		} `json:"staged"`
 	} `json:"scope"`
 	Loss *struct {
 		Stage  string `json:"stage"`
@@ -461,19 +466,10 @@ func (p *tailPrinter) format(b []byte, ev *tailEvent) []byte {
 	}
 	if s := ev.Scope; s != nil && s.Verdict != "" {
 		b = append(b, ' ')
-		v := termsafe.String(s.Verdict)
-		switch s.Verdict {
-		case "violation":
-			if s.Policy != "" || s.Reason != "" {
-				v += " (" + strings.TrimPrefix(termsafe.String(s.Policy)+": "+termsafe.String(s.Reason), ": ") + ")"
-			}
-			b = p.paint(b, ansiRed, v)
-		case "allowed":
-			b = p.paint(b, ansiGreen, v)
-		case "pending":
-			b = p.paint(b, ansiYellow, v)
-		default:
-			b = p.paint(b, ansiDim, v)
+		b = p.appendVerdict(b, s.Verdict, s.Policy, s.Reason)
+		if st := s.Staged; st != nil && st.Verdict != "" {
+			b = append(b, " staged "...)
+			b = p.appendVerdict(b, st.Verdict, st.Policy, st.Reason)
 		}
 		if s.PolicyVersion != "" {
 			b = append(b, ' ')
@@ -492,6 +488,24 @@ func (p *tailPrinter) format(b []byte, ev *tailEvent) []byte {
 		b = p.paint(b, ansiYellow, label)
 	}
 	return append(b, '\n')
+}
+
+// appendVerdict writes a verdict, coloured, with the policy and reason of
+// a violation or would_violate.
+func (p *tailPrinter) appendVerdict(b []byte, verdict, policy, reason string) []byte {
+	v := termsafe.String(verdict)
+	if (verdict == "violation" || verdict == "would_violate") && (policy != "" || reason != "") {
+		v += " (" + strings.TrimPrefix(termsafe.String(policy)+": "+termsafe.String(reason), ": ") + ")"
+	}
+	switch verdict {
+	case "violation":
+		return p.paint(b, ansiRed, v)
+	case "allowed":
+		return p.paint(b, ansiGreen, v)
+	case "pending", "would_violate":
+		return p.paint(b, ansiYellow, v)
+	}
+	return p.paint(b, ansiDim, v)
 }
 
 func (p *tailPrinter) paint(b []byte, color, s string) []byte {

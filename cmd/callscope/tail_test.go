@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -319,5 +321,29 @@ func TestTailOCSF(t *testing.T) {
 	waitFor(t, "2 lines", func() bool { return strings.Count(out.String(), "\n") == 2 })
 	if !strings.HasSuffix(out.String(), record+"\n") {
 		t.Errorf("--json stdout %q, want the OCSF record as it is", out.String())
+	}
+}
+
+// tail shows a staged scope's would_violate as it shows a violation, and
+// the staged outcome beside an enforced verdict.
+func TestTailStaged(t *testing.T) {
+	var out bytes.Buffer
+	p := &tailPrinter{out: &out, errs: io.Discard}
+	staged := strings.Replace(tailConnect("inst", 1, "allowed"), `"reason":"no egress rule allows 10.96.0.15:443"`,
+		`"staged":{"verdict":"would_violate","policy":"billing-next","reason":"no egress rule of billing-next allows 10.96.0.15:443"}`, 1)
+	for _, line := range []string{
+		strings.Replace(tailConnect("inst", 2, "would_violate"), "billing-egress", "billing-next", 1),
+		staged,
+	} {
+		var ev tailEvent
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatal(err)
+		}
+		out.Write(p.format(nil, &ev))
+	}
+	want := "2026-11-27T04:32:04.000Z " + billing + " → api.stripe.com:443 connect established would_violate (billing-next: no egress rule allows 10.96.0.15:443)\n" +
+		"2026-11-27T04:32:04.000Z " + billing + " → api.stripe.com:443 connect established allowed staged would_violate (billing-next: no egress rule of billing-next allows 10.96.0.15:443)\n"
+	if out.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", out.String(), want)
 	}
 }
