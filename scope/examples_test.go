@@ -11,7 +11,7 @@ func TestExamples(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
-	want := []string{"billing-egress", "host-backups", "host-ci-runners"}
+	want := []string{"billing-egress-next", "billing-egress", "host-backups", "host-ci-runners"}
 	if !reflect.DeepEqual(names(policies), want) {
 		t.Errorf("example policies = %v, want %v", names(policies), want)
 	}
