@@ -70,7 +70,7 @@ func runFlags(cfg *runConfig) *flag.FlagSet {
 	fs.StringVar(&cfg.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust `domain` of pod identities")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
-	fs.DurationVar(&cfg.pendingTimeout, "pending-timeout", 10*time.Second, "how long a call only an sni rule can allow waits for its TLS ClientHello before it is judged a violation")
+	fs.DurationVar(&cfg.pendingTimeout, "pending-timeout", 10*time.Second, "how long a call only an sni rule can allow waits for its TLS ClientHello before it is judged a violation (would_violate, for a staged scope)")
 	fs.BoolVar(&cfg.bpfStats, "bpf-stats", false, "have the kernel count the run time of callscope's programs, for metrics (two clock reads per program run; needs CAP_SYS_ADMIN)")
 	fs.BoolVar(&cfg.syscallErrors, "syscall-errors", false, "give connects that fail inside connect(2), before a SYN, their error (ENETUNREACH, EADDRNOTAVAIL, EPERM); needs the syscall-exit tracepoint, which puts every syscall on the node on the kernel's slower path (about 50 ns each). Such connects are reported either way")
 	cfg.tlsPorts = portList{ports: collector.DefaultTLSPorts}
