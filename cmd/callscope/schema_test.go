@@ -49,7 +49,9 @@ func schemaEvents() []scope.Event {
 	loss := enrich.Event{Event: collector.Event{Kind: collector.KindLoss, Time: at, Lost: 3, LossStage: collector.StageKernel, LossReason: collector.ReasonRingBufferFull}}
 	return []scope.Event{
 		{Event: call, Scope: judged, Findings: 1<<scope.HumanUse | 1<<scope.CrossEnvironment},
-		{Event: refused, Scope: scope.Judgement{Verdict: scope.Violation, Scopes: "billing-egress", PolicyVersion: "3f2a9c01b7de"}},
+		{Event: refused, Scope: scope.Judgement{Verdict: scope.Violation, Scopes: "billing-egress", PolicyVersion: "3f2a9c01b7de",
+			Staged: scope.Staged{Verdict: scope.WouldViolate, Scopes: "billing-next"}}},
+		{Event: refused, Scope: scope.Judgement{Verdict: scope.WouldViolate, Scopes: "billing-next", Mode: scope.Audit}},
 		{Event: hello, Scope: scope.Judgement{Verdict: scope.Pending, Scopes: "billing-egress"}, Findings: 1 << scope.LegacyTLS},
 		{Event: verdict, Scope: scope.Judgement{Verdict: scope.Violation, Scopes: "billing-egress", Cause: scope.CauseNoHello, Wait: 10 * time.Second}},
 		{Event: loss},
