@@ -23,6 +23,7 @@ Usage:
   callscope run [flags]             run the agent (callscope run -h lists the flags)
   callscope policy check PATH...    validate CallScope files or folders; exit 0 or 1
   callscope tail [flags]            read the Kafka stream back, human friendly (callscope tail -h lists the flags)
+  callscope learn [flags] [FILE...] draft CallScopes from the calls in events (callscope learn -h lists the flags)
   callscope version                 print the version
 `
 
@@ -58,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return policyCommand(args[1:], stdout, stderr)
 	case "tail":
 		return tailCommand(args[1:], stdout, stderr)
+	case "learn":
+		return learnCommand(args[1:], os.Stdin, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "callscope %s (%s, %s/%s)\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return nil
