@@ -240,7 +240,7 @@ type Learner struct {
 	exes    []string
 	exeIDs  map[string]uint32
 
-	pairs map[pairKey]uint32 // to an index of stats
+	pairs  map[pairKey]uint32 // to an index of stats
 	stats_ []pairStats
 
 	joins    map[uint64]pendingJoin // by conn
