@@ -240,8 +240,8 @@ type Learner struct {
 	exes    []string
 	exeIDs  map[string]uint32
 
-	pairs  map[pairKey]uint32 // to an index of stats
-	stats_ []pairStats
+	pairs   map[pairKey]uint32 // to an index of stats
+	records []pairStats
 
 	joins    map[uint64]pendingJoin // by conn
 	joinFIFO []joinRef              // ring, oldest first
@@ -530,11 +530,11 @@ func (l *Learner) creditWith(subj uint32, d dest, t int64, exeID uint32, exe str
 			l.skip(SkipOverCap)
 			return
 		}
-		i = uint32(len(l.stats_))
-		l.stats_ = append(l.stats_, pairStats{first: t, last: t})
+		i = uint32(len(l.records))
+		l.records = append(l.records, pairStats{first: t, last: t})
 		l.pairs[k] = i
 	}
-	p := &l.stats_[i]
+	p := &l.records[i]
 	if p.calls == 0 || t < p.first {
 		// The example exe is the earliest call's.
 		if exeID == 0 {

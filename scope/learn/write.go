@@ -1,6 +1,7 @@
 package learn
 
 import (
+	"bytes"
 	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
@@ -39,6 +40,12 @@ func (l *Learner) Drafts() []Draft {
 	bySubject := make([][]pairKey, len(l.subjects))
 	for k := range l.pairs {
 		bySubject[k.subject] = append(bySubject[k.subject], k)
+	}
+	for _, keys := range bySubject {
+		slices.SortFunc(keys, func(a, b pairKey) int {
+			return cmp.Or(cmp.Compare(a.kind, b.kind), strings.Compare(l.names[a.name], l.names[b.name]),
+				bytes.Compare(a.addr[:], b.addr[:]), cmp.Compare(a.port, b.port))
+		})
 	}
 	var drafts []Draft
 	taken := map[string]bool{}
@@ -185,7 +192,7 @@ func (l *Learner) document(name string, s *subject, keys []pairKey, st *Stats) [
 			targets = append(targets, t)
 		}
 		t.ports = append(t.ports, k.port)
-		p := l.stats_[l.pairs[k]]
+		p := l.records[l.pairs[k]]
 		e := evidence{p.calls, p.first, p.last, p.exe}
 		t.ev.add(e)
 		total.add(e)
@@ -353,6 +360,7 @@ func (l *Learner) generalize(ts []*target) []entry {
 		group := byKind[kind]
 		switch kind {
 		case kindService, kindNamespace:
+			slices.SortFunc(group, func(a, b *target) int { return strings.Compare(a.name, b.name) })
 			for _, t := range group {
 				out = append(out, entry{kind: kind, value: t.name, ev: t.ev})
 			}
