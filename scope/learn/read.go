@@ -138,6 +138,16 @@ func ReadEvents(r io.Reader, fn func(*Event), skip func(Skip, []byte)) error {
 	}
 }
 
+// isBlank says line holds nothing but JSON's white space.
+func isBlank(line []byte) bool {
+	for _, c := range line {
+		if c != ' ' && c != '\t' && c != '\r' && c != '\n' {
+			return false
+		}
+	}
+	return true
+}
+
 func discardLine(br *bufio.Reader) error {
 	for {
 		_, err := br.ReadSlice('\n')
@@ -179,7 +189,7 @@ type decoder struct {
 }
 
 func (d *decoder) decode(line []byte, ev *Event) Skip {
-	if len(bytes.TrimSpace(line)) == 0 {
+	if isBlank(line) {
 		return SkipBlank
 	}
 	*ev = Event{}
