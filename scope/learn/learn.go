@@ -42,6 +42,9 @@ const joinWindow = 10 * time.Second
 // oldest is learnt by its own destination.
 const maxJoins = 65536
 
+// maxCallers bounds the cache of callers' facts; past it, it starts over.
+const maxCallers = 4096
+
 // maxLossKinds bounds the (stage, reason) pairs of loss events counted
 // apart; the rest are counted together.
 const maxLossKinds = 64
@@ -197,6 +200,10 @@ type subjectKey struct {
 	a, b string // namespace and service account; unit; exe
 }
 
+type caller struct {
+	subject, exe uint32
+}
+
 type subject struct {
 	key        subjectKey
 	identities []string // the first few identities seen, in order
@@ -229,11 +236,12 @@ type Learner struct {
 
 	subjects   []subject
 	subjectIDs map[subjectKey]uint32
-	last       struct { // the caller of the last event: events come in runs
-		ok                                bool
-		identity, namespace, account, exe string
-		id                                uint32
-	}
+	// callers caches the subject of each caller's facts (identity,
+	// namespace, service account, exe, joined by NULs); callerKey is the
+	// buffer they are joined in.
+	callers   map[string]caller
+	callerKey []byte
+	lastExe   uint32 // the interned exe of the last event's caller
 
 	names   []string // interned names; names[0] is ""
 	nameIDs map[string]uint32
@@ -259,6 +267,7 @@ func New(cfg Config) (*Learner, error) {
 		cfg:        cfg,
 		losses:     map[[2]string]*Loss{},
 		subjectIDs: map[subjectKey]uint32{},
+		callers:    map[string]caller{},
 		names:      []string{""},
 		nameIDs:    map[string]uint32{},
 		exes:       []string{""},
@@ -397,9 +406,15 @@ func (l *Learner) loss(ev *Event) {
 // subject finds the caller of ev, interning it. Without any fact naming
 // the caller, or past the cap, the event is counted and ok is false.
 func (l *Learner) subject(ev *Event) (uint32, bool) {
-	lc := &l.last
-	if lc.ok && lc.identity == ev.Identity && lc.namespace == ev.Namespace && lc.account == ev.ServiceAccount && lc.exe == ev.Exe {
-		return lc.id, true
+	// Callers come back: their events' facts, as one key, give the
+	// subject without the checks and without allocating.
+	l.callerKey = append(l.callerKey[:0], ev.Identity...)
+	l.callerKey = append(append(l.callerKey, 0), ev.Namespace...)
+	l.callerKey = append(append(l.callerKey, 0), ev.ServiceAccount...)
+	l.callerKey = append(append(l.callerKey, 0), ev.Exe...)
+	if c, ok := l.callers[string(l.callerKey)]; ok {
+		l.lastExe = c.exe
+		return c.subject, true
 	}
 	var k subjectKey
 	switch {
@@ -434,9 +449,11 @@ func (l *Learner) subject(ev *Event) (uint32, bool) {
 			}
 		}
 	}
-	lc.ok, lc.id = true, id
-	lc.identity, lc.namespace = strings.Clone(ev.Identity), strings.Clone(ev.Namespace)
-	lc.account, lc.exe = strings.Clone(ev.ServiceAccount), strings.Clone(ev.Exe)
+	if len(l.callers) >= maxCallers {
+		clear(l.callers)
+	}
+	l.lastExe = l.exe(ev.Exe)
+	l.callers[string(l.callerKey)] = caller{id, l.lastExe}
 	return id, true
 }
 
@@ -510,7 +527,7 @@ func (l *Learner) exe(s string) uint32 {
 }
 
 func (l *Learner) credit(subj uint32, d dest, t int64, exe string) {
-	l.creditWith(subj, d, t, 0, exe)
+	l.creditWith(subj, d, t, l.lastExe, exe)
 }
 
 // creditWith learns one call of subj to d at t, by the exe interned as
@@ -565,7 +582,7 @@ func (l *Learner) await(ev *Event, subj uint32, own dest) {
 		l.popJoin(true)
 	}
 	l.joinSeq++
-	l.joins[ev.Conn] = pendingJoin{subject: subj, own: own, time: ev.Time, exe: l.exe(ev.Exe), seq: l.joinSeq}
+	l.joins[ev.Conn] = pendingJoin{subject: subj, own: own, time: ev.Time, exe: l.lastExe, seq: l.joinSeq}
 	l.joinFIFO[(l.joinHead+l.joinLen)%len(l.joinFIFO)] = joinRef{conn: ev.Conn, seq: l.joinSeq}
 	l.joinLen++
 }

@@ -3,10 +3,11 @@ package learn
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
+	"math/bits"
 	"net/netip"
-	"strconv"
 	"time"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -225,11 +226,7 @@ func (d *decoder) decode(line []byte, ev *Event) Skip {
 		}
 		ev.Time = t
 	}
-	if d.conn != "" {
-		if c, err := strconv.ParseUint(d.conn, 16, 64); err == nil {
-			ev.Conn = c
-		}
-	}
+	ev.Conn = parseHex(d.conn)
 	if d.dstIP != "" {
 		a, err := netip.ParseAddr(d.dstIP)
 		if err != nil || a.Zone() != "" {
@@ -380,8 +377,10 @@ func (d *decoder) loss(ev *Event, key []byte) bool {
 
 func (d *decoder) ws() {
 	for d.i < len(d.b) {
-		switch d.b[d.i] {
-		case ' ', '\t', '\n', '\r':
+		switch c := d.b[d.i]; {
+		case c > ' ':
+			return
+		case c == ' ', c == '\t', c == '\n', c == '\r':
 			d.i++
 		default:
 			return
@@ -391,7 +390,8 @@ func (d *decoder) ws() {
 
 // null consumes a null, which stands for an absent member.
 func (d *decoder) null() bool {
-	if bytes.HasPrefix(d.b[d.i:], []byte("null")) {
+	b, i := d.b, d.i
+	if i+4 <= len(b) && b[i] == 'n' && b[i+1] == 'u' && b[i+2] == 'l' && b[i+3] == 'l' {
 		d.i += 4
 		return true
 	}
@@ -472,6 +472,28 @@ var strClass = func() (c [256]bool) {
 	return c
 }()
 
+// plainRun gives the index of the first byte from i on that ends a run
+// of plain string bytes (see strClass), or len(b): eight bytes at a time.
+func plainRun(b []byte, i int) int {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for i+8 <= len(b) {
+		w := binary.LittleEndian.Uint64(b[i:])
+		q, bs := w^(ones*'"'), w^(ones*'\\')
+		// Zero bytes of q and bs, and bytes below 0x20 of w: a borrow can
+		// mark a byte above a marked one, never below, so the lowest mark
+		// is exact.
+		m := ((q - ones) &^ q) | ((bs - ones) &^ bs) | ((w - ones*0x20) &^ w)
+		if m &= highs; m != 0 {
+			return i + bits.TrailingZeros64(m)/8
+		}
+		i += 8
+	}
+	for i < len(b) && !strClass[b[i]] {
+		i++
+	}
+	return i
+}
+
 // str reads a string, unescaped.
 func (d *decoder) str() ([]byte, bool) {
 	if d.i >= len(d.b) || d.b[d.i] != '"' {
@@ -480,10 +502,7 @@ func (d *decoder) str() ([]byte, bool) {
 	d.i++
 	start := d.i
 	b := d.b
-	i := d.i
-	for i < len(b) && !strClass[b[i]] {
-		i++
-	}
+	i := plainRun(b, d.i)
 	if i < len(b) && b[i] == '"' {
 		d.i = i + 1
 		return b[start:i], true
@@ -501,10 +520,9 @@ func (d *decoder) escaped(start int) ([]byte, bool) {
 	b := d.b
 	i := d.i
 	for {
-		for i < len(b) && !strClass[b[i]] {
-			out = append(out, b[i])
-			i++
-		}
+		j := plainRun(b, i)
+		out = append(out, b[i:j]...)
+		i = j
 		if i >= len(b) || b[i] < 0x20 {
 			return nil, false
 		}
@@ -559,6 +577,29 @@ func (d *decoder) escaped(start int) ([]byte, bool) {
 	}
 }
 
+// parseHex reads a socket cookie: up to 16 hex digits; 0 for anything else.
+func parseHex(s string) uint64 {
+	if len(s) == 0 || len(s) > 16 {
+		return 0
+	}
+	var n uint64
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		case c >= 'A' && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return 0
+		}
+		n = n<<4 | uint64(c)
+	}
+	return n
+}
+
 func hex4(b []byte, i int) (rune, bool) {
 	if i+4 > len(b) {
 		return 0, false
@@ -588,8 +629,17 @@ func (d *decoder) uint(limit uint64) (uint64, bool) {
 	if !d.number() {
 		return 0, false
 	}
-	n, err := strconv.ParseUint(string(d.b[start:d.i]), 10, 64)
-	return n, err == nil && n <= limit
+	var n uint64
+	for _, c := range d.b[start:d.i] {
+		if c < '0' || c > '9' {
+			return 0, false // a sign, a fraction or an exponent
+		}
+		if n > (limit-uint64(c-'0'))/10 {
+			return 0, false
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n, true
 }
 
 // number checks the grammar of a JSON number.
@@ -664,9 +714,7 @@ func (d *decoder) skipString() bool {
 	b := d.b
 	i := d.i + 1
 	for {
-		for i < len(b) && !strClass[b[i]] {
-			i++
-		}
+		i = plainRun(b, i)
 		if i >= len(b) || b[i] < 0x20 {
 			return false
 		}
