@@ -193,7 +193,7 @@ func (l *Learner) document(name string, s *subject, keys []pairKey, st *Stats) [
 		}
 		t.ports = append(t.ports, k.port)
 		p := l.records[l.pairs[k]]
-		e := evidence{p.calls, p.first, p.last, p.exe}
+		e := evidence(p)
 		t.ev.add(e)
 		total.add(e)
 	}
