@@ -24,6 +24,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unsafe"
 )
 
 // Defaults of Config.
@@ -222,8 +223,8 @@ type pendingJoin struct {
 }
 
 type joinRef struct {
-	conn uint64
-	seq  uint64
+	conn, seq uint64
+	time      int64 // of the connect
 }
 
 // Learner learns from events; see the package documentation. It is for
@@ -242,6 +243,7 @@ type Learner struct {
 	callers   map[string]caller
 	callerKey []byte
 	lastExe   uint32 // the interned exe of the last event's caller
+	scratch   []byte
 
 	names   []string // interned names; names[0] is ""
 	nameIDs map[string]uint32
@@ -462,7 +464,8 @@ func (l *Learner) subject(ev *Event) (uint32, bool) {
 func (l *Learner) ownDest(ev *Event, tls bool) dest {
 	port := ev.Dst.Port()
 	if ev.CalleeService != "" && ev.CalleeNamespace != "" {
-		if s := ev.CalleeNamespace + "/" + ev.CalleeService; isService(s) {
+		l.scratch = append(append(append(l.scratch[:0], ev.CalleeNamespace...), '/'), ev.CalleeService...)
+		if s := unsafe.String(unsafe.SliceData(l.scratch), len(l.scratch)); isService(s) {
 			return dest{kind: kindService, name: l.name(s), port: port}
 		}
 	}
@@ -583,7 +586,7 @@ func (l *Learner) await(ev *Event, subj uint32, own dest) {
 	}
 	l.joinSeq++
 	l.joins[ev.Conn] = pendingJoin{subject: subj, own: own, time: ev.Time, exe: l.lastExe, seq: l.joinSeq}
-	l.joinFIFO[(l.joinHead+l.joinLen)%len(l.joinFIFO)] = joinRef{conn: ev.Conn, seq: l.joinSeq}
+	l.joinFIFO[(l.joinHead+l.joinLen)%len(l.joinFIFO)] = joinRef{conn: ev.Conn, seq: l.joinSeq, time: ev.Time}
 	l.joinLen++
 }
 
@@ -601,12 +604,9 @@ func (l *Learner) popJoin(settle bool) {
 
 // expireJoins settles the connects that waited joinWindow by now.
 func (l *Learner) expireJoins(now int64) {
-	for l.joinLen > 0 {
-		r := l.joinFIFO[l.joinHead]
-		pj, ok := l.joins[r.conn]
-		if ok && pj.seq == r.seq && now-pj.time < int64(joinWindow) {
-			return
-		}
+	// The ring is in the order connects were read, near enough the order
+	// of their times; one read late waits a little longer.
+	for l.joinLen > 0 && now-l.joinFIFO[l.joinHead].time >= int64(joinWindow) {
 		l.popJoin(true)
 	}
 }

@@ -375,12 +375,18 @@ func (d *decoder) loss(ev *Event, key []byte) bool {
 	return d.skip()
 }
 
+// ws skips white space; the agent writes none, so the first test is
+// inlined and mostly all there is.
 func (d *decoder) ws() {
+	if d.i < len(d.b) && d.b[d.i] <= ' ' {
+		d.wsSlow()
+	}
+}
+
+func (d *decoder) wsSlow() {
 	for d.i < len(d.b) {
-		switch c := d.b[d.i]; {
-		case c > ' ':
-			return
-		case c == ' ', c == '\t', c == '\n', c == '\r':
+		switch d.b[d.i] {
+		case ' ', '\t', '\n', '\r':
 			d.i++
 		default:
 			return
