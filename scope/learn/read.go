@@ -481,15 +481,8 @@ var strClass = func() (c [256]bool) {
 // plainRun gives the index of the first byte from i on that ends a run
 // of plain string bytes (see strClass), or len(b): eight bytes at a time.
 func plainRun(b []byte, i int) int {
-	const ones, highs = 0x0101010101010101, 0x8080808080808080
 	for i+8 <= len(b) {
-		w := binary.LittleEndian.Uint64(b[i:])
-		q, bs := w^(ones*'"'), w^(ones*'\\')
-		// Zero bytes of q and bs, and bytes below 0x20 of w: a borrow can
-		// mark a byte above a marked one, never below, so the lowest mark
-		// is exact.
-		m := ((q - ones) &^ q) | ((bs - ones) &^ bs) | ((w - ones*0x20) &^ w)
-		if m &= highs; m != 0 {
+		if m := specials(binary.LittleEndian.Uint64(b[i:])); m != 0 {
 			return i + bits.TrailingZeros64(m)/8
 		}
 		i += 8
@@ -500,15 +493,33 @@ func plainRun(b []byte, i int) int {
 	return i
 }
 
-// str reads a string, unescaped.
+// specials marks, in the high bit of each byte of w, the bytes that end
+// a run of plain string bytes (see strClass). A borrow can mark a byte
+// above a marked one, never below, so the lowest mark is exact.
+func specials(w uint64) uint64 {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	q, bs := w^(ones*'"'), w^(ones*'\\')
+	return (((q - ones) &^ q) | ((bs - ones) &^ bs) | ((w - ones*0x20) &^ w)) & highs
+}
+
+// str reads a string, unescaped. Most are keys and short values: their
+// first eight bytes are tested here, without a call.
 func (d *decoder) str() ([]byte, bool) {
-	if d.i >= len(d.b) || d.b[d.i] != '"' {
+	b, i := d.b, d.i
+	if i >= len(b) || b[i] != '"' {
 		return nil, false
 	}
-	d.i++
-	start := d.i
-	b := d.b
-	i := plainRun(b, d.i)
+	i++
+	start := i
+	if i+8 <= len(b) {
+		if m := specials(binary.LittleEndian.Uint64(b[i:])); m != 0 {
+			i += bits.TrailingZeros64(m) / 8
+		} else {
+			i = plainRun(b, i+8)
+		}
+	} else {
+		i = plainRun(b, i)
+	}
 	if i < len(b) && b[i] == '"' {
 		d.i = i + 1
 		return b[start:i], true
