@@ -21,25 +21,11 @@ import (
 // so that a client's first data is taken in whatever it is.
 func readingListener(t *testing.T, addr string) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				c.SetDeadline(time.Now().Add(time.Second))
-				io.Copy(io.Discard, c)
-				c.Close()
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	return serve(t, addr, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(time.Second))
+		io.Copy(io.Discard, c)
+		c.Close()
+	})
 }
 
 type findingEvent struct {

@@ -196,7 +196,15 @@ spec:
 	})
 }
 
+// listenAny accepts on addr and closes each connection at once.
 func listenAny(t *testing.T, addr string) netip.AddrPort {
+	t.Helper()
+	return serve(t, addr, func(c net.Conn) { c.Close() })
+}
+
+// serve accepts on addr until the test ends, and hands each connection
+// to handle on a goroutine of its own.
+func serve(t *testing.T, addr string, handle func(net.Conn)) netip.AddrPort {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -209,7 +217,7 @@ func listenAny(t *testing.T, addr string) netip.AddrPort {
 			if err != nil {
 				return
 			}
-			c.Close()
+			go handle(c)
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).AddrPort()
