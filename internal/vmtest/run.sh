@@ -107,6 +107,9 @@ for pkg in collector cmd/callscope; do
   mkdir -p "$root/src/$pkg"
   (cd "$pkg" && find . -type d -name testdata -prune -exec cp -r --parents {} "$root/src/$pkg/" \;)
 done
+# The JSON Schema the tests check events against, found from go.mod up.
+cp go.mod "$root/src/"
+mkdir -p "$root/src/docs" && cp docs/callscope-v1.schema.json "$root/src/docs/"
 
 cp "$(command -v busybox)" "$root/bin/busybox"
 for a in sh mount mkdir cat echo sleep poweroff insmod uname mknod ln rm ls; do ln -s busybox "$root/bin/$a"; done
