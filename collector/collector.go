@@ -65,7 +65,8 @@ type Config struct {
 	// carries Plaintext when that was no TLS handshake. nil means
 	// DefaultTLSPorts; empty, none.
 	TLSPorts []uint16
-	Logger   *slog.Logger
+	// Logger is where the collector logs; nil logs nothing.
+	Logger *slog.Logger
 }
 
 func (c *Config) defaults() error {
@@ -102,7 +103,7 @@ func (c *Config) defaults() error {
 		c.QueueBatches = 64
 	}
 	if c.Logger == nil {
-		c.Logger = slog.Default()
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.TLSPorts == nil {
 		c.TLSPorts = DefaultTLSPorts

@@ -44,7 +44,8 @@ type Config struct {
 	// oldest goes on without pod facts. Default 4096.
 	MaxWaiting int
 	// Names configures the map of DNS answers that names destinations.
-	Names  dnsnames.Config
+	Names dnsnames.Config
+	// Logger is where the enricher logs; nil logs nothing.
 	Logger *slog.Logger
 }
 
@@ -115,7 +116,7 @@ func New(cfg Config) (*Enricher, error) {
 		cfg.MaxCgroups = 4096
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.TrustDomain == "" {
 		cfg.TrustDomain = "cluster.local"

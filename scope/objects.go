@@ -93,10 +93,10 @@ type ObjectStats struct {
 }
 
 // WithoutFiles returns Policies that read no file: none are in force
-// until WatchObjects adds the cluster's.
+// until WatchObjects adds the cluster's. A nil log logs nothing.
 func WithoutFiles(log *slog.Logger) *Policies {
 	if log == nil {
-		log = slog.Default()
+		log = slog.New(slog.DiscardHandler)
 	}
 	p := &Policies{log: log.With("component", "policy"), watcherDone: make(chan struct{})}
 	close(p.watcherDone)

@@ -40,9 +40,10 @@ type Policies struct {
 	watcherDone chan struct{}
 }
 
-// NewPolicies returns policies fixed to m: Reload does nothing.
+// NewPolicies returns policies fixed to m: Reload does nothing, and
+// nothing is logged.
 func NewPolicies(m *Matcher) *Policies {
-	p := &Policies{log: slog.Default().With("component", "policy"), watcherDone: make(chan struct{}), fixed: true}
+	p := &Policies{log: slog.New(slog.DiscardHandler), watcherDone: make(chan struct{}), fixed: true}
 	p.cur.Store(m)
 	p.generation.Store(1)
 	close(p.watcherDone)
@@ -56,12 +57,13 @@ func NewPolicies(m *Matcher) *Policies {
 // swapping its ..data link. A policy that does not load at start is
 // returned as the error, an *Errors when the policies themselves are at
 // fault. The watch ends with ctx; Reloads counts the reloads by result.
+// A nil log logs nothing.
 func Watch(ctx context.Context, paths []string, log *slog.Logger) (*Policies, error) {
 	if len(paths) == 0 {
 		return nil, errors.New("watch policies: no path given")
 	}
 	if log == nil {
-		log = slog.Default()
+		log = slog.New(slog.DiscardHandler)
 	}
 	p := &Policies{
 		paths:       paths,

@@ -23,7 +23,8 @@ type StageConfig struct {
 	MaxPending int
 	// Findings says how to find what; the zero value finds the defaults.
 	Findings FindingsConfig
-	Logger   *slog.Logger
+	// Logger is where the stage logs; nil logs nothing.
+	Logger *slog.Logger
 }
 
 // StageStats counts what a Stage did.
@@ -94,7 +95,7 @@ func NewStage(cfg StageConfig) *Stage {
 		cfg.MaxPending = 65536
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Stage{
 		cfg:        cfg,

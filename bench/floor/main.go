@@ -65,7 +65,7 @@ func run() error {
 		flag.Usage()
 		return errors.New("-cgroup is required")
 	}
-	log := slog.Default().With("component", "floor")
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "floor")
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return fmt.Errorf("remove memlock limit: %w", err)
 	}

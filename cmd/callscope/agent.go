@@ -166,7 +166,7 @@ func runAgent(cfg *runConfig, stdout, stderr io.Writer) error {
 	}
 	metrics := exporter.NewMetrics(src)
 
-	kafka, err := startKafka(cfg, metrics)
+	kafka, err := startKafka(cfg, metrics, log)
 	if err != nil {
 		return err
 	}

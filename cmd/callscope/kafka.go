@@ -65,7 +65,7 @@ func (k *kafkaFlags) password() (string, error) {
 }
 
 // startKafka starts the Kafka sink when brokers are given.
-func startKafka(cfg *runConfig, m *exporter.Metrics) (*exporter.Kafka, error) {
+func startKafka(cfg *runConfig, m *exporter.Metrics, log *slog.Logger) (*exporter.Kafka, error) {
 	k := &cfg.kafka
 	if len(k.brokers) == 0 {
 		return nil, nil
@@ -88,7 +88,7 @@ func startKafka(cfg *runConfig, m *exporter.Metrics) (*exporter.Kafka, error) {
 		SASLPassword:    password,
 		SpoolDir:        cfg.spoolDir,
 		SpoolMaxBytes:   int64(cfg.spoolMaxBytes),
-		Logger:          slog.Default(), // the sink names its own component
+		Logger:          log, // the sink names its own component
 		Registerer:      m.Registry,
 	})
 	if err != nil {

@@ -43,7 +43,8 @@ type Config struct {
 	// Protected paths are behind Auth; Open paths are not.
 	Protected map[string]http.Handler
 	Open      map[string]http.Handler
-	Logger    *slog.Logger
+	// Logger is where the server logs; nil logs nothing.
+	Logger *slog.Logger
 }
 
 // Server is a running metrics server.
@@ -60,7 +61,7 @@ type Server struct {
 func Start(ctx context.Context, cfg Config) (*Server, error) {
 	log := cfg.Logger
 	if log == nil {
-		log = slog.Default()
+		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{}
 	mux := http.NewServeMux()
