@@ -1,9 +1,12 @@
 package collector
 
 import (
+	"bytes"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -242,5 +245,27 @@ func BenchmarkJoin(b *testing.B) {
 				i++
 			}
 		})
+	}
+}
+
+// TestEveryRecordKindIsRead: each kind the programs' enum declares has a
+// case in Collector.record, so a kind added to records.h without one fails
+// here rather than being dropped as malformed on a node.
+func TestEveryRecordKindIsRead(t *testing.T) {
+	var logged bytes.Buffer
+	c := joinCollector()
+	c.log = slog.New(slog.NewTextHandler(&logged, nil))
+	unknown := func(k connectKind) bool {
+		logged.Reset()
+		c.record(encode(t, connectHeader{Cookie: 1, TsNs: 1, Kind: uint8(k)}), 0)
+		return strings.Contains(logged.String(), fmt.Sprintf("kind %d", k))
+	}
+	for k := connectKind(1); k < connectKindKIND_MAX; k++ {
+		if unknown(k) {
+			t.Errorf("record kind %d is not read: %s", k, logged.String())
+		}
+	}
+	if !unknown(connectKindKIND_MAX) {
+		t.Errorf("kind %d, past the enum, was not refused as unknown: %q", connectKindKIND_MAX, logged.String())
 	}
 }
