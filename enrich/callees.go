@@ -104,10 +104,11 @@ type CalleeStats struct {
 }
 
 // NewCalleeIndex returns an index that is empty until Start. trustDomain
-// names pod identities ("cluster.local" when empty).
+// names pod identities ("cluster.local" when empty). A nil log logs
+// nothing.
 func NewCalleeIndex(client kubernetes.Interface, trustDomain string, log *slog.Logger) *CalleeIndex {
 	if log == nil {
-		log = slog.Default()
+		log = slog.New(slog.DiscardHandler)
 	}
 	if trustDomain == "" {
 		trustDomain = "cluster.local"
